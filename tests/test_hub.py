@@ -1,0 +1,175 @@
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from huggingface_hub import HfApi, ModelCard
+
+from t2i import CheckpointError, GanClsGenerator, GanClsPipeline, ModelCardInfo
+from t2i.hub import render_model_card
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_pull_pipeline_from_loopback_hub(tiny_pipeline, loopback_hub, tmp_path):
+    assert os.environ["HF_ENDPOINT"] == loopback_hub.endpoint
+    tiny_pipeline.save_pretrained(tmp_path / "saved")
+    loopback_hub.publish(tmp_path / "saved", "t2i-tests/tiny-pipeline")
+
+    pulled = GanClsPipeline.from_pretrained("t2i-tests/tiny-pipeline")
+
+    expected = tiny_pipeline("a red flower", generator=seeded(1), output_type="pt").images
+    assert torch.equal(pulled("a red flower", generator=seeded(1), output_type="pt").images, expected)
+    snapshot = Path(pulled.generator.config._name_or_path)
+    assert Path(os.environ["HF_HOME"]) in snapshot.parents  # it really went through the Hub download cache
+
+
+def test_pull_single_components_from_loopback_hub(tiny_pipeline, loopback_hub, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "saved")
+    loopback_hub.publish(tmp_path / "saved", "t2i-tests/components")
+
+    generator = GanClsGenerator.from_pretrained("t2i-tests/components", subfolder="generator")
+
+    for name, tensor in tiny_pipeline.generator.state_dict().items():
+        assert torch.equal(generator.state_dict()[name], tensor)
+
+
+def test_missing_repo_and_path_are_named(loopback_hub):
+    with pytest.raises(FileNotFoundError, match="'t2i-tests/does-not-exist' is neither a local folder nor a Hub repo"):
+        GanClsPipeline.from_pretrained("t2i-tests/does-not-exist")
+    with pytest.raises(FileNotFoundError, match="/no/such/folder"):
+        GanClsPipeline.from_pretrained("/no/such/folder")
+
+
+def test_folder_without_model_index(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="has no model_index.json"):
+        GanClsPipeline.from_pretrained(tmp_path / "empty")
+
+
+class _Tripwire:
+    """Unpickling this creates a file: proof that a loader ran pickle."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+@pytest.mark.parametrize("component, pickle_name", [("generator", "diffusion_pytorch_model.bin"), ("text_encoder", "pytorch_model.bin")])
+def test_pickle_checkpoints_are_refused_unopened(tiny_pipeline, tmp_path, component, pickle_name):
+    tiny_pipeline.save_pretrained(tmp_path)
+    marker = tmp_path / "unpickled"
+    for weights in (tmp_path / component).glob("*.safetensors"):
+        weights.unlink()
+    (tmp_path / component / pickle_name).write_bytes(pickle.dumps(_Tripwire(marker)))
+
+    with pytest.raises(CheckpointError, match=rf"{component}/{pickle_name}: pickle checkpoint and no .safetensors"):
+        GanClsPipeline.from_pretrained(tmp_path)
+    if component == "generator":
+        with pytest.raises(CheckpointError, match="never unpickles"):
+            GanClsGenerator.from_pretrained(tmp_path / component)
+    assert not marker.exists()
+
+
+def test_truncated_safetensors_is_named(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    weights = tmp_path / "generator" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match=r"generator/diffusion_pytorch_model.safetensors: truncated or corrupt"):
+        GanClsPipeline.from_pretrained(tmp_path)
+
+
+def test_config_that_disagrees_with_weights(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    config_file = tmp_path / "generator" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["ngf"] = 16
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model.safetensors: tensor 'net.0.weight' has shape \[228, 64, 4, 4\].*generator/config.json"):
+        GanClsPipeline.from_pretrained(tmp_path)
+
+
+def test_text_encoder_config_that_disagrees_with_weights(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    config_file = tmp_path / "text_encoder" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["embed_dim"] = 48
+    config_file.write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"text_encoder/model.safetensors: tensor 'projection\.(weight|bias)'.*needs \[48"):
+        GanClsPipeline.from_pretrained(tmp_path)
+
+
+def _card_info(**overrides):
+    info = dict(
+        model_id="someone/gan-cls-flowers",
+        dataset_name="t2i/synthetic-captioned-flowers",
+        dataset_description="8,189 procedurally rendered flowers with 10 captions each.",
+        synthetic_data=True,
+        training_command="accelerate launch train_accelerate.py --dataset_name synth --output_dir out",
+        training_steps=12000,
+        train_batch_size=64,
+        wall_time_hours=1.5,
+        hardware="2 CPU cores",
+        metrics={"petal_color_accuracy": 0.91, "frechet_distance": 12.5},
+        evaluation_protocol="Oracle accuracy on the 20 unseen test classes.",
+    )
+    return ModelCardInfo(**{**info, **overrides})
+
+
+def test_model_card_holds_real_fields(tmp_path):
+    card = render_model_card(_card_info(resolution=64, text_encoder="char-CNN-RNN"))
+    card.save(tmp_path / "README.md")
+    loaded = ModelCard.load(tmp_path / "README.md")
+
+    assert loaded.data.library_name == "diffusers"
+    assert loaded.data.pipeline_tag == "text-to-image"
+    assert loaded.data.license == "apache-2.0"
+    assert loaded.data.datasets == ["t2i/synthetic-captioned-flowers"]
+    assert {"text-to-image", "gan-cls"} <= set(loaded.data.tags)
+    results = {r.metric_type: r.metric_value for r in loaded.data.eval_results}
+    assert results == {"petal_color_accuracy": 0.91, "frechet_distance": 12.5}
+    for text in ["accelerate launch train_accelerate.py --dataset_name synth", "| steps | 12000 |", "| wall time | 1.50 h |",
+                 "| petal_color_accuracy | 0.91 |", "not on Oxford-102", "char-CNN-RNN", 'from_pretrained("someone/gan-cls-flowers")']:
+        assert text in loaded.text
+
+
+def test_model_card_without_training_facts_makes_no_claim():
+    card = render_model_card(ModelCardInfo(model_id="someone/untrained"))
+    assert "Not evaluated yet" in card.text and "Training command: not recorded." in card.text
+    assert card.data.eval_results is None and "Oxford-102" not in card.text
+
+
+def test_push_to_hub_uploads_exactly_the_pipeline_and_card(tiny_pipeline, monkeypatch):
+    uploads = []
+
+    def create_repo(self, repo_id, **kwargs):
+        return type("RepoUrl", (), {"repo_id": repo_id})()
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        folder = Path(folder_path)
+        uploads.append(dict(repo_id=repo_id, files=sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()),
+                            card=ModelCard.load(folder / "README.md"), pipeline=GanClsPipeline.from_pretrained(folder), **kwargs))
+        return f"{repo_id}@commit"
+
+    # There is no writable Hub here: stop at the two network calls and inspect what they were given.
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+
+    assert tiny_pipeline.push_to_hub("someone/gan-cls-flowers", model_card=_card_info()) == "someone/gan-cls-flowers@commit"
+
+    (upload,) = uploads
+    assert upload["files"] == [
+        "README.md", "generator/config.json", "generator/diffusion_pytorch_model.safetensors", "model_index.json",
+        "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json",
+    ]
+    assert upload["card"].data.datasets == ["t2i/synthetic-captioned-flowers"]
+    assert "| resolution | 64 |" in upload["card"].text and "CharCnnRnnEncoder" in upload["card"].text
+    assert upload["commit_message"] == "Upload GanClsPipeline"
+    expected = tiny_pipeline("a red flower", generator=seeded(2), output_type="pt").images
+    assert torch.equal(upload["pipeline"]("a red flower", generator=seeded(2), output_type="pt").images, expected)

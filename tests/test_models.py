@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from t2i import GanClsDiscriminator, GanClsGenerator
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_generator_and_discriminator_shapes(resolution):
+    generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, resolution=resolution, num_classes=5)
+    noise, text = torch.randn(3, 100), torch.randn(3, 24)
+
+    images = generator(noise, text)
+    features = discriminator.image_features(images)
+
+    assert images.shape == (3, 3, resolution, resolution)
+    assert images.min() >= -1 and images.max() <= 1  # tanh output
+    assert features.shape[-2:] == (4, 4)  # Reed: text is replicated over a 4x4 map
+    assert discriminator(images, text).shape == (3,)
+    assert discriminator.classify(features).shape == (3, 5)
+
+
+def test_reed_architecture_details():
+    generator = GanClsGenerator(text_embed_dim=1024)
+    discriminator = GanClsDiscriminator(text_embed_dim=1024)
+
+    assert generator.config.noise_dim == 100
+    assert generator.text_projection[0].out_features == 128
+    assert generator.text_projection[1].negative_slope == 0.2
+    assert isinstance(generator.net[-1], torch.nn.Tanh)
+    assert discriminator.joint[0].kernel_size == (1, 1)
+    assert discriminator.to_logit.kernel_size == (4, 4)
+    assert all(m.stride == (2, 2) for m in discriminator.image_encoder if isinstance(m, torch.nn.Conv2d))
+
+
+def test_dcgan_initialisation():
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=1024)
+    conv_weights = torch.cat([m.weight.flatten() for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    bn_scales = torch.cat([m.weight for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)])
+    assert conv_weights.mean().abs() < 1e-3
+    assert conv_weights.std().item() == pytest.approx(0.02, rel=0.05)
+    assert bn_scales.mean().item() == pytest.approx(1.0, abs=0.01)
+
+
+def test_config_holds_every_hyper_parameter(tmp_path):
+    generator = GanClsGenerator(text_embed_dim=24, noise_dim=50, text_proj_dim=16, ngf=8, resolution=128)
+    generator.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert public(reloaded.config) == public(generator.config)
+    noise, text = torch.randn(2, 50), torch.randn(2, 24)
+    assert torch.equal(reloaded.eval()(noise, text), generator.eval()(noise, text))
+
+
+def test_unsupported_resolution_is_refused():
+    with pytest.raises(ValueError, match="resolution must be 64 or 128"):
+        GanClsGenerator(resolution=96)
+    with pytest.raises(RuntimeError, match="num_classes=0"):
+        GanClsDiscriminator(text_embed_dim=8, ndf=8).classify(torch.zeros(1, 64, 4, 4))

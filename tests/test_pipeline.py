@@ -1,0 +1,130 @@
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from t2i import CheckpointError, GanClsGenerator, GanClsPipeline
+
+from conftest import make_tiny_pipeline
+
+
+def seeded(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def test_output_types(tiny_pipeline):
+    pil = tiny_pipeline(["a red flower", "a blue flower"], num_images_per_prompt=2, generator=seeded()).images
+    np_images = tiny_pipeline(["a red flower", "a blue flower"], num_images_per_prompt=2, generator=seeded(), output_type="np").images
+    pt_images = tiny_pipeline(["a red flower", "a blue flower"], num_images_per_prompt=2, generator=seeded(), output_type="pt").images
+
+    assert len(pil) == 4 and all(isinstance(im, PIL.Image.Image) and im.size == (64, 64) for im in pil)
+    assert np_images.shape == (4, 64, 64, 3) and np_images.min() >= 0 and np_images.max() <= 1
+    assert pt_images.shape == (4, 3, 64, 64)
+    assert np.array_equal(np.asarray(pil[1]), (np_images[1] * 255).round().astype(np.uint8))
+    assert torch.equal(torch.from_numpy(np_images).permute(0, 3, 1, 2), pt_images)
+    assert isinstance(tiny_pipeline("a", return_dict=False)[0], list)
+
+
+def test_same_seed_same_images_and_batch_independence(tiny_pipeline):
+    first = tiny_pipeline("five pink petals", num_images_per_prompt=3, generator=seeded(7), output_type="pt").images
+    again = tiny_pipeline("five pink petals", num_images_per_prompt=3, generator=seeded(7), output_type="pt").images
+    other = tiny_pipeline("five pink petals", num_images_per_prompt=3, generator=seeded(8), output_type="pt").images
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert not torch.equal(first[0], first[1])  # each image gets its own noise
+    # eval-mode BatchNorm: an image does not depend on the rest of its batch
+    noise = torch.randn(2, 100, generator=seeded(1))
+    single = tiny_pipeline("five pink petals", latents=noise[:1], output_type="pt").images
+    batch = tiny_pipeline(["five pink petals", "red"], latents=noise, output_type="pt").images
+    assert torch.allclose(single[0], batch[0], atol=1e-6)
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_determinism_across_save_and_load(tmp_path, resolution):
+    pipeline = make_tiny_pipeline(resolution=resolution)
+    expected = pipeline(["a red flower", "thin petals"], generator=seeded(11), output_type="pt").images
+    pipeline.save_pretrained(tmp_path)
+    reloaded = GanClsPipeline.from_pretrained(tmp_path)
+    assert expected.shape[-1] == resolution
+    assert torch.equal(reloaded(["a red flower", "thin petals"], generator=seeded(11), output_type="pt").images, expected)
+
+
+def test_save_writes_safetensors_only(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path)
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert files == [
+        "generator/config.json",
+        "generator/diffusion_pytorch_model.safetensors",
+        "model_index.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "tokenizer/tokenizer_config.json",
+    ]
+
+
+def test_prompt_embeds_skip_the_text_encoder(tiny_pipeline):
+    embeds = tiny_pipeline.encode_prompt(["a red flower", "blue"])
+    direct = tiny_pipeline(prompt_embeds=embeds, generator=seeded(), output_type="pt").images
+    via_text = tiny_pipeline(["a red flower", "blue"], generator=seeded(), output_type="pt").images
+    assert torch.equal(direct, via_text)
+
+
+def test_text_interpolation_holds_noise_fixed(tiny_pipeline):
+    strip = tiny_pipeline.interpolate("a red flower", "many thin yellow petals!", num_steps=5, generator=seeded(2), output_type="pt").images
+    noise = torch.randn(1, 100, generator=seeded(2))
+    start = tiny_pipeline("a red flower", latents=noise, output_type="pt").images[0]
+    end = tiny_pipeline("many thin yellow petals!", latents=noise, output_type="pt").images[0]
+    assert strip.shape == (5, 3, 64, 64)
+    assert torch.allclose(strip[0], start, atol=1e-6) and torch.allclose(strip[-1], end, atol=1e-6)
+    e_a, e_b = tiny_pipeline.encode_prompt(["a red flower", "many thin yellow petals!"])
+    middle = tiny_pipeline(prompt_embeds=(e_a + e_b)[None] / 2, latents=noise, output_type="pt").images[0]
+    assert torch.allclose(strip[2], middle, atol=1e-6)
+    assert not torch.equal(strip[2], start) and not torch.equal(strip[2], end)
+
+
+def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
+    strip = tiny_pipeline.interpolate_noise("a red flower", num_steps=4, generator=seeded(5), output_type="pt").images
+    z_a, z_b = torch.randn(2, 100, generator=seeded(5))
+    start = tiny_pipeline("a red flower", latents=z_a[None], output_type="pt").images[0]
+    end = tiny_pipeline("a red flower", latents=z_b[None], output_type="pt").images[0]
+    assert torch.allclose(strip[0], start, atol=1e-5) and torch.allclose(strip[-1], end, atol=1e-5)
+    assert len(tiny_pipeline.interpolate_noise("a red flower", num_steps=3).images) == 3
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda p: p(""), "prompt is empty"),
+        (lambda p: p(["a red flower", "  \n\t"]), "prompt is empty"),
+        (lambda p: p([]), "non-empty list"),
+        (lambda p: p(123), "string or a non-empty list"),
+        (lambda p: p("red", output_type="jpeg"), "output_type"),
+        (lambda p: p("red", num_images_per_prompt=0), "num_images_per_prompt"),
+        (lambda p: p("red", latents=torch.zeros(2, 100)), "latents must have shape"),
+        (lambda p: p(), "exactly one of"),
+        (lambda p: p.interpolate("red", "blue", num_steps=1), "num_steps"),
+        (lambda p: p.interpolate_noise("", num_steps=3), "prompt is empty"),
+    ],
+)
+def test_bad_arguments_get_clear_errors(tiny_pipeline, call, message):
+    with pytest.raises(ValueError, match=message):
+        call(tiny_pipeline)
+
+
+def test_odd_and_huge_prompts_work(tiny_pipeline):
+    prompts = ["😀🌸 flower", "זהו פרח אדום", "red\x00\x07 petals\u202e", "petals " * 2000]
+    images = tiny_pipeline(prompts, generator=seeded(), output_type="np").images
+    assert images.shape == (4, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_text_encoder_and_generator_must_agree(tiny_pipeline):
+    with pytest.raises(CheckpointError, match="32-d embeddings but the generator expects 64-d"):
+        GanClsPipeline(tokenizer=tiny_pipeline.tokenizer, text_encoder=tiny_pipeline.text_encoder, generator=GanClsGenerator(text_embed_dim=64, ngf=8))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_runs_on_cuda_with_the_cpu_seed(tiny_pipeline):
+    cpu = tiny_pipeline("a red flower", generator=seeded(4), output_type="pt").images
+    cuda = tiny_pipeline.to("cuda")("a red flower", generator=seeded(4), output_type="pt").images
+    assert cuda.device.type == "cuda"
+    assert torch.allclose(cuda.cpu(), cpu, atol=1e-3)
