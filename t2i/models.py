@@ -1,10 +1,12 @@
 """GAN-CLS generator and matching-aware discriminator (Reed et al., ICML 2016), as diffusers models."""
 
 import math
+from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils import BaseOutput
 from torch import nn
 
 from .hub import SafetensorsOnlyMixin
@@ -68,11 +70,27 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         return self.net(h[:, :, None, None])
 
 
+@dataclass
+class DiscriminatorOutput(BaseOutput):
+    """What the discriminator computes in one pass.
+
+    Args:
+        logits: [k·B] "real and matching" logits, one per (image, caption) pair.
+        image_features: [B, C, 4, 4] text-free image features (for feature matching).
+        class_logits: [B, num_classes] auxiliary class logits (TAC-GAN), or ``None`` without a class head.
+    """
+
+    logits: torch.Tensor
+    # Defaults let BaseOutput be rebuilt from a dict, as accelerate's mixed-precision output casting does.
+    image_features: torch.Tensor | None = None
+    class_logits: torch.Tensor | None = None
+
+
 class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     """Matching-aware discriminator: scores whether an image is real *and* matches its text.
 
-    The image path is split from the scoring head so that a training step encodes each real image
-    once and scores it against both the right and the wrong caption.
+    Images are encoded by stride-2 convolutions to a 4×4 map; the projected text embedding is replicated over
+    that map, concatenated, and a 1×1 then a 4×4 convolution give the logit.
     """
 
     @register_to_config
@@ -104,21 +122,17 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         self.class_head = nn.Conv2d(width, num_classes, 4, 1, 0) if num_classes > 0 else None
         dcgan_init_(self)
 
-    def image_features(self, images: torch.Tensor) -> torch.Tensor:
-        """Encode images [B, C, R, R] into 4×4 feature maps (used for scoring and feature matching)."""
-        return self.image_encoder(images)
+    def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> DiscriminatorOutput:
+        """Score images [B, C, R, R] against text embeddings [k·B, D]: k captions per image, stacked caption-major.
 
-    def score(self, features: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """Logit [B] that the encoded images are real and match the text embeddings."""
+        Scoring several captions per image in one call (GAN-CLS's right and wrong text) encodes each image once,
+        and keeps every discriminator evaluation a single ``forward``, which DistributedDataParallel requires.
+        """
+        features = self.image_encoder(images)
+        repeats, remainder = divmod(text_embeds.shape[0], features.shape[0])
+        if remainder or repeats < 1:
+            raise ValueError(f"{text_embeds.shape[0]} text embeddings for {features.shape[0]} images: need a multiple")
         text = self.text_projection(text_embeds)[:, :, None, None].expand(-1, -1, *features.shape[-2:])
-        return self.to_logit(self.joint(torch.cat([features, text], dim=1))).flatten()
-
-    def classify(self, features: torch.Tensor) -> torch.Tensor:
-        """Class logits [B, num_classes] for the auxiliary (TAC-GAN) loss."""
-        if self.class_head is None:
-            raise RuntimeError("this discriminator was built with num_classes=0 and has no class head")
-        return self.class_head(features).flatten(1)
-
-    def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """Logit [B] that each image is real and matches its text embedding."""
-        return self.score(self.image_features(images), text_embeds)
+        joint = self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))
+        class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None
+        return DiscriminatorOutput(logits=self.to_logit(joint).flatten(), image_features=features, class_logits=class_logits)

@@ -21,6 +21,8 @@ os.environ.pop("HF_HUB_OFFLINE", None)
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Test models are tiny: one thread each avoids oversubscribing the 2 cores when tests launch training processes.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -116,3 +118,45 @@ def tiny_synthetic_dataset(tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("synthetic") / "flowers"
     return generate_synthetic_dataset(out, num_images=200, seed=0, resolution=64, num_proc=1)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The Gradio app (tests/test_app*.py): one real server for the whole session, on a free loopback port.
+
+APP_MODEL_ID = "t2i-tests/app-tiny"
+APP_WIDGET_PROMPTS = ["a flower with many red petals", "a flower with five white petals"]
+
+
+def free_port() -> int:
+    """A TCP port that is free on loopback now (the OS may hand it out again later, but not in practice here)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def app_model_folder(tmp_path_factory) -> Path:
+    """A saved tiny pipeline whose model card states synthetic training data and lists two example prompts."""
+    from huggingface_hub import ModelCard
+
+    from t2i import ModelCardInfo
+
+    folder = tmp_path_factory.mktemp("app-model") / "app-tiny"
+    info = ModelCardInfo(model_id=APP_MODEL_ID, dataset_name="t2i-synthetic-flowers", synthetic_data=True)
+    make_tiny_pipeline().save_with_model_card(folder, info)
+    card = ModelCard.load(folder / "README.md")
+    card.data.widget = [{"text": prompt} for prompt in APP_WIDGET_PROMPTS]
+    card.save(folder / "README.md")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def app_url(app_model_folder) -> str:
+    """URL of app.py started in this process with ``--model <app_model_folder>``."""
+    import app
+
+    port = free_port()
+    argv = ["--model", str(app_model_folder), "--host", "127.0.0.1", "--port", str(port)]
+    demo = app.main(argv, prevent_thread_lock=True, quiet=True)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()

@@ -11,13 +11,23 @@ def test_generator_and_discriminator_shapes(resolution):
     noise, text = torch.randn(3, 100), torch.randn(3, 24)
 
     images = generator(noise, text)
-    features = discriminator.image_features(images)
+    output = discriminator(images, text)
 
     assert images.shape == (3, 3, resolution, resolution)
     assert images.min() >= -1 and images.max() <= 1  # tanh output
-    assert features.shape[-2:] == (4, 4)  # Reed: text is replicated over a 4x4 map
-    assert discriminator(images, text).shape == (3,)
-    assert discriminator.classify(features).shape == (3, 5)
+    assert output.image_features.shape[-2:] == (4, 4)  # Reed: text is replicated over a 4x4 map
+    assert output.logits.shape == (3,)
+    assert output.class_logits.shape == (3, 5)
+
+
+def test_discriminator_scores_several_captions_per_image_in_one_pass():
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8).eval()
+    images, right, wrong = torch.randn(4, 3, 64, 64), torch.randn(4, 24), torch.randn(4, 24)
+    both = discriminator(images, torch.cat([right, wrong])).logits
+    assert torch.allclose(both[:4], discriminator(images, right).logits, atol=1e-6)
+    assert torch.allclose(both[4:], discriminator(images, wrong).logits, atol=1e-6)
+    with pytest.raises(ValueError, match="need a multiple"):
+        discriminator(images, torch.randn(6, 24))
 
 
 def test_reed_architecture_details():
@@ -56,5 +66,4 @@ def test_config_holds_every_hyper_parameter(tmp_path):
 def test_unsupported_resolution_is_refused():
     with pytest.raises(ValueError, match="resolution must be 64 or 128"):
         GanClsGenerator(resolution=96)
-    with pytest.raises(RuntimeError, match="num_classes=0"):
-        GanClsDiscriminator(text_embed_dim=8, ndf=8).classify(torch.zeros(1, 64, 4, 4))
+    assert GanClsDiscriminator(text_embed_dim=8, ndf=8)(torch.zeros(1, 3, 64, 64), torch.zeros(1, 8)).class_logits is None

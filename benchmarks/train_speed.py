@@ -1,0 +1,131 @@
+"""Training throughput: one full GAN-CLS + GAN-INT step (D update + G update) at batch 64, 64 px, ngf = ndf = 64.
+
+    python benchmarks/train_speed.py --out benchmarks/results/train_speed_cpu.json
+    python benchmarks/train_speed.py --mixed_precision bf16 --channels_last --torch_compile   # on a GPU
+
+Uses the training script's own `train_step` on the data fast path (uint8 images on the device, cached text
+embeddings), so the figure is what `train_accelerate.py` achieves. Random images and embeddings: speed does not
+depend on content.
+"""
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import train_accelerate  # noqa: E402
+from t2i import GanClsDiscriminator, GanClsGenerator  # noqa: E402
+from t2i.data import CaptionEmbeddings, TensorBatchLoader  # noqa: E402
+
+
+class Timed:
+    """Wraps a callable and adds its wall time (after a device sync) to ``total``."""
+
+    def __init__(self, fn, sync):
+        self.fn, self.sync, self.total = fn, sync, 0.0
+
+    def __call__(self, *args, **kwargs):
+        self.sync()
+        start = time.perf_counter()
+        out = self.fn(*args, **kwargs)
+        self.sync()
+        self.total += time.perf_counter() - start
+        return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--batch_size", type=int, default=64)
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--ndf", type=int, default=64)
+    parser.add_argument("--text_embed_dim", type=int, default=1024)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--mixed_precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--channels_last", action="store_true")
+    parser.add_argument("--torch_compile", action="store_true")
+    parser.add_argument("--num_images", type=int, default=4096, help="size of the random in-memory dataset")
+    parser.add_argument("--out", default=None)
+    bench = parser.parse_args()
+
+    accelerator = Accelerator(mixed_precision=bench.mixed_precision, cpu=not torch.cuda.is_available())
+    device = accelerator.device
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    args = train_accelerate.parse_args(["--dataset_name", "bench/bench", "--resolution", str(bench.resolution)])
+
+    torch.manual_seed(0)
+    load_size = bench.resolution * 76 // 64
+    images = torch.randint(0, 256, (bench.num_images, 3, load_size, load_size), dtype=torch.uint8)
+    embeddings = CaptionEmbeddings(torch.randn(bench.num_images * 10, bench.text_embed_dim), torch.arange(0, bench.num_images * 10 + 1, 10))
+    labels = torch.arange(bench.num_images) % 82
+    loader = TensorBatchLoader(images, embeddings, labels, bench.batch_size, bench.resolution, device=device)
+
+    generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution)
+    discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution)
+    if bench.channels_last:
+        generator, discriminator = generator.to(memory_format=torch.channels_last), discriminator.to(memory_format=torch.channels_last)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(generator, discriminator, optimizer_g, optimizer_d)
+    if bench.torch_compile:
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+    optimizer_g.step = Timed(optimizer_g.step, sync)
+    optimizer_d.step = Timed(optimizer_d.step, sync)
+    noise_rng = torch.Generator().manual_seed(0)
+
+    def batches():
+        while True:
+            yield from loader
+
+    stream = batches()
+    next_batch = Timed(lambda: next(stream), sync)
+    step = Timed(train_accelerate.train_step, sync)
+    for i in range(bench.warmup + bench.steps):
+        if i == bench.warmup:  # discard compilation and allocator warm-up
+            next_batch.total = step.total = optimizer_g.step.total = optimizer_d.step.total = 0.0
+            started = time.perf_counter()
+        batch = next_batch()
+        noise = torch.randn(2 * bench.batch_size, 100, generator=noise_rng).to(device)
+        step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args)
+    sync()
+    total = time.perf_counter() - started
+    optimizer_time = optimizer_g.step.total + optimizer_d.step.total
+    outside = total - (step.total - optimizer_time)
+
+    report = {
+        "benchmark": "train_speed",
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({os.cpu_count()} cores, {torch.get_num_threads()} threads)",
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "batch_size": bench.batch_size,
+        "resolution": bench.resolution,
+        "ngf": bench.ngf,
+        "ndf": bench.ndf,
+        "mixed_precision": bench.mixed_precision,
+        "channels_last": bench.channels_last,
+        "torch_compile": bench.torch_compile,
+        "steps": bench.steps,
+        "images_per_second": bench.steps * bench.batch_size / total,
+        "ms_per_step": 1000 * total / bench.steps,
+        "data_ms_per_step": 1000 * next_batch.total / bench.steps,
+        "optimizer_ms_per_step": 1000 * optimizer_time / bench.steps,
+        "fraction_outside_forward_backward": outside / total,
+    }
+    for key, value in report.items():
+        print(f"{key:36s} {value:.4g}" if isinstance(value, float) else f"{key:36s} {value}")
+    if bench.out:
+        os.makedirs(os.path.dirname(bench.out) or ".", exist_ok=True)
+        Path(bench.out).write_text(json.dumps(report, indent=2))
+        print(f"wrote {bench.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,202 @@
+"""Training transforms: resize, random crop (Reed: 76 -> 64) or centre crop, horizontal flip, scale to [-1, 1];
+per-epoch caption sampling, and mismatched ("wrong") captions from a different class.
+
+Two input paths share one augmentation function (`augment_batch`, on uint8 tensors):
+- the fast path keeps a whole split as one uint8 tensor [N, 3, L, L] (`images_to_uint8`) and
+  `TensorBatchLoader` augments whole batches on that tensor (CPU or GPU), with no decoding and no text encoder;
+- the `datasets` path decodes images per item (`CaptionedImageDataset` + a torch `DataLoader`).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+from datasets import Dataset
+from datasets import Image as DatasetsImage
+from PIL import Image
+
+from .embedding_cache import CaptionEmbeddings
+
+LOAD_RATIO = 76 / 64  # Reed et al.: load at 76 px, random-crop 64 px
+
+
+def load_size_for(resolution: int) -> int:
+    """Side of the stored image before random cropping to `resolution` (76 for 64, 152 for 128)."""
+    return round(resolution * LOAD_RATIO)
+
+
+def open_image(value: Image.Image | dict) -> Image.Image:
+    """A PIL image from a decoded image or an undecoded `datasets.Image` value ({"bytes", "path"})."""
+    if isinstance(value, Image.Image):
+        return value
+    return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
+
+
+def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
+    """RGB image with its shorter side resized to `size`, centre-cropped to size x size."""
+    if image.format == "JPEG":  # not yet decoded: let libjpeg decode at a reduced scale, much faster
+        image.draft("RGB", (size, size))
+    image = image.convert("RGB")
+    scale = size / min(image.size)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    image = image.resize((width, height), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (width - size) // 2, (height - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def pil_to_uint8(image: Image.Image) -> torch.Tensor:
+    """uint8 tensor [3, H, W] of an RGB PIL image."""
+    return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def images_to_uint8(dataset: Dataset, size: int, image_column: str = "image", batch_size: int = 256) -> torch.Tensor:
+    """Decode every image of `dataset` once into a uint8 tensor [N, 3, size, size] (the fast path)."""
+    out = torch.empty((len(dataset), 3, size, size), dtype=torch.uint8)
+    column = _undecoded(dataset.select_columns([image_column]), image_column)
+    for start in range(0, len(dataset), batch_size):
+        for offset, value in enumerate(column[start : start + batch_size][image_column]):
+            out[start + offset] = pil_to_uint8(resize_center_crop(open_image(value), size))
+    return out
+
+
+def _undecoded(dataset: Dataset, image_column: str) -> Dataset:
+    # datasets decodes images fully; decoding them here instead allows reduced-scale JPEG decoding.
+    return dataset.cast_column(image_column, DatasetsImage(decode=False))
+
+
+def augment_batch(
+    images: torch.Tensor, resolution: int, train: bool = True, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """uint8 [B, 3, L, L] -> float [B, 3, resolution, resolution] in [-1, 1].
+
+    Training: an independent random crop and horizontal flip per image, drawn from `generator` (a CPU
+    generator, so results are the same on every device). Otherwise: the centre crop.
+    """
+    batch, _, height, width = images.shape
+    if not train:
+        top, left = (height - resolution) // 2, (width - resolution) // 2
+        crops = images[:, :, top : top + resolution, left : left + resolution]
+    else:
+        top = torch.randint(0, height - resolution + 1, (batch,), generator=generator)
+        left = torch.randint(0, width - resolution + 1, (batch,), generator=generator)
+        flip = (torch.rand(batch, generator=generator) < 0.5).to(images.device)
+        crops = torch.stack([
+            images[i, :, y : y + resolution, x : x + resolution] for i, (y, x) in enumerate(zip(top.tolist(), left.tolist()))
+        ])
+        crops = torch.where(flip[:, None, None, None], crops.flip(-1), crops)
+    return crops.float().div_(127.5).sub_(1.0)
+
+
+def sample_mismatched_indices(
+    indices: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """For each image index, a random image of a *different class*, whose caption serves as the
+    mismatched text of GAN-CLS. Without class labels, pass `torch.arange(N)` (any other image)."""
+    if labels.unique().numel() < 2:
+        raise ValueError("mismatched captions need at least two classes")
+    wrong = torch.randint(0, len(labels), indices.shape, generator=generator)
+    clash = labels[wrong] == labels[indices]
+    while clash.any():  # rejection sampling: with 82 classes a redraw is rarely needed
+        wrong[clash] = torch.randint(0, len(labels), (int(clash.sum()),), generator=generator)
+        clash = labels[wrong] == labels[indices]
+    return wrong
+
+
+class TensorBatchLoader:
+    """Fast-path epoch iterator over pre-decoded images and cached caption embeddings.
+
+    Each batch is a dict: `pixel_values` float [B, 3, R, R] in [-1, 1], `text_embeds` [B, D] (the mean of
+    `captions_per_image` random captions of each image, 1 by default; Reed uses 4), `wrong_text_embeds`
+    [B, D] (a caption of an image of another class), `labels` and `indices`. All randomness comes from
+    `generator`, so a seeded generator replays the same epochs; with several processes, give each the same
+    seed and its `process_index`: they share the permutation and take disjoint parts of every batch.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        embeddings: CaptionEmbeddings,
+        labels: torch.Tensor | None,
+        batch_size: int,
+        resolution: int,
+        train: bool = True,
+        captions_per_image: int = 1,
+        generator: torch.Generator | None = None,
+        drop_last: bool = True,
+        device: torch.device | str | None = None,
+        process_index: int = 0,
+        num_processes: int = 1,
+    ) -> None:
+        if len(images) != len(embeddings):
+            raise ValueError(f"{len(images)} images but caption embeddings for {len(embeddings)}")
+        self.device = torch.device(device) if device is not None else images.device
+        self.images = images.to(self.device)
+        self.embeddings = embeddings.to(self.device)
+        self.labels = labels.cpu() if labels is not None else torch.arange(len(images))
+        self.batch_size, self.resolution, self.train = batch_size, resolution, train
+        self.captions_per_image = captions_per_image
+        self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
+        self.drop_last = drop_last
+        self.process_index, self.num_processes = process_index, num_processes
+
+    def __len__(self) -> int:
+        global_batch = self.batch_size * self.num_processes
+        count = len(self.images) / global_batch
+        return math.floor(count) if self.drop_last else math.ceil(count)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        n = len(self.images)
+        order = torch.randperm(n, generator=self.generator) if self.train else torch.arange(n)
+        global_batch = self.batch_size * self.num_processes
+        for step in range(len(self)):
+            batch = order[step * global_batch : (step + 1) * global_batch]
+            # Every process draws the randomness of the whole global batch, so generators stay in sync.
+            wrong = sample_mismatched_indices(batch, self.labels, self.generator)
+            pixels = augment_batch(self.images[batch.to(self.device)], self.resolution, self.train, self.generator)
+            text = self.embeddings.sample(batch, self.generator, self.captions_per_image)
+            wrong_text = self.embeddings.sample(wrong, self.generator)
+            sizes = [len(part) for part in torch.arange(len(batch)).tensor_split(self.num_processes)]
+            start = sum(sizes[: self.process_index])
+            mine = slice(start, start + sizes[self.process_index])  # a view, not a copy
+            yield {
+                "pixel_values": pixels[mine],
+                "text_embeds": text[mine],
+                "wrong_text_embeds": wrong_text[mine],
+                "labels": self.labels[batch[mine]].to(self.device),
+                "indices": batch[mine].to(self.device),
+            }
+
+
+class CaptionedImageDataset(torch.utils.data.Dataset):
+    """`datasets` path: decodes and augments one image per item, for a torch `DataLoader`.
+
+    Items are dicts with `pixel_values` [3, R, R] in [-1, 1], `label` and `index`; sample text embeddings
+    for a batch with `CaptionEmbeddings.sample(batch["index"])`.
+    """
+
+    def __init__(self, dataset: Dataset, resolution: int, train: bool = True, seed: int = 0) -> None:
+        self.has_labels = "label" in dataset.column_names
+        dataset = dataset.select_columns(["image", "label"] if self.has_labels else ["image"])  # skip the rest per row
+        self.dataset, self.resolution, self.train = _undecoded(dataset, "image"), resolution, train
+        self.load_size = load_size_for(resolution)
+        self.seed = seed
+        self._epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Change the augmentation draws (they are seeded by seed, epoch and index)."""
+        self._epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        row = self.dataset[int(index)]
+        image = pil_to_uint8(resize_center_crop(open_image(row["image"]), self.load_size))
+        # Seeded per item, so results do not depend on how items are spread over DataLoader workers.
+        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self._epoch) * 1_000_003 + int(index))
+        pixels = augment_batch(image[None], self.resolution, self.train, generator)[0]
+        return {"pixel_values": pixels, "label": row["label"] if self.has_labels else -1, "index": int(index)}

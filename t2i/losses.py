@@ -1,0 +1,90 @@
+"""GAN-CLS / GAN-INT objectives (Reed et al., ICML 2016) and the optional improvements peers use.
+
+The discriminator sees three kinds of pairs (Reed, Algorithm 1):
+    s_r = D(real image, right text)   → "real"
+    s_w = D(real image, wrong text)   → "fake"   (teaches D to check the text, not only realism)
+    s_f = D(fake image, right text)   → "fake"
+and L_D = L_real(s_r) + (L_fake(s_w) + L_fake(s_f)) / 2. GAN-INT adds generator terms on images generated from
+interpolated text embeddings β·e₁ + (1 − β)·e₂, which D never sees as training pairs, so G must make the space
+between captions produce plausible, matching images too.
+"""
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TYPES = ("bce", "hinge")
+
+
+def discriminator_adversarial_loss(
+    real_right: torch.Tensor,
+    real_wrong: torch.Tensor,
+    fake_right: torch.Tensor,
+    loss_type: str = "bce",
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Matching-aware D loss on the logits of the three pairs; the two "fake" terms are averaged as in the paper.
+
+    ``label_smoothing`` is one-sided (Salimans et al., 2016): the real target becomes 1 − smoothing, fake stays 0.
+    """
+    if loss_type == "bce":
+        real = F.binary_cross_entropy_with_logits(real_right, torch.full_like(real_right, 1.0 - label_smoothing))
+        wrong = F.binary_cross_entropy_with_logits(real_wrong, torch.zeros_like(real_wrong))
+        fake = F.binary_cross_entropy_with_logits(fake_right, torch.zeros_like(fake_right))
+    elif loss_type == "hinge":  # DF-GAN's matching-aware hinge loss
+        real = F.relu(1.0 - real_right).mean()
+        wrong = F.relu(1.0 + real_wrong).mean()
+        fake = F.relu(1.0 + fake_right).mean()
+    else:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return real + (wrong + fake) / 2
+
+
+def generator_adversarial_loss(fake_logits: torch.Tensor, loss_type: str = "bce") -> torch.Tensor:
+    """G loss on D's logits for generated pairs: non-saturating −log D for BCE, −D for hinge."""
+    if loss_type == "bce":
+        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    if loss_type == "hinge":
+        return -fake_logits.mean()
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
+def interpolate_text_embeddings(text_embeds: torch.Tensor, other_text_embeds: torch.Tensor, beta: float = 0.5) -> torch.Tensor:
+    """GAN-INT: β·e₁ + (1 − β)·e₂ (Reed et al. use β = 0.5)."""
+    return beta * text_embeds + (1.0 - beta) * other_text_embeds
+
+
+def matching_aware_gradient_penalty(
+    real_logits: torch.Tensor,
+    real_images: torch.Tensor,
+    text_embeds: torch.Tensor,
+    weight: float = 2.0,
+    power: float = 6.0,
+) -> torch.Tensor:
+    """DF-GAN's MA-GP (Tao et al., CVPR 2022): k·E[‖∇_(x, e) D(x, e)‖^p] on real, matching pairs (k = 2, p = 6).
+
+    ``real_logits`` must come from ``real_images`` and ``text_embeds`` with ``requires_grad=True``: the penalty
+    reuses the discriminator pass of the loss. Smoothing D around real-and-matching points, in image and text
+    alike, gives the generator useful gradients.
+    """
+    grad_images, grad_text = torch.autograd.grad(real_logits.sum(), (real_images, text_embeds), create_graph=True)
+    grad = torch.cat([grad_images.flatten(1), grad_text.flatten(1)], dim=1)
+    return weight * grad.norm(2, dim=1).pow(power).mean()
+
+
+def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tensor) -> torch.Tensor:
+    """Salimans et al. (2016): match the batch mean of D's image features, ‖E f(x) − E f(G(z))‖²."""
+    return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).sum()
+
+
+def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """TAC-GAN / AC-GAN: cross-entropy of D's class head, for real images (D) and generated ones (D and G)."""
+    return F.cross_entropy(class_logits, labels)
+
+
+@torch.no_grad()
+def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model for parameters; buffers (BatchNorm statistics) are copied."""
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)

@@ -1,0 +1,92 @@
+import math
+
+import pytest
+import torch
+
+from t2i import GanClsDiscriminator
+from t2i.losses import (
+    auxiliary_class_loss,
+    discriminator_adversarial_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    interpolate_text_embeddings,
+    matching_aware_gradient_penalty,
+    update_ema,
+)
+
+
+def log_sigmoid(x):
+    return math.log(1 / (1 + math.exp(-x)))
+
+
+def test_gan_cls_discriminator_loss_averages_the_two_fake_terms():
+    real_right, real_wrong, fake = torch.tensor([2.0]), torch.tensor([-1.0]), torch.tensor([0.5])
+    # Reed, Algorithm 1: L_D = log s_r + (log(1 - s_w) + log(1 - s_f)) / 2, negated for minimisation.
+    expected = -log_sigmoid(2.0) - (log_sigmoid(1.0) + log_sigmoid(-0.5)) / 2
+    assert discriminator_adversarial_loss(real_right, real_wrong, fake).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_one_sided_label_smoothing_changes_only_the_real_target():
+    real_right, real_wrong, fake = torch.tensor([2.0]), torch.tensor([-1.0]), torch.tensor([0.5])
+    smoothed = discriminator_adversarial_loss(real_right, real_wrong, fake, label_smoothing=0.1)
+    expected = -(0.9 * log_sigmoid(2.0) + 0.1 * log_sigmoid(-2.0)) - (log_sigmoid(1.0) + log_sigmoid(-0.5)) / 2
+    assert smoothed.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_hinge_losses():
+    real_right, real_wrong, fake = torch.tensor([0.5, 2.0]), torch.tensor([-0.5, 1.0]), torch.tensor([-2.0, 0.0])
+    # relu(1 - r) = [0.5, 0]; relu(1 + w) = [0.5, 2]; relu(1 + f) = [0, 1]
+    expected = 0.25 + (1.25 + 0.5) / 2
+    assert discriminator_adversarial_loss(real_right, real_wrong, fake, loss_type="hinge").item() == pytest.approx(expected)
+    assert generator_adversarial_loss(torch.tensor([1.0, 3.0]), loss_type="hinge").item() == pytest.approx(-2.0)
+
+
+def test_generator_loss_is_non_saturating():
+    assert generator_adversarial_loss(torch.tensor([0.0])).item() == pytest.approx(math.log(2))
+    assert generator_adversarial_loss(torch.tensor([-3.0])).item() == pytest.approx(-log_sigmoid(-3.0))
+    with pytest.raises(ValueError, match="loss_type"):
+        generator_adversarial_loss(torch.tensor([0.0]), loss_type="wasserstein")
+
+
+def test_gan_int_interpolation():
+    e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 4.0]])
+    assert torch.equal(interpolate_text_embeddings(e1, e2), torch.tensor([[0.5, 2.0]]))
+    assert torch.equal(interpolate_text_embeddings(e1, e2, beta=0.25), torch.tensor([[0.25, 3.0]]))
+
+
+def test_matching_aware_gradient_penalty_on_a_linear_discriminator():
+    # D(x, e) = a·x + b·e has gradient (a, b) everywhere: MA-GP = 2 · ‖(a, b)‖⁶.
+    a, b = torch.tensor([1.0, 2.0], requires_grad=True), torch.tensor([2.0], requires_grad=True)
+    images, text = torch.randn(3, 2, requires_grad=True), torch.randn(3, 1, requires_grad=True)
+    logits = images @ a + text @ b
+    penalty = matching_aware_gradient_penalty(logits, images, text)
+    assert penalty.item() == pytest.approx(2 * 3.0**6)
+    penalty.backward()
+    assert torch.allclose(a.grad, 2 * 6 * 3.0**4 * torch.tensor([1.0, 2.0]))  # d/da 2‖g‖⁶ = 12‖g‖⁴ a: it trains D
+
+
+def test_matching_aware_gradient_penalty_through_the_discriminator():
+    discriminator = GanClsDiscriminator(text_embed_dim=8, ndf=8)
+    images, text = torch.randn(2, 3, 64, 64, requires_grad=True), torch.randn(2, 8, requires_grad=True)
+    penalty = matching_aware_gradient_penalty(discriminator(images, text).logits, images, text)
+    penalty.backward()
+    assert penalty.item() > 0 and discriminator.to_logit.weight.grad.abs().sum() > 0
+
+
+def test_feature_matching_and_aux_class_losses():
+    real, fake = torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([[0.0, 0.0], [2.0, 2.0]], requires_grad=True)
+    assert feature_matching_loss(real, fake).item() == pytest.approx((2 - 1) ** 2 + (3 - 1) ** 2)
+    logits = torch.tensor([[10.0, 0.0], [0.0, 10.0]])
+    assert auxiliary_class_loss(logits, torch.tensor([0, 1])).item() == pytest.approx(math.log(1 + math.exp(-10)), rel=1e-3)
+    assert auxiliary_class_loss(logits, torch.tensor([1, 0])).item() == pytest.approx(10.0, rel=1e-3)
+
+
+def test_ema_update():
+    model, ema = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+        ema.weight.fill_(1.0)
+        model.running_mean.fill_(5.0)
+    update_ema(ema, model, decay=0.75)
+    assert torch.allclose(ema.weight, torch.full((2,), 1.5))  # 0.75 · 1 + 0.25 · 3
+    assert torch.equal(ema.running_mean, model.running_mean)

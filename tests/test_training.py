@@ -1,0 +1,207 @@
+"""train_accelerate.py end to end: real subprocesses, real accelerate launches, real SIGKILLs."""
+
+import json
+import os
+import random
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import train_accelerate
+from t2i import GanClsPipeline
+from t2i.text_encoders import build_char_cnn_rnn
+
+from conftest import TINY_CHAR_CNN_RNN
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = str(REPO / "train_accelerate.py")
+STEPS = 12
+
+
+@pytest.fixture(scope="module")
+def tiny_text_encoder(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("text_encoder")
+    torch.manual_seed(0)
+    build_char_cnn_rnn(**TINY_CHAR_CNN_RNN).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def train_args(tiny_synthetic_dataset, tiny_text_encoder, tmp_path_factory) -> list[str]:
+    cache = tmp_path_factory.mktemp("embedding_cache")
+    return [
+        "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder_path", str(tiny_text_encoder), "--cache_dir", str(cache),
+        "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", str(STEPS), "--checkpointing_steps", "3",
+        "--use_ema", "--report_to", "none", "--validation_epochs", "1", "--seed", "3",
+    ]
+
+
+def run(args, output_dir, check=True, **popen_kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, SCRIPT, *args, "--output_dir", str(output_dir)], capture_output=True, text=True, check=check, timeout=300, **popen_kwargs)
+
+
+def final_state(output_dir: Path) -> dict[str, torch.Tensor]:
+    """The saved pipeline's generator (EMA) and the last checkpoint's generator and discriminator."""
+    last = train_accelerate.list_checkpoints(output_dir)[-1]
+    state = {f"ema.{k}": v for k, v in load_file(output_dir / "generator" / "diffusion_pytorch_model.safetensors").items()}
+    state.update({f"g.{k}": v for k, v in load_file(last / "model.safetensors").items()})
+    state.update({f"d.{k}": v for k, v in load_file(last / "model_1.safetensors").items()})
+    return state
+
+
+def assert_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_run(train_args, tmp_path_factory) -> Path:
+    output_dir = tmp_path_factory.mktemp("uninterrupted")
+    result = run(train_args, output_dir)
+    assert "generator weights identical on all 1 rank(s): True" in result.stdout
+    return output_dir
+
+
+def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
+    pipeline = GanClsPipeline.from_pretrained(uninterrupted_run)
+    images = pipeline("a flower with five red petals", num_images_per_prompt=2, output_type="np").images
+    assert images.shape == (2, 64, 64, 3)
+
+    card = (uninterrupted_run / "README.md").read_text()
+    assert "accelerate launch train_accelerate.py --dataset_name" in card and f"| steps | {STEPS} |" in card
+    assert "not on Oxford-102" in card  # the synthetic set is named as such
+    assert [p.name for p in train_accelerate.list_checkpoints(uninterrupted_run)][-1] == f"checkpoint-{STEPS}"
+    assert sorted((uninterrupted_run / "samples").glob("*.png"))  # validation grids
+    summary = json.loads((uninterrupted_run / "training_summary.json").read_text())
+    assert set(summary["final_losses"]) >= {"loss_d", "loss_g"}
+
+
+def _kill_when(process: subprocess.Popen, ready, delay: float) -> bool:
+    """SIGKILL ``process`` ``delay`` seconds after ``ready()`` first holds; False if it finished first."""
+    while not ready():
+        if process.poll() is not None:
+            return False
+        time.sleep(0.005)
+    time.sleep(delay)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    return True
+
+
+def test_killed_and_resumed_run_matches_an_uninterrupted_one(train_args, uninterrupted_run, tmp_path):
+    rng = random.Random(0)
+    checkpoint_exists = lambda step: (lambda: (tmp_path / f"checkpoint-{step}").is_dir())  # noqa: E731
+    saving = lambda: any(tmp_path.glob(".checkpoint-*.partial"))  # noqa: E731
+    kill_points = [(checkpoint_exists(3), rng.uniform(0, 0.3)), (saving, 0.0), (checkpoint_exists(9), rng.uniform(0, 0.3))]
+    kills = 0
+    for ready, delay in kill_points:
+        args = [*train_args, "--resume_from_checkpoint", "latest", "--output_dir", str(tmp_path)]
+        process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        kills += _kill_when(process, ready, delay)
+    assert kills == 3
+    assert not (tmp_path / "model_index.json").exists()  # it never got to the end
+
+    run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
+
+    assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+
+
+def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(train_args, uninterrupted_run, tmp_path):
+    args = [*train_args, "--output_dir", str(tmp_path)]
+    # A file-size limit makes writes fail like a full disk (EFBIG instead of ENOSPC); SIGXFSZ must be ignored
+    # so the write returns an error instead of killing the process.
+    process = subprocess.Popen([sys.executable, SCRIPT, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGXFSZ, signal.SIG_IGN))
+    while not (tmp_path / "checkpoint-6").is_dir() and process.poll() is None:
+        time.sleep(0.002)
+    resource.prlimit(process.pid, resource.RLIMIT_FSIZE, (1024, resource.RLIM_INFINITY))
+    output, _ = process.communicate(timeout=300)
+
+    assert process.returncode != 0
+    assert "File too large" in output or "failed writing" in output.lower()
+    survivors = train_accelerate.list_checkpoints(tmp_path)
+    assert survivors and survivors[-1].name in ("checkpoint-6", "checkpoint-9")
+    assert not list(tmp_path.glob(".checkpoint-*.partial"))
+    for name in ("model.safetensors", "model_1.safetensors", "ema_generator.safetensors"):
+        load_file(survivors[-1] / name)  # intact
+
+    run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
+    assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
+    accelerate = Path(sys.executable).parent / "accelerate"
+    command = [
+        str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+        "--dynamo_backend", "no", "--main_process_port", str(_free_port()), SCRIPT, *train_args,
+        "--max_train_steps", "6", "--output_dir", str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "generator weights identical on all 2 rank(s): True" in result.stdout
+    assert "global batch 32" in result.stdout
+    assert GanClsPipeline.from_pretrained(tmp_path).generator.config.ngf == 8
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--train_batch_size", "0"], "--train_batch_size must be ≥ 1"),
+        (["--resolution", "96"], "invalid choice: 96"),
+        (["--int_beta", "1.5"], "--int_beta must be in"),
+        (["--label_smoothing", "1"], "--label_smoothing must be in"),
+        (["--loss", "wgan"], "invalid choice: 'wgan'"),
+        (["--resume_from_checkpoint", "/no/such/checkpoint"], "no such checkpoint folder"),
+        (["--text_encoder_path", "/no/such/encoder"], "--text_encoder_path '/no/such/encoder': no such folder"),
+        (["--validation_prompts", "ok", " "], "empty prompts"),
+        (["--char_cnn_rnn_config", '{"layers": 3}'], "unknown keys ['layers']"),
+    ],
+)
+def test_bad_flags_fail_before_any_work(flags, message, tiny_synthetic_dataset, capsys):
+    with pytest.raises(SystemExit):
+        train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), *flags])
+    assert message in capsys.readouterr().err
+
+
+def test_bad_dataset_paths_fail_before_any_work(capsys, tmp_path):
+    for name in ["/no/such/dataset", "./missing/folder", "not a hub id"]:
+        with pytest.raises(SystemExit):
+            train_accelerate.parse_args(["--dataset_name", name])
+        assert "no such folder or file" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train_accelerate.parse_args(["--dataset_name", str(tmp_path), "--output_dir", __file__])
+    assert "is a file" in capsys.readouterr().err
+
+
+def test_char_cnn_rnn_phase_trains_then_freezes_the_text_encoder(tiny_synthetic_dataset, tmp_path):
+    args = [
+        "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn",
+        "--char_cnn_rnn_config", json.dumps(TINY_CHAR_CNN_RNN), "--text_encoder_steps", "20", "--text_encoder_batch_size", "8",
+        "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", "2", "--report_to", "none",
+        "--cache_dir", str(tmp_path / "cache"),
+    ]
+    run(args, tmp_path / "out")
+
+    metrics = json.loads((tmp_path / "out" / "char_cnn_rnn" / "joint_embedding_metrics.json").read_text())
+    assert metrics["steps"] == 20 and 0.0 <= metrics["zero_shot_top1"] <= 1.0  # held-out test classes
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "text_encoder_zero_shot_top1" in card and "char-CNN-RNN (trained here, DS-SJE)" in card
+    pipeline = GanClsPipeline.from_pretrained(tmp_path / "out")
+    trained = load_file(tmp_path / "out" / "char_cnn_rnn" / "model.safetensors")
+    assert type(pipeline.text_encoder).__name__ == "CharCnnRnnEncoder"
+    assert all(torch.equal(pipeline.text_encoder.state_dict()[k], v) for k, v in trained.items())  # frozen after phase 1

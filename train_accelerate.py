@@ -1,0 +1,512 @@
+"""Train a GAN-CLS / GAN-INT-CLS text-to-image generator (Reed et al., ICML 2016) with 🤗 Accelerate.
+
+    accelerate launch train_accelerate.py --dataset_name DATASET --output_dir OUT [--text_encoder char-cnn-rnn]
+
+One script for one CPU, one GPU or many. The text encoder is frozen, so every caption is embedded once (and
+cached); the GAN loop itself only sees image tensors and embeddings. Checkpoints are written to a temporary
+folder and renamed when complete, so `--resume_from_checkpoint latest` never picks up half a checkpoint, and a
+resumed run ends with exactly the weights of an uninterrupted one.
+"""
+
+import argparse
+import copy
+import inspect
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import ProjectConfiguration, set_seed
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo, TextEncoder
+from t2i.data import TensorBatchLoader, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
+from t2i.losses import (
+    LOSS_TYPES,
+    auxiliary_class_loss,
+    discriminator_adversarial_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    interpolate_text_embeddings,
+    matching_aware_gradient_penalty,
+    update_ema,
+)
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, build_char_cnn_rnn
+
+logger = get_logger(__name__)
+
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+DEFAULT_VALIDATION_PROMPTS = [
+    "this flower has five pointed purple petals and a yellow center",
+    "a flower with many thin yellow petals surrounding a dark brown disc",
+    "the petals are pink with white edges",
+    "this flower is red and has round petals",
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags (names follow diffusers' example training scripts); bad values fail here, before any work."""
+    parser = argparse.ArgumentParser(description="Train a GAN-CLS / GAN-INT-CLS text-to-image generator.")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset_name", required=True, help="Hub dataset id, parquet / save_to_disk folder, or imagefolder")
+    data.add_argument("--train_split", default="train")
+    data.add_argument("--image_column", default="image")
+    data.add_argument("--caption_column", default="captions")
+    data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images (debugging)")
+    data.add_argument("--resolution", type=int, default=64, choices=[64, 128])
+    data.add_argument("--captions_per_image", type=int, default=1, help="average k caption embeddings per image (Reed: 4)")
+    data.add_argument("--cache_dir", default=None, help="where caption embeddings are cached")
+    data.add_argument("--dataloader_num_workers", type=int, default=0, help="kept for CLI compatibility: the tensor fast path needs no workers")
+
+    text = parser.add_argument_group("text encoder")
+    text.add_argument("--text_encoder", default=MINILM_ID, help="'char-cnn-rnn' (trained here first) or a transformers id/path")
+    text.add_argument("--text_encoder_path", default=None, help="reuse a trained text encoder folder (skips its training)")
+    text.add_argument("--text_encoder_steps", type=int, default=3000, help="char-CNN-RNN joint-embedding training steps")
+    text.add_argument("--char_cnn_rnn_config", type=json.loads, default={}, help='CharCnnRnnConfig overrides as JSON, e.g. \'{"rnn_type": "gru"}\'')
+    text.add_argument("--text_encoder_batch_size", type=int, default=64)
+    text.add_argument("--text_encoder_learning_rate", type=float, default=4e-4)
+
+    model = parser.add_argument_group("model")
+    model.add_argument("--ngf", type=int, default=64)
+    model.add_argument("--ndf", type=int, default=64)
+    model.add_argument("--noise_dim", type=int, default=100)
+    model.add_argument("--text_proj_dim", type=int, default=128)
+
+    objective = parser.add_argument_group("objective")
+    objective.add_argument("--loss", default="bce", choices=LOSS_TYPES, help="bce (Reed) or hinge (DF-GAN)")
+    objective.add_argument("--gan_int", action=argparse.BooleanOptionalAction, default=True, help="GAN-INT generator terms")
+    objective.add_argument("--int_beta", type=float, default=0.5)
+    objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
+    objective.add_argument("--feature_matching_weight", type=float, default=0.0)
+    objective.add_argument("--ma_gp", action="store_true", help="DF-GAN matching-aware gradient penalty (k=2, p=6)")
+    objective.add_argument("--aux_class_weight", type=float, default=0.0, help="TAC-GAN auxiliary class loss weight")
+    objective.add_argument("--use_ema", action="store_true", help="keep an EMA generator for sampling and saving")
+    objective.add_argument("--ema_decay", type=float, default=0.999)
+
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--train_batch_size", type=int, default=64, help="per process")
+    optim.add_argument("--num_train_epochs", type=int, default=100)
+    optim.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--adam_beta1", type=float, default=0.5)
+    optim.add_argument("--adam_beta2", type=float, default=0.999)
+    optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
+    optim.add_argument("--channels_last", action="store_true")
+    optim.add_argument("--torch_compile", action="store_true")
+    optim.add_argument("--seed", type=int, default=0)
+
+    run = parser.add_argument_group("run")
+    run.add_argument("--output_dir", default="gan-cls-flowers")
+    run.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
+    run.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "none"])
+    run.add_argument("--checkpointing_steps", type=int, default=500)
+    run.add_argument("--checkpoints_total_limit", type=int, default=None)
+    run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    run.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
+    run.add_argument("--validation_epochs", type=int, default=5)
+    run.add_argument("--push_to_hub", action="store_true")
+    run.add_argument("--hub_model_id", default=None)
+    run.add_argument("--hub_token", default=None)
+    run.add_argument("--hub_private_repo", action="store_true")
+
+    args = parser.parse_args(argv)
+    positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
+                "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size"]
+    for name in positive:
+        if getattr(args, name) < 1:
+            parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if not 0.0 <= args.int_beta <= 1.0:
+        parser.error(f"--int_beta must be in [0, 1], got {args.int_beta}")
+    if not 0.0 <= args.label_smoothing < 1.0:
+        parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
+    if not 0.0 < args.ema_decay < 1.0:
+        parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}")
+    if args.learning_rate <= 0:
+        parser.error(f"--learning_rate must be > 0, got {args.learning_rate}")
+    if any(not p.strip() for p in args.validation_prompts):
+        parser.error("--validation_prompts must not contain empty prompts")
+    if not os.path.exists(args.dataset_name) and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.dataset_name):
+        parser.error(f"--dataset_name {args.dataset_name!r}: no such folder or file, and not a Hub id of the form 'org/name'")
+    if args.text_encoder_path is not None and not os.path.isdir(args.text_encoder_path):
+        parser.error(f"--text_encoder_path {args.text_encoder_path!r}: no such folder")
+    if args.resume_from_checkpoint not in (None, "latest") and not os.path.isdir(args.resume_from_checkpoint):
+        parser.error(f"--resume_from_checkpoint {args.resume_from_checkpoint!r}: no such checkpoint folder (or use 'latest')")
+    unknown = set(args.char_cnn_rnn_config) - set(inspect.signature(CharCnnRnnConfig).parameters)
+    if unknown:
+        parser.error(f"--char_cnn_rnn_config: unknown keys {sorted(unknown)}")
+    if os.path.isfile(args.output_dir):
+        parser.error(f"--output_dir {args.output_dir!r} is a file")
+    if args.push_to_hub and args.hub_model_id is None:
+        args.hub_model_id = Path(args.output_dir).name
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# One GAN-CLS (+ GAN-INT) step
+
+
+def train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args) -> dict[str, float]:
+    """One discriminator update then one generator update on a batch; returns the losses for logging.
+
+    ``noise`` is [2B, noise_dim]: the first half makes the GAN-CLS fakes, the second the GAN-INT fakes. Both
+    are generated in one generator pass and every discriminator evaluation is one call, as DDP requires.
+    """
+    real, right, wrong = batch["pixel_values"], batch["text_embeds"], batch["wrong_text_embeds"]
+    batch_size = real.shape[0]
+    aux = args.aux_class_weight > 0
+
+    # GAN-INT interpolates each caption with another one of the batch.
+    text_for_g = right
+    if args.gan_int:
+        text_for_g = torch.cat([right, interpolate_text_embeddings(right, right.roll(1, dims=0), args.int_beta)])
+    with accelerator.autocast():
+        fake = generator(noise[: text_for_g.shape[0]], text_for_g)
+
+    # Discriminator: (real, right) → real; (real, wrong) and (fake, right) → fake.
+    if args.ma_gp:
+        real, right = real.detach().requires_grad_(True), right.detach().requires_grad_(True)
+    with accelerator.autocast():
+        real_out = discriminator(real, torch.cat([right, wrong]))
+        fake_out = discriminator(fake[:batch_size].detach(), right.detach())
+        real_right, real_wrong = real_out.logits.float().split(batch_size)
+        loss_d = discriminator_adversarial_loss(real_right, real_wrong, fake_out.logits.float(), args.loss, args.label_smoothing)
+        if args.ma_gp:
+            loss_d = loss_d + matching_aware_gradient_penalty(real_right, real, right)
+        if aux:
+            class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
+            class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
+            loss_d = loss_d + args.aux_class_weight * class_loss_d
+    optimizer_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_d)
+    optimizer_d.step()
+
+    # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
+    with accelerator.autocast():
+        g_out = discriminator(fake, text_for_g.detach())
+        # With GAN-INT the logits hold the GAN-CLS and the interpolated fakes: their mean weighs both terms equally.
+        loss_g = generator_adversarial_loss(g_out.logits.float(), args.loss)
+        if args.feature_matching_weight > 0:
+            fake_features = g_out.image_features[:batch_size].float()
+            loss_g = loss_g + args.feature_matching_weight * feature_matching_loss(real_out.image_features.float(), fake_features)
+        if aux:
+            loss_g = loss_g + args.aux_class_weight * auxiliary_class_loss(g_out.class_logits[:batch_size].float(), batch["labels"])
+    optimizer_g.zero_grad(set_to_none=True)
+    optimizer_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_g)
+    optimizer_g.step()
+
+    return {
+        "loss_d": loss_d.detach().item(),
+        "loss_g": loss_g.detach().item(),
+        "d_real_right": torch.sigmoid(real_right.detach()).mean().item(),
+        "d_real_wrong": torch.sigmoid(real_wrong.detach()).mean().item(),
+        "d_fake": torch.sigmoid(fake_out.logits.detach()).mean().item(),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checkpoints: accelerate's state (models as safetensors, optimizers, RNGs) plus ours, made visible atomically
+
+
+def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in ``output_dir``, oldest first (temporary folders of unfinished saves are ignored)."""
+    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def _fsync_tree(folder: Path) -> None:
+    # Data must be on disk before the rename publishes the folder, or a crash could expose empty files.
+    for path in [*folder.rglob("*"), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(accelerator, args, ema_generator, training_state: dict, rng_state: dict[str, torch.Tensor]) -> Path:
+    """Write ``checkpoint-{step}`` via a temporary folder; a crash or a full disk leaves earlier checkpoints intact."""
+    step = training_state["global_step"]
+    final = Path(args.output_dir) / f"checkpoint-{step}"
+    partial = Path(args.output_dir) / f".checkpoint-{step}.partial"
+    if accelerator.is_main_process:
+        shutil.rmtree(partial, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    try:
+        accelerator.save_state(str(partial), safe_serialization=True)
+        save_file(rng_state, str(partial / f"t2i_rng_{accelerator.process_index}.safetensors"))
+        if accelerator.is_main_process:
+            if ema_generator is not None:
+                save_file(ema_generator.state_dict(), str(partial / "ema_generator.safetensors"))
+            (partial / "training_state.json").write_text(json.dumps(training_state))
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            _fsync_tree(partial)
+            os.replace(partial, final)
+            _fsync_tree(final.parent)
+            if args.checkpoints_total_limit is not None:
+                for old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
+                    shutil.rmtree(old)
+    except Exception:  # a full disk surfaces as OSError, RuntimeError or SafetensorError depending on the writer
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, checkpoint: Path, ema_generator) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore models, optimizers and RNGs; return our training state and this process's generator states."""
+    accelerator.load_state(str(checkpoint))
+    training_state = json.loads((checkpoint / "training_state.json").read_text())
+    rng_state = load_file(str(checkpoint / f"t2i_rng_{accelerator.process_index}.safetensors"))
+    if ema_generator is not None:
+        ema_generator.load_state_dict(load_file(str(checkpoint / "ema_generator.safetensors")))
+    return training_state, rng_state
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Text encoder and validation
+
+
+def prepare_text_encoder(accelerator, args, train_dataset, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
+    """The frozen text encoder: loaded, or (char-CNN-RNN) trained with the joint-embedding loss on the main process."""
+    if args.text_encoder_path is not None:
+        return TextEncoder.from_pretrained(args.text_encoder_path), {}
+    if args.text_encoder != "char-cnn-rnn":
+        return TextEncoder.from_pretrained(args.text_encoder), {}
+
+    from t2i.joint_embedding import train_joint_embedding
+
+    trained_dir = Path(args.output_dir) / "char_cnn_rnn"  # reused on resume, so a restart never retrains it
+    metrics_file = trained_dir / "joint_embedding_metrics.json"
+    if accelerator.is_main_process and not metrics_file.exists():
+        size = load_size_for(args.resolution)
+        result = train_joint_embedding(
+            images_to_uint8(train_dataset, size),
+            train_dataset["captions"],
+            torch.tensor(train_dataset["label"]),
+            build_char_cnn_rnn(**args.char_cnn_rnn_config),
+            resolution=args.resolution,
+            steps=args.text_encoder_steps,
+            batch_size=args.text_encoder_batch_size,
+            learning_rate=args.text_encoder_learning_rate,
+            seed=args.seed,
+            device=accelerator.device,
+            progress=True,
+            test_images=images_to_uint8(test_dataset, size) if test_dataset is not None else None,
+            test_captions=test_dataset["captions"] if test_dataset is not None else None,
+            test_labels=torch.tensor(test_dataset["label"]) if test_dataset is not None else None,
+        )
+        partial = trained_dir.with_name(trained_dir.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        result.text_encoder.save_pretrained(partial)
+        (partial / "joint_embedding_metrics.json").write_text(json.dumps(result.metrics, indent=2))
+        shutil.rmtree(trained_dir, ignore_errors=True)
+        os.replace(partial, trained_dir)
+        logger.info(f"char-CNN-RNN joint embedding: {result.metrics}")
+    accelerator.wait_for_everyone()
+    metrics = json.loads(metrics_file.read_text())
+    return TextEncoder.from_pretrained(trained_dir), {f"text_encoder_{k}": v for k, v in metrics.items()}
+
+
+@torch.no_grad()
+def log_validation(accelerator, args, generator, validation_embeds: torch.Tensor, epoch: int, global_step: int) -> Path:
+    """A grid of the fixed validation prompts (rows) × 4 fixed seeds (columns) → samples/ and the tracker."""
+    was_training = generator.training
+    generator.eval()
+    num_seeds = 4
+    noise = torch.randn(num_seeds, args.noise_dim, generator=torch.Generator().manual_seed(args.seed))
+    text = validation_embeds.repeat_interleave(num_seeds, dim=0).to(accelerator.device)
+    images = generator(noise.repeat(len(validation_embeds), 1).to(accelerator.device), text).float()
+    generator.train(was_training)
+    images = (images / 2 + 0.5).clamp(0, 1).cpu()
+    grid = images.view(len(validation_embeds), num_seeds, *images.shape[1:]).permute(2, 0, 3, 1, 4)
+    grid = grid.reshape(images.shape[1], len(validation_embeds) * images.shape[2], num_seeds * images.shape[3])
+    path = Path(args.output_dir) / "samples" / f"epoch_{epoch:04d}_step_{global_step:07d}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    GanClsPipeline.numpy_to_pil(grid.permute(1, 2, 0).numpy()[None])[0].save(path)
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_image("validation", grid, global_step)
+    return path
+
+
+def _hardware(accelerator) -> str:
+    if accelerator.device.type == "cuda":
+        return f"{accelerator.num_processes} × {torch.cuda.get_device_name(accelerator.device)}"
+    return f"{accelerator.num_processes} CPU process(es), {os.cpu_count()} cores"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
+    args = parse_args(argv)
+    started = time.monotonic()
+    accelerator = Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=None if args.report_to == "none" else args.report_to,
+        project_config=ProjectConfiguration(project_dir=args.output_dir, logging_dir=os.path.join(args.output_dir, args.logging_dir)),
+        cpu=not torch.cuda.is_available(),
+    )
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    set_seed(args.seed)
+    if accelerator.is_main_process:
+        os.makedirs(args.output_dir, exist_ok=True)
+        for stale in Path(args.output_dir).glob(".checkpoint-*.partial"):  # left by a run killed mid-save
+            shutil.rmtree(stale)
+
+    # Data: decoded once into a uint8 tensor, captions embedded once (cached across runs).
+    train_dataset = load_captioned_dataset(args.dataset_name, args.train_split, args.image_column, args.caption_column)
+    if args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(args.max_train_samples, len(train_dataset))))
+    try:
+        test_dataset = load_captioned_dataset(args.dataset_name, "test", args.image_column, args.caption_column)
+    except (ValueError, KeyError, FileNotFoundError):
+        test_dataset = None
+    text_encoder, text_metrics = prepare_text_encoder(accelerator, args, train_dataset, test_dataset)
+    with accelerator.main_process_first():
+        embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
+    validation_embeds = text_encoder.encode(args.validation_prompts)
+    labels = torch.tensor(train_dataset["label"]) if "label" in train_dataset.column_names else None
+    loader = TensorBatchLoader(
+        images_to_uint8(train_dataset, load_size_for(args.resolution)),
+        embeddings,
+        labels,
+        batch_size=args.train_batch_size,
+        resolution=args.resolution,
+        captions_per_image=args.captions_per_image,
+        generator=torch.Generator().manual_seed(args.seed),
+        device=accelerator.device,
+        process_index=accelerator.process_index,
+        num_processes=accelerator.num_processes,
+    )
+    if len(loader) == 0:
+        raise ValueError(f"{len(train_dataset)} images are fewer than one global batch of {args.train_batch_size * accelerator.num_processes}")
+
+    # Models and optimisers (Adam, lr 2e-4, β₁ = 0.5, as in the paper).
+    num_classes = int(labels.max()) + 1 if args.aux_class_weight > 0 and labels is not None else 0
+    if args.aux_class_weight > 0 and num_classes == 0:
+        raise ValueError("--aux_class_weight needs a 'label' column in the dataset")
+    generator = GanClsGenerator(text_embed_dim=embeddings.dim, noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution)
+    discriminator = GanClsDiscriminator(text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes)
+    ema_generator = copy.deepcopy(generator).eval().requires_grad_(False).to(accelerator.device) if args.use_ema else None
+    if args.channels_last:
+        generator, discriminator = generator.to(memory_format=torch.channels_last), discriminator.to(memory_format=torch.channels_last)
+    betas = (args.adam_beta1, args.adam_beta2)
+    optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.learning_rate, betas=betas)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=betas)
+    generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(generator, discriminator, optimizer_g, optimizer_d)
+    if args.torch_compile:
+        generator, discriminator = torch.compile(generator), torch.compile(discriminator)
+
+    steps_per_epoch = len(loader)
+    max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
+    num_epochs = math.ceil(max_train_steps / steps_per_epoch)
+    # Noise is drawn on the CPU from a per-process generator, so a seed means the same run on any device.
+    noise_rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
+
+    global_step, first_epoch, resume_step_in_epoch = 0, 0, 0
+    if args.resume_from_checkpoint is not None:
+        checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
+        if checkpoints:
+            training_state, rng_state = load_checkpoint(accelerator, checkpoints[-1], ema_generator)
+            global_step, first_epoch = training_state["global_step"], training_state["epoch"]
+            resume_step_in_epoch = training_state["step_in_epoch"]
+            loader.generator.set_state(rng_state["loader_epoch_start"])
+            noise_rng.set_state(rng_state["noise"])
+            accelerator.print(f"Resumed from {checkpoints[-1]} at step {global_step}")
+        else:
+            accelerator.print(f"No checkpoint in {args.output_dir}: starting a new run")
+
+    if accelerator.is_main_process and args.report_to != "none":
+        accelerator.init_trackers("gan-cls", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
+    accelerator.print(
+        f"{len(train_dataset)} images, {steps_per_epoch} steps/epoch, {max_train_steps} steps, "
+        f"global batch {args.train_batch_size * accelerator.num_processes}, text embeddings {embeddings.dim}-d"
+    )
+    progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    losses: dict[str, float] = {}
+    for epoch in range(first_epoch, num_epochs):
+        epoch_start_rng = loader.generator.get_state()
+        for step_in_epoch, batch in enumerate(loader):
+            if epoch == first_epoch and step_in_epoch < resume_step_in_epoch:
+                continue  # replayed to keep the loader's random stream where the checkpoint left it
+            noise = torch.randn(2 * args.train_batch_size, args.noise_dim, generator=noise_rng).to(accelerator.device)
+            losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args)
+            if ema_generator is not None:
+                update_ema(ema_generator, accelerator.unwrap_model(generator), args.ema_decay)
+            global_step += 1
+            progress.update(1)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
+            accelerator.log(losses, step=global_step)
+
+            if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+                training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1}
+                rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
+                path = save_checkpoint(accelerator, args, ema_generator, training_state, rng_state)
+                logger.info(f"Saved {path}")
+            if global_step >= max_train_steps:
+                break
+        if accelerator.is_main_process and ((epoch + 1) % args.validation_epochs == 0 or global_step >= max_train_steps):
+            sample_model = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
+            logger.info(f"Validation grid: {log_validation(accelerator, args, sample_model, validation_embeds, epoch, global_step)}")
+        if global_step >= max_train_steps:
+            break
+    progress.close()
+
+    # Every rank must hold the same weights after data-parallel training; check it rather than assume it.
+    weights = torch.cat([p.detach().float().flatten() for p in accelerator.unwrap_model(generator).parameters()])
+    checksums = accelerator.gather(torch.stack([weights.sum(), weights.abs().sum()]).to(accelerator.device)[None])
+    ranks_agree = bool((checksums == checksums[0]).all())
+    accelerator.print(f"generator weights identical on all {accelerator.num_processes} rank(s): {ranks_agree}")
+
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        final_generator = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
+        final_generator = final_generator.to(memory_format=torch.contiguous_format).cpu()
+        pipeline = GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=final_generator)
+        card = ModelCardInfo(
+            model_id=args.hub_model_id or Path(args.output_dir).name,
+            dataset_name=args.dataset_name,
+            dataset_description=f"{len(train_dataset)} training images (split '{args.train_split}').",
+            synthetic_data="attributes" in train_dataset.column_names,
+            text_encoder="char-CNN-RNN (trained here, DS-SJE)" if args.text_encoder == "char-cnn-rnn" and args.text_encoder_path is None else (args.text_encoder_path or args.text_encoder),
+            resolution=args.resolution,
+            training_command="accelerate launch " + shlex.join(["train_accelerate.py", *(argv if argv is not None else sys.argv[1:])]),
+            training_steps=global_step,
+            train_batch_size=args.train_batch_size * accelerator.num_processes,
+            wall_time_hours=(time.monotonic() - started) / 3600,
+            hardware=_hardware(accelerator),
+            metrics=text_metrics,
+            evaluation_protocol="Metrics recorded during training (text-encoder joint embedding, held-out test classes)." if text_metrics else None,
+        )
+        pipeline.save_with_model_card(args.output_dir, card)
+        (Path(args.output_dir) / "training_summary.json").write_text(json.dumps({"final_losses": losses, **card.__dict__}, indent=2, default=str))
+        accelerator.print(f"Saved the pipeline to {args.output_dir}")
+        if args.push_to_hub:
+            url = pipeline.push_to_hub(args.hub_model_id, model_card=card, private=args.hub_private_repo, token=args.hub_token)
+            accelerator.print(f"Pushed to {url}")
+    accelerator.wait_for_everyone()  # gloo may abort at exit if a rank leaves early
+    accelerator.end_training()
+    if not ranks_agree:
+        raise RuntimeError("generator weights differ between ranks")
+
+
+if __name__ == "__main__":
+    main()
