@@ -80,8 +80,12 @@ class GanClsPipeline(DiffusionPipeline):
             raise ValueError("prompt is empty: describe the flower, e.g. 'a flower with five red petals'")
         return encode_text(self.tokenizer, self.text_encoder, prompts).to(self.generator.dtype)
 
-    def _sample_noise(self, batch_size: int, generator: torch.Generator | None) -> torch.Tensor:
-        # Noise is drawn on the generator's device (CPU by default), so a seed gives the same images on CPU and GPU.
+    def prepare_latents(self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
+        """Noise [batch_size, noise_dim] on the execution device.
+
+        It is drawn on the ``torch.Generator``'s device (the CPU by default), so a seed gives the same images on CPU
+        and GPU; a list of generators draws one row from each.
+        """
         shape = (batch_size, self.generator.config.noise_dim)
         return randn_tensor(shape, generator=generator, device=self._execution_device, dtype=self.generator.dtype)
 
@@ -125,7 +129,7 @@ class GanClsPipeline(DiffusionPipeline):
         text_embeds = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds
         text_embeds = text_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if latents is None:
-            latents = self._sample_noise(text_embeds.shape[0], generator)
+            latents = self.prepare_latents(text_embeds.shape[0], generator)
         elif tuple(latents.shape) != (text_embeds.shape[0], self.generator.config.noise_dim):
             raise ValueError(
                 f"latents must have shape {(text_embeds.shape[0], self.generator.config.noise_dim)}, got {tuple(latents.shape)}"
@@ -145,21 +149,24 @@ class GanClsPipeline(DiffusionPipeline):
         steps = self._interpolation_steps(num_steps)
         e_a, e_b = self.encode_prompt([prompt_a, prompt_b])
         text_embeds = torch.lerp(e_a, e_b, steps)
-        noise = self._sample_noise(1, generator).expand(num_steps, -1)
+        noise = self.prepare_latents(1, generator).expand(num_steps, -1)
         return self._render(noise, text_embeds, output_type, return_dict)
 
     def interpolate_noise(
         self,
         prompt: str,
         num_steps: int = 8,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """Images for one caption while the noise moves (spherically) between two draws: style changes, content stays."""
+        """Images for one caption while the noise moves (spherically) between two draws: style changes, content stays.
+
+        ``generator`` may be a list of two generators, one per end point (e.g. two seeds).
+        """
         steps = self._interpolation_steps(num_steps)
         text_embeds = self.encode_prompt(prompt).expand(num_steps, -1)
-        z_a, z_b = self._sample_noise(2, generator)
+        z_a, z_b = self.prepare_latents(2, generator)
         return self._render(_slerp(z_a, z_b, steps), text_embeds, output_type, return_dict)
 
     def _interpolation_steps(self, num_steps: int) -> torch.Tensor:

@@ -27,27 +27,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from t2i import GanClsGenerator, GanClsPipeline  # noqa: E402
-from t2i.text_encoders import CharCnnRnnConfig, CharCnnRnnEncoder, CharTokenizer  # noqa: E402
-
-TINY_CHAR_CNN_RNN = dict(conv_channels=[16, 16, 16], rnn_hidden_size=16, embed_dim=32)
-
+from t2i import GanClsPipeline  # noqa: E402
+from t2i.app_utils import TINY_TEXT_ENCODER_CONFIG, build_random_pipeline  # noqa: E402
 
 def make_tiny_pipeline(seed: int = 0, resolution: int = 64) -> GanClsPipeline:
-    """A randomly initialised pipeline small enough for unit tests (char-CNN-RNN, ngf = 8)."""
-    torch.manual_seed(seed)
-    text_encoder = CharCnnRnnEncoder(CharCnnRnnConfig(**TINY_CHAR_CNN_RNN))
-    generator = GanClsGenerator(text_embed_dim=32, ngf=8, resolution=resolution)
-    # Untrained, the text would barely move the images; a wider projection makes its effect visible to tests.
-    torch.nn.init.normal_(generator.text_projection[0].weight, std=1.0)
-    # An untrained generator's BatchNorm statistics (mean 0, var 1) squash every image to flat grey; a few
-    # train-mode passes give it statistics that match its activations, so tests see varied images.
-    with torch.no_grad():
-        for module in generator.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = None  # cumulative average
-        generator.train()(torch.randn(64, 100), torch.randn(64, 32))
-    return GanClsPipeline(tokenizer=CharTokenizer(), text_encoder=text_encoder, generator=generator)
+    """A seeded random pipeline small enough for unit tests (tiny char-CNN-RNN, ngf = 8)."""
+    return build_random_pipeline(seed=seed, resolution=resolution)
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ from transformers import BertConfig, BertModel, BertTokenizer
 from t2i import GanClsGenerator, GanClsPipeline, TextEncoder
 from t2i.text_encoders import REED_ALPHABET, CharTokenizer, build_char_cnn_rnn, encode_text
 
-from conftest import TINY_CHAR_CNN_RNN
+from conftest import TINY_TEXT_ENCODER_CONFIG
 
 WORDS = "a the flower petals petal red blue yellow purple pink white center has with five many thin round".split()
 
@@ -34,7 +34,7 @@ def test_char_tokenizer_follows_reed():
 
 
 def test_char_cnn_rnn_round_trip(tmp_path):
-    encoder = build_char_cnn_rnn(**TINY_CHAR_CNN_RNN)
+    encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
     captions = ["a flower with five red petals", "this flower is yellow", "x" * 400]
     before = encoder.encode(captions)
     encoder.save_pretrained(tmp_path)
@@ -47,7 +47,7 @@ def test_char_cnn_rnn_round_trip(tmp_path):
 
 
 def test_char_cnn_rnn_text_changes_embedding():
-    encoder = build_char_cnn_rnn(**TINY_CHAR_CNN_RNN)
+    encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
     red, blue = encoder.encode(["red petals", "blue petals"])
     assert not torch.allclose(red, blue)
     assert torch.allclose(encoder.encode(["RED petals"])[0], red, atol=1e-6)  # case-insensitive like Reed's alphabet
@@ -71,7 +71,7 @@ def test_transformers_encoder_round_trip_and_mean_pooling(tiny_bert_dir, tmp_pat
 
 
 def test_both_encoders_as_pipeline_components(tiny_bert_dir, tmp_path):
-    for name, encoder in [("char", build_char_cnn_rnn(**TINY_CHAR_CNN_RNN)), ("bert", TextEncoder.from_pretrained(tiny_bert_dir))]:
+    for name, encoder in [("char", build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)), ("bert", TextEncoder.from_pretrained(tiny_bert_dir))]:
         torch.manual_seed(0)
         generator = GanClsGenerator(text_embed_dim=encoder.embedding_dim, ngf=8)
         pipeline = GanClsPipeline(tokenizer=encoder.tokenizer, text_encoder=encoder.model, generator=generator)
@@ -93,7 +93,7 @@ def test_minilm_default_loads_offline_from_the_installed_package():
 
 
 def test_fingerprint_tracks_weights():
-    encoder = build_char_cnn_rnn(**TINY_CHAR_CNN_RNN)
+    encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
     before = encoder.fingerprint()
     with torch.no_grad():
         encoder.model.projection.bias[0] += 1
@@ -101,6 +101,6 @@ def test_fingerprint_tracks_weights():
 
 
 def test_encode_text_on_empty_batch_and_pairs():
-    encoder = build_char_cnn_rnn(**TINY_CHAR_CNN_RNN)
+    encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
     assert encoder.encode([]).shape == (0, 32)
     assert encode_text(encoder.tokenizer, encoder.model, ["abc"]).shape == (1, 32)

@@ -19,7 +19,7 @@ import train_accelerate
 from t2i import GanClsPipeline
 from t2i.text_encoders import build_char_cnn_rnn
 
-from conftest import TINY_CHAR_CNN_RNN
+from conftest import TINY_TEXT_ENCODER_CONFIG
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train_accelerate.py")
@@ -30,7 +30,7 @@ STEPS = 12
 def tiny_text_encoder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("text_encoder")
     torch.manual_seed(0)
-    build_char_cnn_rnn(**TINY_CHAR_CNN_RNN).save_pretrained(folder)
+    build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG).save_pretrained(folder)
     return folder
 
 
@@ -191,7 +191,7 @@ def test_bad_dataset_paths_fail_before_any_work(capsys, tmp_path):
 def test_char_cnn_rnn_phase_trains_then_freezes_the_text_encoder(tiny_synthetic_dataset, tmp_path):
     args = [
         "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn",
-        "--char_cnn_rnn_config", json.dumps(TINY_CHAR_CNN_RNN), "--text_encoder_steps", "20", "--text_encoder_batch_size", "8",
+        "--char_cnn_rnn_config", json.dumps(TINY_TEXT_ENCODER_CONFIG), "--text_encoder_steps", "20", "--text_encoder_batch_size", "8",
         "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", "2", "--report_to", "none",
         "--cache_dir", str(tmp_path / "cache"),
     ]

@@ -1,0 +1,300 @@
+"""The Gradio app end to end: real servers on loopback, driven through gradio_client (the browser is in
+test_app_browser.py), plus the input checks and model loading behind them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from conftest import APP_MODEL_ID, APP_WIDGET_PROMPTS, free_port, make_tiny_pipeline
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+import app
+from t2i.app_utils import (
+    EXAMPLE_PROMPTS,
+    App,
+    InputError,
+    LoadedModel,
+    check_int,
+    clean_prompt,
+    load_model,
+)
+from t2i.text_encoders import CharTokenizer
+
+# Gradio's queue calls pandas in a way pandas 3 deprecates; nothing this project can act on.
+pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROMPT = "this flower has five pointed purple petals and a yellow center"
+LONG_PROMPT = "a flower with many thin white petals and a large yellow center " * 10
+
+
+@pytest.fixture(scope="module")
+def client(app_url) -> Client:
+    return Client(app_url, verbose=False)
+
+
+def pixels(path: str) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def page_config(url: str) -> str:
+    """The app's config (every component's initial value) as one string."""
+    return json.dumps(httpx.get(f"{url}config", timeout=30).json(), ensure_ascii=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks, without a server
+
+
+@pytest.mark.parametrize(
+    "prompt, expected, notice",
+    [
+        ("  a  red\tflower \n", "a red flower", None),
+        ("a red\x00 flower\x07", "a red flower", "Removed 2 control"),
+        ("a red flower\u202e\u200d", "a red flower", "Removed 2 control"),  # right-to-left override, zero-width joiner
+        ("a red flower 🌸", "a red flower", "Ignored characters the model cannot read: 🌸"),
+        ("a red flower פרח", "a red flower", "Ignored characters"),
+        (LONG_PROMPT, LONG_PROMPT.strip()[:201].rstrip(), "cut to 201 characters"),
+        ("a red flower " * 100_000, ("a red flower " * 16)[:201].rstrip(), "cut to 201 characters"),
+    ],
+)
+def test_clean_prompt_returns_what_the_model_reads(prompt, expected, notice):
+    text, notices = clean_prompt(prompt, CharTokenizer())
+    assert text == expected
+    assert (notice is None and not notices) or any(notice in n for n in notices)
+
+
+@pytest.mark.parametrize(
+    "prompt, message",
+    [
+        ("", "the prompt is empty"),
+        (" \n\t ", "the prompt is empty"),
+        ("\x00\x1b", "the prompt is empty"),
+        ("🌸🌼", "no characters this model can read"),
+        ("זהב אדום", "no characters this model can read"),
+        (None, "the prompt must be text"),
+    ],
+)
+def test_clean_prompt_refuses_unreadable_prompts(prompt, message):
+    with pytest.raises(InputError, match=message):
+        clean_prompt(prompt, CharTokenizer())
+
+
+@pytest.mark.parametrize("value, expected", [(1, 1), (16, 16), (4.0, 4), ("7", 7)])
+def test_check_int_accepts_whole_numbers_in_range(value, expected):
+    assert check_int(value, "n", 1, 16) == expected
+
+
+@pytest.mark.parametrize("value", [0, 17, 2.5, -1, "four", None, "", True, [4], float("nan"), float("inf"), 10**400])
+def test_check_int_refuses_everything_else(value):
+    with pytest.raises(InputError, match="n must be a whole number from 1 to 16"):
+        check_int(value, "n", 1, 16)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model loading, without a server
+
+
+def test_load_model_reads_the_model_card(app_model_folder):
+    model = load_model(str(app_model_folder))
+    assert model.notice is None
+    assert model.name == "app-tiny" and "local folder" in model.source
+    assert "t2i-synthetic-flowers" in model.trained_on and "synthetic" in model.trained_on
+    assert model.examples == APP_WIDGET_PROMPTS
+
+
+def test_load_model_falls_back_and_says_why(tmp_path):
+    pickled = tmp_path / "pickled"
+    make_tiny_pipeline().save_pretrained(pickled)
+    for weights in pickled.glob("*/*.safetensors"):  # a folder with only pickle checkpoints
+        weights.rename(weights.with_suffix(".bin"))
+    model = load_model(str(pickled))
+    assert "Could not load" in model.notice and "pickle" in model.notice
+    assert model.source == "built at start-up" and model.examples == list(EXAMPLE_PROMPTS)
+
+    model = load_model(None, default_folder=tmp_path / "pretrained")
+    assert "No trained model yet" in model.notice
+    assert "random weights" in model.description()
+
+
+def test_model_option_and_environment(monkeypatch):
+    monkeypatch.setenv("T2I_MODEL", "user/from-env")
+    assert app.parse_args([]).model == "user/from-env"
+    assert app.parse_args(["--model", "user/from-flag"]).model == "user/from-flag"
+
+
+def test_concurrent_requests_share_a_forward_pass_and_get_their_own_images():
+    """Requests that arrive while the model is busy run as one batch, with the same images as alone."""
+    service = App(LoadedModel(make_tiny_pipeline(), "tiny", "test", "nothing"))
+    requests = [("a flower with red petals", 1, 0), ("a blue flower", 3, 1), ("white petals", 16, 2), ("pink", 2, 3)]
+    alone = [service.generate(*request).images for request in requests]
+
+    batch_sizes = []
+    run_batch = service._batcher._run
+    service._batcher._run = lambda jobs: (batch_sizes.append(len(jobs)), run_batch(jobs))
+    results = [None] * len(requests)
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, service.generate(*requests[i]).images))
+        for i in range(len(requests))
+    ]
+    with service._batcher._model_lock:  # the model is "busy": every request queues up behind it
+        for thread in threads:
+            thread.start()
+        while len(service._batcher._pending) < len(requests):
+            time.sleep(0.01)
+    for thread in threads:
+        thread.join(timeout=30)
+    assert batch_sizes == [len(requests)]
+    for together, single in zip(results, alone):
+        assert len(together) == len(single)
+        for a, b in zip(together, single):  # batch size may change the last float bit, never a visible pixel
+            assert np.abs(np.asarray(a, dtype=int) - np.asarray(b, dtype=int)).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The running app, through gradio_client
+
+
+def test_generate_endpoint(client, app_url):
+    images, summary = client.predict(PROMPT, 3, 7, api_name="/generate")
+    assert len(images) == 3 and "seed **7**" in summary
+    expected = make_tiny_pipeline()(PROMPT, num_images_per_prompt=3, generator=torch.Generator().manual_seed(7)).images
+    for item, want in zip(images, expected):
+        assert Image.open(item["image"]).format == "PNG"
+        np.testing.assert_array_equal(pixels(item["image"]), np.asarray(want))  # native size, exactly the pipeline's
+    metadata = json.loads(Image.open(images[0]["image"]).info["t2i"])
+    assert metadata["prompt"] == PROMPT and metadata["seed"] == 7 and metadata["model"] == "app-tiny"
+
+    again, _ = client.predict(PROMPT, 3, 7, api_name="/generate")
+    other, _ = client.predict(PROMPT, 3, 8, api_name="/generate")
+    assert np.array_equal(pixels(again[0]["image"]), pixels(images[0]["image"]))
+    assert not np.array_equal(pixels(other[0]["image"]), pixels(images[0]["image"]))
+
+
+def test_interpolate_endpoints(client):
+    frames, strip_png, strip_gif, summary = client.predict(PROMPT, "white petals", 5, 3, api_name="/interpolate")
+    assert len(frames) == 5 and "seed **3**" in summary
+    strip = Image.open(strip_png)
+    assert strip.size == (5 * 64, 64)
+    np.testing.assert_array_equal(np.asarray(strip)[:, :64], pixels(frames[0]["image"]))
+    assert Image.open(strip_gif).n_frames == 8  # there and back: 5 + 3
+
+    frames, strip_png, strip_gif, _ = client.predict(PROMPT, 11, 12, 4, api_name="/interpolate_noise")
+    assert len(frames) == 4 and Image.open(strip_png).size == (4 * 64, 64) and Image.open(strip_gif).n_frames == 6
+    # The ends are the noise of each seed as Generate draws it.
+    for end, seed in [(frames[0], 11), (frames[-1], 12)]:
+        single, _ = client.predict(PROMPT, 1, seed, api_name="/generate")
+        assert np.abs(pixels(end["image"]).astype(int) - pixels(single[0]["image"])).max() <= 2
+
+
+GENERATE_OK = (PROMPT, 2, 0)
+
+
+@pytest.mark.parametrize(
+    "endpoint, args, message",
+    [
+        ("/generate", ("", 2, 0), "the prompt is empty"),
+        ("/generate", ("  \t\n ", 2, 0), "the prompt is empty"),
+        ("/generate", ("\x00\x1b\x07", 2, 0), "the prompt is empty"),
+        ("/generate", ("🌸🌼🌺", 2, 0), "no characters this model can read"),
+        ("/generate", ("זהב אדום", 2, 0), "no characters this model can read"),
+        ("/generate", (PROMPT, 0, 0), "number of images must be a whole number from 1 to 16"),
+        ("/generate", (PROMPT, 17, 0), "number of images must be a whole number from 1 to 16"),
+        ("/generate", (PROMPT, 2.5, 0), "number of images must be a whole number from 1 to 16"),
+        ("/generate", (PROMPT, None, 0), "number of images must be a whole number from 1 to 16"),
+        ("/generate", (PROMPT, 2, -1), "seed must be a whole number from 0 to 4294967295"),
+        ("/generate", (PROMPT, 2, 2**32), "seed must be a whole number from 0 to 4294967295"),
+        ("/generate", (PROMPT, 2, 10**30), "seed must be a whole number from 0 to 4294967295"),
+        ("/generate", (PROMPT, 2, "lucky"), "seed must be a whole number from 0 to 4294967295"),
+        ("/interpolate", (PROMPT, "", 4, 0), "prompt B: the prompt is empty"),
+        ("/interpolate", (PROMPT, PROMPT, 1, 0), "number of steps must be a whole number from 2 to 16"),
+        ("/interpolate", (PROMPT, PROMPT, 17, 0), "number of steps must be a whole number from 2 to 16"),
+        ("/interpolate", (PROMPT, PROMPT, 4, -5), "seed must be a whole number"),
+        ("/interpolate_noise", ("🌸", 0, 1, 4), "no characters this model can read"),
+        ("/interpolate_noise", (PROMPT, 0, -1, 4), "seed B must be a whole number"),
+        ("/interpolate_noise", (PROMPT, 0, 1, 99), "number of steps must be a whole number from 2 to 16"),
+    ],
+)
+def test_bad_input_is_a_clean_error(client, endpoint, args, message):
+    with pytest.raises(AppError, match=message) as error:
+        client.predict(*args, api_name=endpoint)
+    assert "Traceback" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "prompt, notice",
+    [
+        (LONG_PROMPT, "The prompt was cut to 201 characters"),
+        ("a red\x00 flower\u202e", "Removed 2 control or invisible formatting character(s)"),
+        ("a red flower 🌸", "Ignored characters the model cannot read: 🌸"),
+        ("a red flower פרח", "Ignored characters the model cannot read"),
+    ],
+)
+def test_odd_prompts_are_cleaned_with_a_notice(client, prompt, notice):
+    images, summary = client.predict(prompt, 1, 0, api_name="/generate")
+    assert len(images) == 1 and notice in summary
+
+
+def test_app_shows_model_provenance(app_url):
+    config = page_config(app_url)
+    assert "app-tiny" in config and "local folder" in config
+    assert "t2i-synthetic-flowers" in config and "not on Oxford-102" in config
+    assert APP_WIDGET_PROMPTS[0] in config  # examples come from the model card
+
+
+def test_missing_model_still_starts_and_says_why(loopback_hub):
+    demo = app.create_app("t2i-tests/no-such-model")
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    try:
+        url = f"http://127.0.0.1:{port}/"
+        config = page_config(url)
+        assert "Could not load" in config and "t2i-tests/no-such-model" in config and "untrained stand-in" in config
+        images, _ = Client(url, verbose=False).predict(PROMPT, 2, 0, api_name="/generate")
+        assert len(images) == 2
+    finally:
+        demo.close()
+
+
+def test_app_py_loads_a_model_from_the_hub(loopback_hub, app_model_folder, tmp_path):
+    """`python app.py` as a user runs it, with the model named by T2I_MODEL and fetched from the (loopback) Hub."""
+    loopback_hub.publish(app_model_folder, APP_MODEL_ID)
+    port = free_port()
+    env = {**os.environ, "T2I_MODEL": APP_MODEL_ID, "HF_HOME": str(tmp_path / "hf_home")}
+    log = (tmp_path / "app.log").open("w")
+    process = subprocess.Popen(
+        [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "app.py did not start within 120 s"
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.3)
+        url = f"http://127.0.0.1:{port}/"
+        config = page_config(url)
+        assert APP_MODEL_ID in config and "Hugging Face Hub" in config and "Could not load" not in config
+        assert "t2i-synthetic-flowers" in config  # the model card came from the Hub too
+        images, _ = Client(url, verbose=False).predict(PROMPT, 2, 7, api_name="/generate")
+        expected = make_tiny_pipeline()(PROMPT, num_images_per_prompt=2, generator=torch.Generator().manual_seed(7))
+        np.testing.assert_array_equal(pixels(images[1]["image"]), np.asarray(expected.images[1]))
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        log.close()
