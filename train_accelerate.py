@@ -73,8 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     text.add_argument("--text_encoder_path", default=None, help="reuse a trained text encoder folder (skips its training)")
     text.add_argument("--text_encoder_steps", type=int, default=3000, help="char-CNN-RNN joint-embedding training steps")
     text.add_argument("--char_cnn_rnn_config", type=json.loads, default={}, help='CharCnnRnnConfig overrides as JSON, e.g. \'{"rnn_type": "gru"}\'')
-    text.add_argument("--text_encoder_batch_size", type=int, default=64)
-    text.add_argument("--text_encoder_learning_rate", type=float, default=4e-4)
+    text.add_argument("--text_encoder_batch_size", type=int, default=40, help="distinct classes per joint-embedding step")
+    text.add_argument("--text_encoder_learning_rate", type=float, default=3e-3)
 
     model = parser.add_argument_group("model")
     model.add_argument("--ngf", type=int, default=64)
@@ -282,7 +282,7 @@ def load_checkpoint(accelerator, checkpoint: Path, ema_generator) -> tuple[dict,
 # Text encoder and validation
 
 
-def prepare_text_encoder(accelerator, args, train_dataset, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
+def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
     """The frozen text encoder: loaded, or (char-CNN-RNN) trained with the joint-embedding loss on the main process."""
     if args.text_encoder_path is not None:
         return TextEncoder.from_pretrained(args.text_encoder_path), {}
@@ -294,9 +294,8 @@ def prepare_text_encoder(accelerator, args, train_dataset, test_dataset) -> tupl
     trained_dir = Path(args.output_dir) / "char_cnn_rnn"  # reused on resume, so a restart never retrains it
     metrics_file = trained_dir / "joint_embedding_metrics.json"
     if accelerator.is_main_process and not metrics_file.exists():
-        size = load_size_for(args.resolution)
         result = train_joint_embedding(
-            images_to_uint8(train_dataset, size),
+            train_images,
             train_dataset["captions"],
             torch.tensor(train_dataset["label"]),
             build_char_cnn_rnn(**args.char_cnn_rnn_config),
@@ -307,7 +306,7 @@ def prepare_text_encoder(accelerator, args, train_dataset, test_dataset) -> tupl
             seed=args.seed,
             device=accelerator.device,
             progress=True,
-            test_images=images_to_uint8(test_dataset, size) if test_dataset is not None else None,
+            test_images=images_to_uint8(test_dataset, train_images.shape[-1]) if test_dataset is not None else None,
             test_captions=test_dataset["captions"] if test_dataset is not None else None,
             test_labels=torch.tensor(test_dataset["label"]) if test_dataset is not None else None,
         )
@@ -379,13 +378,14 @@ def main(argv: list[str] | None = None) -> None:
         test_dataset = load_captioned_dataset(args.dataset_name, "test", args.image_column, args.caption_column)
     except (ValueError, KeyError, FileNotFoundError):
         test_dataset = None
-    text_encoder, text_metrics = prepare_text_encoder(accelerator, args, train_dataset, test_dataset)
+    train_images = images_to_uint8(train_dataset, load_size_for(args.resolution))
+    text_encoder, text_metrics = prepare_text_encoder(accelerator, args, train_dataset, train_images, test_dataset)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
     validation_embeds = text_encoder.encode(args.validation_prompts)
     labels = torch.tensor(train_dataset["label"]) if "label" in train_dataset.column_names else None
     loader = TensorBatchLoader(
-        images_to_uint8(train_dataset, load_size_for(args.resolution)),
+        train_images,
         embeddings,
         labels,
         batch_size=args.train_batch_size,

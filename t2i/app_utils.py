@@ -100,7 +100,7 @@ def build_random_pipeline(seed: int = 0, ngf: int = 8, text_encoder: TextEncoder
                 module.momentum = None  # cumulative average over the calibration batch
         generator.train()(noise, text)
         # DCGAN's N(0, 0.02) output layer keeps tanh near 0 (flat grey); unit variance before tanh shows patterns.
-        pre_tanh = generator.eval().net[:-1](torch.cat([noise, generator.text_projection(text)], 1)[:, :, None, None])
+        pre_tanh = generator.eval().net[:-1](torch.cat([noise, generator.text_projection(text)], 1))
         generator.net[-2].weight /= pre_tanh.std()
     return GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=generator)
 

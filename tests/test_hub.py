@@ -91,7 +91,7 @@ def test_config_that_disagrees_with_weights(tiny_pipeline, tmp_path):
     config = json.loads(config_file.read_text())
     config["ngf"] = 16
     config_file.write_text(json.dumps(config))
-    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model.safetensors: tensor 'net.0.weight' has shape \[228, 64, 4, 4\].*generator/config.json"):
+    with pytest.raises(CheckpointError, match=r"diffusion_pytorch_model.safetensors: tensor 'net.0.weight' has shape \[1024, 228\].*generator/config.json"):
         GanClsPipeline.from_pretrained(tmp_path)
 
 
