@@ -41,7 +41,8 @@ from t2i.losses import (
     matching_aware_gradient_penalty,
     update_ema,
 )
-from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, build_char_cnn_rnn
+from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, train_joint_embedding
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, CharCnnRnnEncoder, build_char_cnn_rnn
 
 logger = get_logger(__name__)
 
@@ -284,12 +285,12 @@ def load_checkpoint(accelerator, checkpoint: Path, ema_generator) -> tuple[dict,
 
 def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
     """The frozen text encoder: loaded, or (char-CNN-RNN) trained with the joint-embedding loss on the main process."""
-    if args.text_encoder_path is not None:
-        return TextEncoder.from_pretrained(args.text_encoder_path), {}
+    if args.text_encoder_path is not None:  # a folder of an earlier run keeps its joint-embedding metrics
+        metrics_file = Path(args.text_encoder_path) / "joint_embedding_metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
+        return TextEncoder.from_pretrained(args.text_encoder_path), {f"text_encoder_{k}": v for k, v in metrics.items()}
     if args.text_encoder != "char-cnn-rnn":
         return TextEncoder.from_pretrained(args.text_encoder), {}
-
-    from t2i.joint_embedding import train_joint_embedding
 
     trained_dir = Path(args.output_dir) / "char_cnn_rnn"  # reused on resume, so a restart never retrains it
     metrics_file = trained_dir / "joint_embedding_metrics.json"
@@ -313,6 +314,7 @@ def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_da
         partial = trained_dir.with_name(trained_dir.name + ".partial")
         shutil.rmtree(partial, ignore_errors=True)
         result.text_encoder.save_pretrained(partial)
+        result.image_encoder.save_pretrained(partial / JOINT_IMAGE_ENCODER_FOLDER)  # for R-precision in t2i.evaluation
         (partial / "joint_embedding_metrics.json").write_text(json.dumps(result.metrics, indent=2))
         shutil.rmtree(trained_dir, ignore_errors=True)
         os.replace(partial, trained_dir)
@@ -342,6 +344,13 @@ def log_validation(accelerator, args, generator, validation_embeds: torch.Tensor
         if tracker.name == "tensorboard":
             tracker.writer.add_image("validation", grid, global_step)
     return path
+
+
+def _text_encoder_description(args, text_encoder: TextEncoder) -> str:
+    if args.text_encoder_path is None:
+        return "char-CNN-RNN (trained here, DS-SJE)" if args.text_encoder == "char-cnn-rnn" else args.text_encoder
+    kind = "char-CNN-RNN (DS-SJE)" if isinstance(text_encoder.model, CharCnnRnnEncoder) else type(text_encoder.model).__name__
+    return f"{kind}, {text_encoder.embedding_dim}-d, trained beforehand ({Path(args.text_encoder_path).name})"
 
 
 def _hardware(accelerator) -> str:
@@ -486,7 +495,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset_name=args.dataset_name,
             dataset_description=f"{len(train_dataset)} training images (split '{args.train_split}').",
             synthetic_data="attributes" in train_dataset.column_names,
-            text_encoder="char-CNN-RNN (trained here, DS-SJE)" if args.text_encoder == "char-cnn-rnn" and args.text_encoder_path is None else (args.text_encoder_path or args.text_encoder),
+            text_encoder=_text_encoder_description(args, text_encoder),
             resolution=args.resolution,
             training_command="accelerate launch " + shlex.join(["train_accelerate.py", *(argv if argv is not None else sys.argv[1:])]),
             training_steps=global_step,
@@ -495,8 +504,12 @@ def main(argv: list[str] | None = None) -> None:
             hardware=_hardware(accelerator),
             metrics=text_metrics,
             evaluation_protocol="Metrics recorded during training (text-encoder joint embedding, held-out test classes)." if text_metrics else None,
+            widget_prompts=list(args.validation_prompts),
         )
         pipeline.save_with_model_card(args.output_dir, card)
+        trained_image_encoder = Path(args.text_encoder_path or Path(args.output_dir) / "char_cnn_rnn") / JOINT_IMAGE_ENCODER_FOLDER
+        if trained_image_encoder.is_dir():  # θ travels with the pipeline so evaluation can compute R-precision
+            shutil.copytree(trained_image_encoder, Path(args.output_dir) / JOINT_IMAGE_ENCODER_FOLDER, dirs_exist_ok=True)
         (Path(args.output_dir) / "training_summary.json").write_text(json.dumps({"final_losses": losses, **card.__dict__}, indent=2, default=str))
         accelerator.print(f"Saved the pipeline to {args.output_dir}")
         if args.push_to_hub:

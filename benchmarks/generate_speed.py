@@ -2,7 +2,8 @@
 
     python benchmarks/generate_speed.py --out benchmarks/results/generate_speed.json
 
-Uses the default-sized generator (ngf = 64) with random weights: speed does not depend on training.
+Rows: a ngf = 64 generator with random weights (speed does not depend on training) behind each text encoder,
+and with --model a saved pipeline, e.g. the embedded default: --model pretrained.
 """
 
 import argparse
@@ -32,12 +33,17 @@ def median_ms(fn, repeats: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def benchmark(encoder_name: str, text_encoder: TextEncoder, repeats: int, channels_last: bool) -> dict:
+def random_pipeline(text_encoder: TextEncoder, channels_last: bool) -> GanClsPipeline:
+    """A ngf = 64, 64 px generator with random (seeded) weights behind `text_encoder`."""
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=text_encoder.embedding_dim, ngf=64, resolution=64)
     if channels_last:
         generator = generator.to(memory_format=torch.channels_last)
-    pipeline = GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=generator)
+    return GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=generator)
+
+
+def benchmark(name: str, pipeline: GanClsPipeline, repeats: int) -> dict:
+    """Median latencies of one pipeline, in ms."""
     results = {}
     for n in (1, 8):
         embeds = pipeline.encode_prompt([PROMPT] * n)
@@ -46,24 +52,26 @@ def benchmark(encoder_name: str, text_encoder: TextEncoder, repeats: int, channe
         results[f"{n}_images_with_text_encoding_ms"] = median_ms(lambda: pipeline([PROMPT] * n, generator=seed, output_type="np"), repeats)
         results[f"{n}_images_text_given_pil_ms"] = median_ms(lambda: pipeline(prompt_embeds=embeds, generator=seed, output_type="pil"), repeats)
     results["text_encoding_1_prompt_ms"] = median_ms(lambda: pipeline.encode_prompt(PROMPT), repeats)
-    return {"text_encoder": encoder_name, **results}
+    return {"pipeline": name, "ngf": pipeline.generator.config.ngf, **results}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--channels_last", action="store_true", help="run the generator in channels_last memory format")
+    parser.add_argument("--model", default=None, help="also time this saved pipeline (folder or Hub id), e.g. pretrained")
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
     args = parser.parse_args()
 
     rows = [
-        benchmark("char-cnn-rnn (Reed, 1024-d)", build_char_cnn_rnn(), args.repeats, args.channels_last),
-        benchmark("all-MiniLM-L6-v2 (384-d)", TextEncoder.from_pretrained(), args.repeats, args.channels_last),
+        benchmark("ngf 64 + char-cnn-rnn (Reed, 1024-d)", random_pipeline(build_char_cnn_rnn(), args.channels_last), args.repeats),
+        benchmark("ngf 64 + all-MiniLM-L6-v2 (384-d)", random_pipeline(TextEncoder.from_pretrained(), args.channels_last), args.repeats),
     ]
+    if args.model:
+        rows.append(benchmark(f"{args.model} (saved pipeline)", GanClsPipeline.from_pretrained(args.model), args.repeats))
     report = {
         "benchmark": "generate_speed",
         "resolution": 64,
-        "ngf": 64,
         "device": "cpu",
         "cpu_threads": torch.get_num_threads(),
         "cpu": platform.processor() or platform.machine(),
@@ -73,7 +81,7 @@ def main() -> None:
         "rows": rows,
     }
     for row in rows:
-        print(f"{row['text_encoder']}:")
+        print(f"{row['pipeline']}:")
         for key, value in row.items():
             if key.endswith("_ms"):
                 print(f"  {key:38s} {value:8.2f} ms")

@@ -156,6 +156,8 @@ class ModelCardInfo:
     hardware: str | None = None
     metrics: dict[str, float] = field(default_factory=dict)
     evaluation_protocol: str | None = None
+    evaluation_table: str | None = None
+    widget_prompts: list[str] = field(default_factory=list)
     license: str = "apache-2.0"
     tags: list[str] = field(default_factory=lambda: ["text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i"])
 
@@ -180,6 +182,7 @@ def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike = MO
         datasets=[info.dataset_name] if info.dataset_name else None,
         model_name=info.model_id,
         eval_results=eval_results or None,
+        widget=[{"text": prompt} for prompt in info.widget_prompts] or None,
     )
-    fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("license", "tags")}
+    fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("license", "tags", "widget_prompts")}
     return ModelCard.from_template(card_data, template_path=str(template_path), **fields)

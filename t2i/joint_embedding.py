@@ -38,8 +38,8 @@ from .text_encoders import CharCnnRnnEncoder, TextEncoder
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "JointEmbeddingResult", "JointImageEncoder", "symmetric_joint_embedding_loss", "train_joint_embedding",
-    "zero_shot_accuracy",
+    "JOINT_IMAGE_ENCODER_FOLDER", "JointEmbeddingResult", "JointImageEncoder", "recalibrate_batch_norm",
+    "strided_conv_stack", "symmetric_joint_embedding_loss", "train_joint_embedding", "zero_shot_accuracy",
 ]
 
 
@@ -99,6 +99,23 @@ def symmetric_joint_embedding_loss(
     return 0.5 * (hinge(image_embeds @ text_class_means.T) + hinge(text_embeds @ image_class_means.T))
 
 
+def strided_conv_stack(channels: Sequence[int], in_channels: int = 3) -> nn.Sequential:
+    """Stride-2 4×4 convolutions, each halving the side: BatchNorm after all but the first (as in DCGAN's
+    discriminator, no normalisation on the raw pixels), LeakyReLU(0.2)."""
+    layers: list[nn.Module] = []
+    for i, out_channels in enumerate(channels):
+        layers.append(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=i == 0))
+        if i > 0:
+            layers.append(nn.BatchNorm2d(out_channels))
+        layers.append(nn.LeakyReLU(0.2, inplace=True))
+        in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+JOINT_IMAGE_ENCODER_FOLDER = "joint_image_encoder"
+"""Where a trained θ is saved next to its text encoder and its pipeline (read by `t2i.evaluation`)."""
+
+
 class JointImageEncoder(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     """θ: a small DCGAN-discriminator-like CNN, image [B, 3, R, R] in [-1, 1] → embedding [B, embed_dim].
 
@@ -109,16 +126,8 @@ class JointImageEncoder(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(self, embed_dim: int = 1024, channels: Sequence[int] = (64, 128, 256, 512)):
         super().__init__()
-        layers: list[nn.Module] = []
-        in_channels = 3
-        for i, out_channels in enumerate(channels):
-            layers.append(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=i == 0))
-            if i > 0:  # as in DCGAN's discriminator, no normalisation on the raw pixels
-                layers.append(nn.BatchNorm2d(out_channels))
-            layers.append(nn.LeakyReLU(0.2, inplace=True))
-            in_channels = out_channels
-        self.features = nn.Sequential(*layers)
-        self.projection = nn.Linear(in_channels, embed_dim)
+        self.features = strided_conv_stack(channels)
+        self.projection = nn.Linear(channels[-1], embed_dim)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Embed images [B, 3, R, R] in [-1, 1] into [B, embed_dim]."""
@@ -196,8 +205,8 @@ class _ReedBatchSampler:
 
 
 @torch.no_grad()
-def _recalibrate_batch_norm(
-    image_encoder: JointImageEncoder, images: torch.Tensor, resolution: int, generator: torch.Generator, batches: int = 8
+def recalibrate_batch_norm(
+    image_encoder: nn.Module, images: torch.Tensor, resolution: int, generator: torch.Generator, batches: int = 8
 ) -> None:
     """Replace θ's BatchNorm running statistics by exact averages over a few augmented batches of the final weights.
 
@@ -382,7 +391,7 @@ def train_joint_embedding(
     }
 
     trained = TextEncoder(text_encoder.tokenizer, text_model)  # TextEncoder freezes it (eval, no grad)
-    _recalibrate_batch_norm(image_encoder, images, resolution, generator)
+    recalibrate_batch_norm(image_encoder, images, resolution, generator)
     image_encoder.eval().requires_grad_(False)
     if test_images is not None:
         evaluation = zero_shot_accuracy(trained, image_encoder, test_images, test_captions, test_labels, resolution)

@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import datasets
+import numpy as np
 import pytest
 
 from t2i.data.synthetic import (
@@ -14,6 +15,8 @@ from t2i.data.synthetic import (
     caption_attributes,
     generate_synthetic_dataset,
     petal_count_word,
+    random_attributes,
+    render_random_flower,
 )
 
 CLASS_ATTRIBUTES = (
@@ -106,3 +109,24 @@ def test_every_caption_states_only_true_attributes(tiny):
 )
 def test_caption_attributes(caption, expected):
     assert caption_attributes(caption) == expected
+
+
+def test_random_attributes_are_decorrelated_and_avoid_test_combinations():
+    rng = np.random.default_rng(0)
+    test_species = [s for s in SPECIES if s.split == "test"]
+    test_combinations = {tuple(getattr(s, name) for name in CLASS_ATTRIBUTES) for s in test_species}
+    draws = [random_attributes(rng, test_species) for _ in range(3000)]
+    assert not {tuple(d[name] for name in CLASS_ATTRIBUTES) for d in draws} & test_combinations
+    for d in draws:
+        assert list(d) == list(ATTRIBUTE_VALUES) and petal_count_word(d["petal_count"]) == d["petal_count_word"]
+        assert (d["secondary_color"] == "none") == (d["pattern"] == "none") and d["center_color"] != d["petal_color"]
+    # Decorrelated: every petal colour comes with (almost) every other centre colour.
+    for color in ATTRIBUTE_VALUES["petal_color"]:
+        centres = {d["center_color"] for d in draws if d["petal_color"] == color}
+        assert len(centres) >= len(ATTRIBUTE_VALUES["center_color"]) - 1, (color, centres)
+
+
+def test_render_random_flower_is_a_pure_function():
+    jpeg, attributes = render_random_flower(0, 7, 64)
+    assert (jpeg, attributes) == render_random_flower(0, 7, 64)
+    assert jpeg[:2] == b"\xff\xd8" and render_random_flower(0, 8, 64)[0] != jpeg

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 import train_accelerate
 from t2i import GanClsPipeline
+from t2i.evaluation import load_joint_image_encoder
+from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
 from t2i.text_encoders import build_char_cnn_rnn
 
 from conftest import TINY_TEXT_ENCODER_CONFIG
@@ -205,3 +207,14 @@ def test_char_cnn_rnn_phase_trains_then_freezes_the_text_encoder(tiny_synthetic_
     trained = load_file(tmp_path / "out" / "char_cnn_rnn" / "model.safetensors")
     assert type(pipeline.text_encoder).__name__ == "CharCnnRnnEncoder"
     assert all(torch.equal(pipeline.text_encoder.state_dict()[k], v) for k, v in trained.items())  # frozen after phase 1
+    # θ travels with φ and with the pipeline, for R-precision in t2i.evaluation
+    image_encoder = load_joint_image_encoder(tmp_path / "out")
+    assert image_encoder is not None and image_encoder.config.embed_dim == TINY_TEXT_ENCODER_CONFIG["embed_dim"]
+    assert (tmp_path / "out" / "char_cnn_rnn" / JOINT_IMAGE_ENCODER_FOLDER / "config.json").is_file()
+
+    # A later run that reuses this text encoder keeps its joint-embedding metrics in the card.
+    reuse = [*args[:2], "--text_encoder_path", str(tmp_path / "out" / "char_cnn_rnn"), *args[10:]]
+    run(reuse, tmp_path / "reuse")
+    reused_card = (tmp_path / "reuse" / "README.md").read_text()
+    assert "text_encoder_zero_shot_top1" in reused_card and "char-CNN-RNN (DS-SJE)" in reused_card
+    assert (tmp_path / "reuse" / JOINT_IMAGE_ENCODER_FOLDER / "config.json").is_file()

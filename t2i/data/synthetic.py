@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -26,7 +27,8 @@ from .synthetic_render import CENTER_PALETTE, PETAL_PALETTE, encode_jpeg, render
 
 __all__ = [
     "ATTRIBUTE_VALUES", "CLASS_NAMES", "SPECIES", "TEST_CLASSES", "TRAIN_CLASSES", "Species",
-    "caption_attributes", "generate_synthetic_dataset", "make_example", "petal_count_word",
+    "caption_attributes", "generate_synthetic_dataset", "make_example", "map_in_order", "petal_count_word",
+    "random_attributes", "render_random_flower",
 ]
 
 PETAL_COLORS = tuple(PETAL_PALETTE)
@@ -192,6 +194,53 @@ def _make_example_job(job: tuple[int, int, int, int]) -> dict:
     return make_example(*job)
 
 
+def map_in_order(function: Callable, jobs: Sequence, num_proc: int | None = None) -> list:
+    """[function(job) for job in jobs], on `num_proc` worker processes (default: all cores for 64+ jobs)."""
+    if num_proc is None:  # all cores, unless the job is too small to repay starting workers
+        num_proc = len(os.sched_getaffinity(0)) if len(jobs) >= 64 else 1
+    if num_proc <= 1:
+        return [function(job) for job in jobs]
+    # fork: workers inherit the imported modules instead of re-importing torch & co.
+    context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+    with context.Pool(num_proc) as pool:
+        return list(pool.imap(function, jobs, chunksize=16))  # imap keeps the order
+
+
+def _species_combination(species: Species) -> tuple:
+    return (species.petal_color, species.secondary_color, species.pattern, species.petal_shape, species.petal_count_word,
+            species.center_color, species.center_size, species.num_layers)
+
+
+def random_attributes(rng: np.random.Generator, exclude: Sequence[Species] = ()) -> dict:
+    """Attributes of one flower with every value drawn independently of the others (within the renderer's
+    valid combinations), never the combination of a species in `exclude`.
+
+    Unlike the 102 species, these decorrelate the attributes: a model trained on them cannot read one attribute
+    off another, which is what the evaluation oracle needs to be right on unseen combinations.
+    """
+    excluded = {_species_combination(s) for s in exclude}
+    while True:
+        combo = _combination(rng)
+        if combo is not None and combo not in excluded:
+            break
+    color, secondary, pattern, shape, count_word, center, size, layers = combo
+    low, high = COUNT_BINS[count_word]
+    attributes = {
+        "petal_color": color, "secondary_color": secondary, "pattern": pattern, "petal_shape": shape,
+        "petal_count": int(rng.integers(low, high + 1)), "petal_count_word": count_word, "center_color": center,
+        "center_size": size, "num_layers": layers,
+    }
+    return {name: attributes[name] for name in ATTRIBUTE_VALUES}
+
+
+def render_random_flower(seed: int, index: int, resolution: int = 128, exclude_split: str | None = "test") -> tuple[bytes, dict]:
+    """JPEG bytes and attributes of flower `index` of a decorrelated set (see `random_attributes`), whose
+    combinations avoid every species of `exclude_split`; a pure function of its arguments."""
+    rng = np.random.default_rng([seed, 3, index])
+    attributes = random_attributes(rng, [s for s in SPECIES if s.split == exclude_split])
+    return encode_jpeg(render_flower(attributes, rng, resolution)), attributes
+
+
 def generate_synthetic_dataset(
     out_dir: str | os.PathLike,
     num_images: int = 8189,
@@ -207,15 +256,7 @@ def generate_synthetic_dataset(
     is_test = np.isin(labels, TEST_CLASSES)
     order = np.concatenate([np.flatnonzero(~is_test), np.flatnonzero(is_test)])
     jobs = [(seed, int(i), int(labels[i]), resolution) for i in order]
-    if num_proc is None:  # all cores, unless the job is too small to repay starting workers
-        num_proc = len(os.sched_getaffinity(0)) if num_images >= 64 else 1
-    if num_proc > 1:
-        # fork: workers inherit the imported modules instead of re-importing torch & co.
-        context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else None)
-        with context.Pool(num_proc) as pool:
-            rows = list(pool.imap(_make_example_job, jobs, chunksize=16))  # imap keeps the order
-    else:
-        rows = [_make_example_job(job) for job in jobs]
+    rows = map_in_order(_make_example_job, jobs, num_proc)
     num_train = int((~is_test).sum())
     splits = {"train": rows[:num_train], "test": rows[num_train:]}
     features = captioned_features(CLASS_NAMES, {"attributes": ATTRIBUTE_FEATURES})

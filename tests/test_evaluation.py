@@ -1,0 +1,201 @@
+"""t2i.evaluation: the attribute oracle, each metric on hand-made cases, and the CLI end to end."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import make_tiny_pipeline
+from datasets import Dataset
+from huggingface_hub import ModelCard
+from PIL import Image
+
+from t2i.data import augment_batch, images_to_uint8, load_captioned_dataset
+from t2i.evaluation import (
+    ORACLE_ATTRIBUTES,
+    AttributeOracle,
+    attribute_targets,
+    evaluate_pipeline,
+    frechet_distance,
+    load_or_train_oracle,
+    main,
+    mean_pairwise_distance,
+    oracle_accuracy,
+    r_precision,
+    text_image_agreement,
+)
+from t2i.hub import CheckpointError, ModelCardInfo
+from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder
+from t2i.text_encoders import text_embedding_dim
+
+ORACLE_STEPS = 300
+ORACLE_IMAGES = 600
+
+
+@pytest.fixture(scope="module")
+def splits(tiny_synthetic_dataset):
+    return load_captioned_dataset(tiny_synthetic_dataset, "train"), load_captioned_dataset(tiny_synthetic_dataset, "test")
+
+
+@pytest.fixture(scope="module")
+def oracle_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("oracle") / "oracle"
+    # Rendered at 64 px like the tiny dataset, so the tiny oracle sees the same kind of image.
+    load_or_train_oracle(folder, num_images=ORACLE_IMAGES, steps=ORACLE_STEPS, render_resolution=64, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def oracle(oracle_folder):
+    return load_or_train_oracle(oracle_folder)[0]
+
+
+def _center_crops(dataset):
+    return augment_batch(images_to_uint8(dataset, 76), 64, train=False)
+
+
+def test_oracle_saves_safetensors_and_reloads_identically(splits, oracle_folder, oracle):
+    assert sorted(p.name for p in oracle_folder.iterdir()) == ["config.json", "diffusion_pytorch_model.safetensors"]
+    assert not oracle_folder.with_name("oracle.partial").exists()
+    images = _center_crops(splits[0].select(range(16)))
+    again = AttributeOracle.from_pretrained(oracle_folder).eval()
+    assert torch.equal(oracle.predict(images)[1], again.predict(images)[1])
+    assert set(oracle.config.attribute_values) == set(ORACLE_ATTRIBUTES)
+
+
+def test_oracle_reads_real_images_and_not_noise(splits, oracle):
+    train, test = splits
+    real = _center_crops(train)
+    accuracy = oracle_accuracy(oracle, real, train["attributes"])
+    # 600 training images, 300 steps: far from the full-size ceiling; petal colour is learnt first, the rest is
+    # still well above chance.
+    chance = {name: 1 / len(values) for name, values in oracle.config.attribute_values.items()}
+    assert accuracy["petal_color"] > 0.7, accuracy
+    assert sum(accuracy[name] - chance[name] for name in ORACLE_ATTRIBUTES) / len(ORACLE_ATTRIBUTES) > 0.15, accuracy
+
+    captions = [row[0] for row in train["captions"]]
+    values = oracle.config.attribute_values
+    real_agreement = text_image_agreement(oracle.predict(real)[0], captions, values)
+    noise = torch.rand(real.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    noise_agreement = text_image_agreement(oracle.predict(noise)[0], captions, values)
+    assert real_agreement["petal_color"] > 0.7
+    # Noise gets one reading whatever the caption: agreement near the frequency of one value, not near real.
+    assert noise_agreement["petal_color"] < 0.25, noise_agreement
+    assert noise_agreement["all"] < real_agreement["all"] / 2
+
+
+def test_frechet_distance_matches_closed_form():
+    rng = torch.Generator().manual_seed(0)
+    a = torch.randn(20000, 2, generator=rng)
+    b = torch.randn(20000, 2, generator=rng) * 3 + 2  # N(2, 9 I): |Δμ|² = 8, tr terms = 2 + 18 − 2·2·3 = 8
+    assert frechet_distance(a, b) == pytest.approx(16.0, rel=0.05)
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance(b, a), rel=1e-6)
+
+
+def test_frechet_distance_orders_real_above_noise(splits, oracle):
+    train, test = splits
+    real_train, real_test = oracle.predict(_center_crops(train))[1], oracle.predict(_center_crops(test))[1]
+    noise = oracle.predict(torch.rand(len(test), 3, 64, 64, generator=torch.Generator().manual_seed(1)) * 2 - 1)[1]
+    assert frechet_distance(real_train, real_test) < 0.5 * frechet_distance(noise, real_test)
+
+
+def test_mean_pairwise_distance_by_hand():
+    assert mean_pairwise_distance(torch.tensor([[0.0, 0.0], [3.0, 4.0]])) == pytest.approx(5.0)
+    three = torch.tensor([[0.0], [1.0], [3.0]])  # pairs: 1, 3, 2
+    assert mean_pairwise_distance(three) == pytest.approx(2.0)
+    assert mean_pairwise_distance(torch.ones(5, 4)) == 0.0
+
+
+def test_text_image_agreement_by_hand():
+    values = {name: list(v) for name, v in AttributeOracle().config.attribute_values.items()}
+    pick = {name: {v: i for i, v in enumerate(vals)} for name, vals in values.items()}
+    captions = [
+        "this flower has red petals and a yellow center",  # petal right, centre wrong
+        "a flower with five pointed blue petals",  # all three right
+        "the flower is big and beautiful",  # states no oracle attribute: not counted
+    ]
+    predictions = {name: torch.zeros(3, dtype=torch.long) for name in values}
+    predictions["petal_color"] = torch.tensor([pick["petal_color"]["red"], pick["petal_color"]["blue"], 0])
+    predictions["center_color"] = torch.tensor([pick["center_color"]["white"], 0, 0])
+    predictions["petal_count_word"] = torch.tensor([0, pick["petal_count_word"]["five"], 0])
+    predictions["petal_shape"] = torch.tensor([0, pick["petal_shape"]["pointed"], 0])
+    result = text_image_agreement(predictions, captions, values)
+    assert result["petal_color"] == 1.0 and result["count_petal_color"] == 2
+    assert result["center_color"] == 0.0 and result["count_center_color"] == 1
+    assert result["petal_count_word"] == 1.0 and result["petal_shape"] == 1.0
+    assert result["all"] == 0.5
+    assert math.isnan(result["secondary_color"])
+
+
+def test_r_precision_perfect_random_and_wrong():
+    rng = torch.Generator().manual_seed(0)
+    captions = torch.nn.functional.normalize(torch.randn(500, 32, generator=rng), dim=1)
+    labels = torch.arange(500) % 50
+    assert r_precision(captions.clone(), captions, labels, torch.Generator().manual_seed(0)) == 1.0
+    random_images = torch.randn(500, 32, generator=rng)
+    assert r_precision(random_images, captions, labels, torch.Generator().manual_seed(0)) < 0.05
+    assert r_precision(-captions, captions, labels, torch.Generator().manual_seed(0)) == 0.0
+
+
+def test_attribute_targets_reject_unknown_values():
+    values = AttributeOracle().config.attribute_values
+    with pytest.raises(KeyError):
+        attribute_targets([{name: "chartreuse" for name in values}], values)
+
+
+def test_pickled_oracle_is_refused(tmp_path):
+    folder = tmp_path / "oracle"
+    AttributeOracle().save_pretrained(folder)
+    (folder / "diffusion_pytorch_model.safetensors").unlink()
+    (folder / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(CheckpointError, match="pickle"):
+        load_or_train_oracle(folder)
+
+
+def test_evaluation_needs_the_attributes_column(tiny_pipeline, oracle):
+    no_attributes = Dataset.from_dict({"captions": [["a red flower"]], "label": [0]})
+    with pytest.raises(ValueError, match="attributes"):
+        evaluate_pipeline(tiny_pipeline, no_attributes, no_attributes, oracle, num_samples=2)
+
+
+def test_cli_end_to_end(tiny_synthetic_dataset, oracle_folder, tmp_path, capsys):
+    model = tmp_path / "model"
+    make_tiny_pipeline(seed=0).save_pretrained(model)
+    out = tmp_path / "eval" / "results.json"
+    results = main([
+        "--model", str(model), "--dataset", str(tiny_synthetic_dataset), "--num-samples", "40",
+        "--oracle_dir", str(oracle_folder), "--oracle_steps", str(ORACLE_STEPS), "--out", str(out),
+    ])
+    saved = json.loads(out.read_text())
+    assert saved["num_samples"] == 40 and saved["model"] == str(model)
+    assert saved == json.loads(json.dumps(results))
+    table = out.with_suffix(".md").read_text()
+    assert "| generated images vs their captions |" in table and "Fréchet distance" in table
+    assert table in capsys.readouterr().out
+    # An untrained generator: its images are not what the captions say, and far from real images.
+    assert saved["agreement_generated"]["all"] < saved["agreement_real"]["all"]
+    assert saved["frechet_distance"]["ratio"] > 1.5
+    assert saved["r_precision"] is None  # no joint image encoder next to this pipeline
+    # Same seed, same numbers; with a joint image encoder next to the pipeline, R-precision too; and the model card
+    # of a train_accelerate.py folder (its training_summary.json) gets the numbers, with a sample grid.
+    JointImageEncoder(embed_dim=text_embedding_dim(make_tiny_pipeline().text_encoder), channels=(8, 16)).save_pretrained(model / JOINT_IMAGE_ENCODER_FOLDER)
+    info = ModelCardInfo(model_id="tiny", dataset_name="synthetic", synthetic_data=True, metrics={"text_encoder_zero_shot_top1": 0.5})
+    (model / "training_summary.json").write_text(json.dumps({"final_losses": {}, **info.__dict__}))
+    grid = tmp_path / "grid.png"
+    again = main([
+        "--model", str(model), "--dataset", str(tiny_synthetic_dataset), "--num-samples", "40", "--oracle_dir", str(oracle_folder),
+        "--update_model_card", "--sample_grid", str(grid),
+    ])
+    assert again["agreement_generated"] == saved["agreement_generated"]
+    assert again["frechet_distance"] == saved["frechet_distance"]
+    assert 0.0 <= again["r_precision"]["generated"] <= 1.0 and again["r_precision"]["chance"] == 0.01
+    card = ModelCard.load(model / "README.md")
+    metrics = {r.metric_type: r.metric_value for r in card.data.eval_results}
+    assert metrics["text_encoder_zero_shot_top1"] == 0.5
+    assert metrics["text_image_agreement_petal_color"] == pytest.approx(again["agreement_generated"]["petal_color"])
+    assert metrics["r_precision"] == pytest.approx(again["r_precision"]["generated"])
+    assert "| generated images vs their captions |" in card.text and "python -m t2i.evaluation" in card.text
+    prompts = again["sample_grid"]["prompts"]
+    assert Image.open(grid).size == (8 * 64, len(prompts) * 64) and 1 <= len(prompts) <= 8
