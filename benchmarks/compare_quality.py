@@ -4,7 +4,7 @@
         --run "GAN-INT-CLS=runs/gan_int_cls" --run "GAN-CLS=runs/gan_cls" --out benchmarks/results/quality_table.json
 
 Each run folder is a `train_accelerate.py` output: the pipeline, plus `training_summary.json` (steps, wall time).
-All runs share one attribute oracle (trained once on the train split and cached), the same captions and seeds.
+All runs share one attribute oracle (trained once on decorrelated renders and cached), the same captions and seeds.
 """
 
 import argparse

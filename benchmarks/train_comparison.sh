@@ -1,46 +1,54 @@
 #!/usr/bin/env bash
-# The results table of docs/results.md: one short training run per variant, all on the same protocol, then one
+# The comparison table of docs/results.md: one short training run per variant, all on the same protocol, then one
 # evaluation of every run with benchmarks/compare_quality.py.
 #
-#   bash benchmarks/train_comparison.sh DATASET TEXT_ENCODER_DIR OUT_DIR [STEPS] [WIDTH]
+#   bash benchmarks/train_comparison.sh DATASET DISTILLED_TEXT_ENCODER DSSJE_TEXT_ENCODER OUT_DIR [STEPS] [WIDTH]
 #
 # DATASET: the synthetic set (python -m t2i.data synth --out DATASET).
-# TEXT_ENCODER_DIR: a trained char-CNN-RNN (the char_cnn_rnn/ folder of a --text_encoder char-cnn-rnn run), shared
-# by every row so that rows differ only in the GAN objective. WIDTH is ngf = ndf (default 16: small, so that all
-# rows fit a CPU budget; the embedded default model uses 32). Rows already trained (a training_summary.json in
-# their folder) are skipped, so the script can be stopped and restarted. Several copies can run at once (e.g. two
-# with OMP_NUM_THREADS=1 on 2 cores): each row is claimed by the first copy that creates NAME.claim/ (after a kill,
+# DISTILLED_TEXT_ENCODER, DSSJE_TEXT_ENCODER: trained char-CNN-RNNs (the char_cnn_rnn/ folder of a
+# `--text_encoder char-cnn-rnn` run, with and without `--text_encoder_teacher sentence-transformers/all-MiniLM-L6-v2`);
+# rows that compare objectives share the distilled one, so that they differ only in the GAN. WIDTH is ngf = ndf
+# (default 32, as the embedded default). MIXED_PRECISION (environment, default no) is passed on: use bf16 only on
+# CPUs with bf16 units (AMX / AVX-512 BF16) or GPUs. Rows already trained (a training_summary.json in their folder)
+# are skipped, so the script can be stopped and restarted. Several copies can run at once (e.g. two with
+# OMP_NUM_THREADS=1 on 2 cores): each row is claimed by the first copy that creates NAME.claim/ (after a kill,
 # delete the claims of unfinished rows).
 set -euo pipefail
-DATASET=$1 TEXT_ENCODER=$2 OUT=$3 STEPS=${4:-1000} WIDTH=${5:-16}
+DATASET=$1 DISTILLED=$2 DSSJE=$3 OUT=$4 STEPS=${5:-1000} WIDTH=${6:-32}
 mkdir -p "$OUT"
 COMMON=(--dataset_name "$DATASET" --resolution 64 --ngf "$WIDTH" --ndf "$WIDTH" --train_batch_size 64 --max_train_steps "$STEPS"
-        --mixed_precision bf16 --channels_last --checkpointing_steps "$STEPS" --validation_epochs 1000 --report_to none
-        --cache_dir "$OUT/embedding_cache" --seed 0)
+        --mixed_precision "${MIXED_PRECISION:-no}" --channels_last --checkpointing_steps "$STEPS" --validation_epochs 1000
+        --report_to none --cache_dir "$OUT/embedding_cache" --seed 0)
+DEFAULT=(--text_batch_norm --conditioning projection --mode_seeking_weight 0.5)  # the embedded default's objective
 
 train() {  # NAME, then the flags that make the row
   local name=$1; shift
   [ -f "$OUT/$name/training_summary.json" ] && return
   mkdir "$OUT/$name.claim" 2>/dev/null || return 0  # another copy is training it
-  python train_accelerate.py "${COMMON[@]}" --output_dir "$OUT/$name" "$@" \
-    > "$OUT/$name.log" 2>&1
+  python train_accelerate.py "${COMMON[@]}" --output_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
 
-train gan_int_cls --text_encoder_path "$TEXT_ENCODER"
-train gan_cls --text_encoder_path "$TEXT_ENCODER" --no-gan_int
-train label_smoothing --text_encoder_path "$TEXT_ENCODER" --label_smoothing 0.1
-train feature_matching --text_encoder_path "$TEXT_ENCODER" --feature_matching_weight 1.0
-train hinge_ma_gp --text_encoder_path "$TEXT_ENCODER" --loss hinge --ma_gp
-train aux_class --text_encoder_path "$TEXT_ENCODER" --aux_class_weight 1.0
-train ema --text_encoder_path "$TEXT_ENCODER" --use_ema --ema_decay 0.99
-train minilm  # the default text encoder
+ROWS=(
+  "reed|GAN-INT-CLS (Reed: concat D, no text BatchNorm)|--text_encoder_path $DISTILLED"
+  "text_bn|+ text BatchNorm|--text_encoder_path $DISTILLED --text_batch_norm"
+  "projection|+ text BatchNorm + projection D|--text_encoder_path $DISTILLED --text_batch_norm --conditioning projection"
+  "default|+ text BatchNorm + projection D + mode seeking 0.5 (the default)|--text_encoder_path $DISTILLED ${DEFAULT[*]}"
+  "mode_seeking_1|+ text BatchNorm + projection D + mode seeking 1.0|--text_encoder_path $DISTILLED --text_batch_norm --conditioning projection --mode_seeking_weight 1.0"
+  "matching|+ text BatchNorm + matching loss 1.0 (concat D)|--text_encoder_path $DISTILLED --text_batch_norm --matching_loss_weight 1.0"
+  "dssje|the default, DS-SJE char-CNN-RNN instead of the distilled one|--text_encoder_path $DSSJE ${DEFAULT[*]}"
+  "minilm|the default, all-MiniLM-L6-v2 (90 MB) instead of the distilled char-CNN-RNN|${DEFAULT[*]}"
+)
+for row in "${ROWS[@]}"; do
+  IFS='|' read -r name _ flags <<< "$row"
+  read -r -a flag_array <<< "$flags"
+  train "$name" "${flag_array[@]}"
+done
 
-for name in gan_int_cls gan_cls label_smoothing feature_matching hinge_ma_gp aux_class ema minilm; do
+runs=()
+for row in "${ROWS[@]}"; do
+  IFS='|' read -r name label _ <<< "$row"
   [ -f "$OUT/$name/training_summary.json" ] || { echo "$name is not finished (yet): no table"; exit 0; }
+  runs+=(--run "$label=$OUT/$name")
 done
 mkdir "$OUT/table.claim" 2>/dev/null || exit 0
-python benchmarks/compare_quality.py --dataset "$DATASET" --out "$OUT/quality_table.json" \
-  --run "GAN-INT-CLS (Reed; the baseline)=$OUT/gan_int_cls" --run "GAN-CLS alone=$OUT/gan_cls" \
-  --run "+ one-sided label smoothing 0.1=$OUT/label_smoothing" --run "+ feature matching (weight 1)=$OUT/feature_matching" \
-  --run "hinge loss + MA-GP (DF-GAN)=$OUT/hinge_ma_gp" --run "+ auxiliary class loss (TAC-GAN, weight 1)=$OUT/aux_class" \
-  --run "+ EMA generator (decay 0.99)=$OUT/ema" --run "all-MiniLM-L6-v2 text encoder=$OUT/minilm"
+python benchmarks/compare_quality.py --dataset "$DATASET" --out "$OUT/quality_table.json" "${runs[@]}"

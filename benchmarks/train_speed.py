@@ -93,7 +93,7 @@ def main() -> None:
             next_batch.total = step.total = optimizer_g.step.total = optimizer_d.step.total = 0.0
             started = time.perf_counter()
         batch = next_batch()
-        noise = torch.randn(2 * bench.batch_size, 100, generator=noise_rng).to(device)
+        noise = torch.randn(train_accelerate.noise_rows(args), 100, generator=noise_rng).to(device)
         step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args)
     sync()
     total = time.perf_counter() - started

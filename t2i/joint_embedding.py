@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,13 +33,14 @@ from tqdm.auto import tqdm
 
 from .data import augment_batch, encode_captions
 from .hub import SafetensorsOnlyMixin
+from .models import standing_batch_norm_
 from .text_encoders import CharCnnRnnEncoder, TextEncoder
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "JOINT_IMAGE_ENCODER_FOLDER", "JointEmbeddingResult", "JointImageEncoder", "recalibrate_batch_norm",
-    "strided_conv_stack", "symmetric_joint_embedding_loss", "train_joint_embedding", "zero_shot_accuracy",
+    "JOINT_IMAGE_ENCODER_FOLDER", "JointEmbeddingResult", "JointImageEncoder", "LossLog", "recalibrate_batch_norm",
+    "strided_conv_stack", "symmetric_joint_embedding_loss", "tokenize_captions", "train_joint_embedding", "zero_shot_accuracy",
 ]
 
 
@@ -99,17 +100,53 @@ def symmetric_joint_embedding_loss(
     return 0.5 * (hinge(image_embeds @ text_class_means.T) + hinge(text_embeds @ image_class_means.T))
 
 
-def strided_conv_stack(channels: Sequence[int], in_channels: int = 3) -> nn.Sequential:
+def strided_conv_stack(channels: Sequence[int], in_channels: int = 3, extra_convs: int = 0) -> nn.Sequential:
     """Stride-2 4×4 convolutions, each halving the side: BatchNorm after all but the first (as in DCGAN's
-    discriminator, no normalisation on the raw pixels), LeakyReLU(0.2)."""
+    discriminator, no normalisation on the raw pixels), LeakyReLU(0.2). ``extra_convs`` 3×3 stride-1 convolutions
+    (BatchNorm, LeakyReLU) follow each of them, for depth at the same resolution."""
     layers: list[nn.Module] = []
     for i, out_channels in enumerate(channels):
         layers.append(nn.Conv2d(in_channels, out_channels, 4, stride=2, padding=1, bias=i == 0))
         if i > 0:
             layers.append(nn.BatchNorm2d(out_channels))
         layers.append(nn.LeakyReLU(0.2, inplace=True))
+        for _ in range(extra_convs):
+            layers += [nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+                       nn.LeakyReLU(0.2, inplace=True)]
         in_channels = out_channels
     return nn.Sequential(*layers)
+
+
+class LossLog:
+    """The losses of a training loop: iterate over it for the steps, `add` each step's loss. Shows a progress bar
+    and logs the mean loss of every `log_every` steps (one device sync per window, not per step)."""
+
+    def __init__(self, name: str, steps: int, log_every: int, progress: bool = False):
+        self.name, self.steps, self.log_every = name, steps, log_every
+        self.losses: list[torch.Tensor] = []
+        self.started = time.perf_counter()
+        self.bar = tqdm(range(steps), desc=name, disable=not progress)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.bar)
+
+    def add(self, loss: torch.Tensor) -> None:
+        """Record one step's loss."""
+        self.losses.append(loss.detach())
+        step = len(self.losses)
+        if step % self.log_every == 0 or step == self.steps:
+            window = torch.stack(self.losses[-self.log_every :]).mean().item()
+            self.bar.set_postfix(loss=f"{window:.4f}")
+            logger.info("%s step %d/%d: loss %.4f", self.name, step, self.steps, window)
+
+    def summary(self) -> tuple[dict[str, float], list[float]]:
+        """`steps`, `train_seconds`, `train_loss_initial` and `train_loss` (means of the first and last windows), and
+        every step's loss."""
+        history = torch.stack(self.losses).cpu().tolist()
+        first, last = history[: self.log_every], history[-self.log_every :]
+        metrics = {"steps": float(len(history)), "train_seconds": time.perf_counter() - self.started,
+                   "train_loss_initial": sum(first) / len(first), "train_loss": sum(last) / len(last)}
+        return metrics, history
 
 
 JOINT_IMAGE_ENCODER_FOLDER = "joint_image_encoder"
@@ -164,7 +201,7 @@ def _check_inputs(images: torch.Tensor, captions: Sequence[Sequence[str]], label
         raise ValueError("every image needs at least one caption")
 
 
-def _tokenize_captions(text_encoder: TextEncoder, captions: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
+def tokenize_captions(text_encoder: TextEncoder, captions: Sequence[Sequence[str]]) -> tuple[torch.Tensor, torch.Tensor]:
     """All captions as character ids [total_captions, longest], zero-padded, and the offsets (int64 [N + 1]) of
     each image's rows. Each distinct caption is tokenized once."""
     flat = [caption for image_captions in captions for caption in image_captions]
@@ -204,7 +241,6 @@ class _ReedBatchSampler:
         return images, first + (torch.rand(batch_size, generator=generator) * counts).long()
 
 
-@torch.no_grad()
 def recalibrate_batch_norm(
     image_encoder: nn.Module, images: torch.Tensor, resolution: int, generator: torch.Generator, batches: int = 8
 ) -> None:
@@ -213,18 +249,14 @@ def recalibrate_batch_norm(
     The running averages lag the weights by ~10 steps, which (measured) can cost a third of the zero-shot accuracy
     right after fast training; this is "precise BN" (Wu & Johnson, 2021).
     """
-    norms = [m for m in image_encoder.modules() if isinstance(m, nn.BatchNorm2d)]
-    for norm in norms:
-        norm.reset_running_stats()
-        norm.momentum = None  # cumulative average
-    image_encoder.train()
     batch_size = min(len(images), 256)
-    for _ in range(batches):
-        index = torch.randint(len(images), (batch_size,), generator=generator)
-        image_encoder(augment_batch(images[index.to(images.device)], resolution, train=True, generator=generator))
-    for norm in norms:
-        norm.momentum = 0.1
-    image_encoder.eval()
+
+    def augmented_batches():
+        for _ in range(batches):
+            index = torch.randint(len(images), (batch_size,), generator=generator)
+            yield (augment_batch(images[index.to(images.device)], resolution, train=True, generator=generator),)
+
+    standing_batch_norm_(image_encoder, augmented_batches())
 
 
 @torch.no_grad()
@@ -304,6 +336,7 @@ def train_joint_embedding(
     margin: float = 1.0,
     violations: Literal["sum", "max"] = "sum",
     image_channels: Sequence[int] = (64, 128, 256, 512),
+    train_text_encoder: bool = True,
     seed: int = 0,
     device: torch.device | str | None = None,
     log_every: int = 100,
@@ -315,7 +348,8 @@ def train_joint_embedding(
     """Train a char-CNN-RNN φ and a `JointImageEncoder` θ with `symmetric_joint_embedding_loss` (DS-SJE).
 
     Every step draws Reed's minibatch (`batch_size` distinct classes, one random image and one random caption of
-    each), augments the images with `augment_batch` (random crop + flip), and takes an Adam step on both encoders.
+    each), augments the images with `augment_batch` (random crop + flip), and takes an Adam step on both encoders (on θ
+    alone with `train_text_encoder=False`).
     At the end θ's BatchNorm statistics are recomputed for its final weights, so the evaluation sees θ as trained.
     All randomness comes from `seed`, so on the CPU two runs with the same arguments give identical weights.
     Captions are tokenized once, up front; the loop never calls the tokenizer.
@@ -333,6 +367,8 @@ def train_joint_embedding(
         margin: Δ of the hinge loss.
         violations: `"sum"` (Reed's code) or `"max"` (the paper's equation); see `symmetric_joint_embedding_loss`.
         image_channels: widths of θ's stride-2 convolutions.
+        train_text_encoder: train φ and θ together (Reed); False keeps φ as it is (e.g. a distilled encoder) and
+            fits only θ to it, which is what R-precision and the zero-shot numbers then measure.
         seed: seeds θ's initialisation and all sampling and augmentation.
         device: where to train (default: the text encoder's device).
         log_every: steps per logged (and `train_loss`-averaged) window.
@@ -355,40 +391,32 @@ def train_joint_embedding(
         raise ValueError("give all of test_images, test_captions and test_labels, or none")
     device = torch.device(device) if device is not None else text_encoder.model.device
 
-    caption_ids, caption_offsets = _tokenize_captions(text_encoder, captions)
+    caption_ids, caption_offsets = tokenize_captions(text_encoder, captions)
     caption_ids, images = caption_ids.to(device), images.to(device)
-    text_model = copy.deepcopy(text_encoder.model).to(device).train().requires_grad_(True)
+    text_model = copy.deepcopy(text_encoder.model).to(device).train(train_text_encoder).requires_grad_(train_text_encoder)
     with torch.random.fork_rng(devices=[]):  # seed θ's initialisation without touching the caller's RNG
         torch.manual_seed(seed)
         image_encoder = JointImageEncoder(text_model.config.embed_dim, tuple(image_channels)).to(device).train()
-    parameters = [*text_model.parameters(), *image_encoder.parameters()]
+    parameters = [*(text_model.parameters() if train_text_encoder else []), *image_encoder.parameters()]
+    if not train_text_encoder:  # a frozen φ embeds every caption once, instead of once per step
+        with torch.no_grad():
+            caption_embeds = torch.cat([text_model(caption_ids[i : i + 1024].long()).text_embeds for i in range(0, len(caption_ids), 1024)])
     optimizer = torch.optim.Adam(parameters, lr=learning_rate, foreach=True)  # foreach: fewer, larger kernels on CPU too
     generator = torch.Generator().manual_seed(seed)  # a CPU generator: the same draws on every device
     sample_batch = _ReedBatchSampler(labels, caption_offsets)
 
-    losses: list[torch.Tensor] = []
-    start = time.perf_counter()
-    bar = tqdm(range(steps), desc="joint embedding", disable=not progress)
-    for step in bar:
+    log = LossLog("joint embedding", steps, log_every, progress)
+    for _ in log:
         image_index, caption_rows = sample_batch(batch_size, generator)
         pixels = augment_batch(images[image_index.to(device)], resolution, train=True, generator=generator)
-        text_embeds = text_model(caption_ids[caption_rows.to(device)].long()).text_embeds
+        rows = caption_rows.to(device)
+        text_embeds = text_model(caption_ids[rows].long()).text_embeds if train_text_encoder else caption_embeds[rows]
         loss = symmetric_joint_embedding_loss(image_encoder(pixels), text_embeds, labels[image_index].to(device), margin, violations)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(loss.detach())
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            window = torch.stack(losses[-log_every:]).mean().item()  # one device sync per window, not per step
-            bar.set_postfix(loss=f"{window:.4f}")
-            logger.info("joint embedding step %d/%d: loss %.4f", step + 1, steps, window)
-    history = torch.stack(losses).cpu().tolist()
-    metrics = {
-        "steps": float(steps),
-        "train_seconds": time.perf_counter() - start,
-        "train_loss_initial": sum(history[:log_every]) / len(history[:log_every]),
-        "train_loss": sum(history[-log_every:]) / len(history[-log_every:]),
-    }
+        log.add(loss)
+    metrics, history = log.summary()
 
     trained = TextEncoder(text_encoder.tokenizer, text_model)  # TextEncoder freezes it (eval, no grad)
     recalibrate_batch_norm(image_encoder, images, resolution, generator)

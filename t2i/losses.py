@@ -76,6 +76,31 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).sum()
 
 
+def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """MSGAN (Mao et al., CVPR 2019): 1 / (d(G(z₁, t), G(z₂, t)) / d(z₁, z₂) + ε), row i of both halves sharing a text t.
+
+    A strongly conditioned generator can map each caption to a single image and ignore the noise (conditional mode
+    collapse); minimising this pushes images of one caption apart in proportion to their noise. d is the mean
+    absolute difference, per pair, as in the paper.
+    """
+    image_distance = (images_a - images_b).abs().flatten(1).mean(dim=1)
+    noise_distance = (noise_a - noise_b).abs().mean(dim=1)
+    return 1.0 / ((image_distance / noise_distance).mean() + eps)
+
+
+def text_image_matching_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, temperature: float = 10.0) -> torch.Tensor:
+    """AttnGAN's sentence-level DAMSM loss (Xu et al., CVPR 2018) with a frozen joint embedding: row i of
+    `image_embeds` (θ of a generated image) and of `text_embeds` (φ of its caption) should be each other's best match
+    in the batch. Symmetric cross-entropy over cosine similarities scaled by `temperature` (AttnGAN's γ₃ = 10).
+
+    It hands the generator a direct, dense gradient towards images that match their text, where the adversarial
+    term only says real-and-matching or not.
+    """
+    logits = temperature * F.normalize(image_embeds, dim=1) @ F.normalize(text_embeds, dim=1).T
+    targets = torch.arange(len(logits), device=logits.device)
+    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+
+
 def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """TAC-GAN / AC-GAN: cross-entropy of D's class head, for real images (D) and generated ones (D and G)."""
     return F.cross_entropy(class_logits, labels)

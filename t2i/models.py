@@ -1,6 +1,7 @@
 """GAN-CLS generator and matching-aware discriminator (Reed et al., ICML 2016), as diffusers models."""
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +31,35 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _text_projection(text_embed_dim: int, text_proj_dim: int) -> nn.Sequential:
+@torch.no_grad()
+def standing_batch_norm_(module: nn.Module, batches: Iterable[tuple[torch.Tensor, ...]]) -> None:
+    """Replace every BatchNorm's running statistics in ``module`` by exact averages over ``module(*batch)`` for each
+    batch ("standing statistics", Brock et al., 2019), then leave ``module`` in eval mode.
+
+    Running averages belong to the weights they were collected with: an EMA generator's averaged weights, or an
+    encoder's final weights after fast training, need statistics of their own.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    module.train()
+    for batch in batches:
+        module(*batch)
+    for norm in norms:
+        norm.momentum = 0.1
+    module.eval()
+
+
+def _text_projection(text_embed_dim: int, text_proj_dim: int, batch_norm: bool) -> nn.Sequential:
     # Reed et al. compress the sentence embedding before it meets image features in both G and D.
-    return nn.Sequential(nn.Linear(text_embed_dim, text_proj_dim), nn.LeakyReLU(0.2, inplace=True))
+    layers: list[nn.Module] = [nn.Linear(text_embed_dim, text_proj_dim)]
+    if batch_norm:
+        # Sentence embeddings are small (norm ≈ 1 for MiniLM and our char-CNN-RNN), so after DCGAN's N(0, 0.02)
+        # init the projected text starts tens of times weaker than the noise, and both networks learn to ignore it.
+        # BatchNorm puts it on the scale of the noise and the image features from the first step.
+        layers.append(nn.BatchNorm1d(text_proj_dim))
+    return nn.Sequential(*layers, nn.LeakyReLU(0.2, inplace=True))
 
 
 class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
@@ -47,10 +74,11 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         ngf: int = 64,
         resolution: int = 64,
         out_channels: int = 3,
+        text_batch_norm: bool = False,
     ):
         super().__init__()
         num_up = _num_up_blocks(resolution)
-        self.text_projection = _text_projection(text_embed_dim, text_proj_dim)
+        self.text_projection = _text_projection(text_embed_dim, text_proj_dim, text_batch_norm)
         width = ngf * 2 ** (num_up - 1)
         # DCGAN's "project and reshape": on a 1×1 input the first 4×4 transposed convolution is a matrix product,
         # and as a Linear layer it runs several times faster on CPU.
@@ -88,11 +116,16 @@ class DiscriminatorOutput(BaseOutput):
     class_logits: torch.Tensor | None = None
 
 
+CONDITIONINGS = ("concat", "projection")
+
+
 class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     """Matching-aware discriminator: scores whether an image is real *and* matches its text.
 
-    Images are encoded by stride-2 convolutions to a 4×4 map; the projected text embedding is replicated over
-    that map, concatenated, and a 1×1 then a 4×4 convolution give the logit.
+    Images are encoded by stride-2 convolutions to a 4×4 map. With ``conditioning="concat"`` (Reed) the projected
+    text embedding is replicated over that map, concatenated, and a 1×1 then a 4×4 convolution give the logit.
+    With ``"projection"`` (Miyato & Koyama, 2018) the logit is a text-free 4×4 convolution of the map plus the
+    inner product of the projected text with the map's pooled features, so matching is one direct term.
     """
 
     @register_to_config
@@ -104,8 +137,12 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         resolution: int = 64,
         in_channels: int = 3,
         num_classes: int = 0,
+        text_batch_norm: bool = False,
+        conditioning: str = "concat",
     ):
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         num_down = _num_up_blocks(resolution)
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         width = ndf
@@ -113,12 +150,15 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
             width *= 2
         self.image_encoder = nn.Sequential(*layers)
-        self.text_projection = _text_projection(text_embed_dim, text_proj_dim)
-        self.joint = nn.Sequential(
-            nn.Conv2d(width + text_proj_dim, width, 1, 1, 0, bias=False),
-            nn.BatchNorm2d(width),
-            nn.LeakyReLU(0.2, inplace=True),
-        )
+        self.text_projection = _text_projection(text_embed_dim, text_proj_dim, text_batch_norm)
+        if conditioning == "concat":
+            self.joint = nn.Sequential(
+                nn.Conv2d(width + text_proj_dim, width, 1, 1, 0, bias=False),
+                nn.BatchNorm2d(width),
+                nn.LeakyReLU(0.2, inplace=True),
+            )
+        else:
+            self.text_to_features = nn.Linear(text_proj_dim, width, bias=False)
         self.to_logit = nn.Conv2d(width, 1, 4, 1, 0)
         # TAC-GAN's auxiliary classifier reads the text-free image features.
         self.class_head = nn.Conv2d(width, num_classes, 4, 1, 0) if num_classes > 0 else None
@@ -134,7 +174,12 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         repeats, remainder = divmod(text_embeds.shape[0], features.shape[0])
         if remainder or repeats < 1:
             raise ValueError(f"{text_embeds.shape[0]} text embeddings for {features.shape[0]} images: need a multiple")
-        text = self.text_projection(text_embeds)[:, :, None, None].expand(-1, -1, *features.shape[-2:])
-        joint = self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))
+        text = self.text_projection(text_embeds)
+        if self.config.conditioning == "concat":
+            text = text[:, :, None, None].expand(-1, -1, *features.shape[-2:])
+            logits = self.to_logit(self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))).flatten()
+        else:
+            matching = (self.text_to_features(text) * features.sum(dim=(2, 3)).repeat(repeats, 1)).sum(dim=1)
+            logits = self.to_logit(features).flatten().repeat(repeats) + matching
         class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None
-        return DiscriminatorOutput(logits=self.to_logit(joint).flatten(), image_features=features, class_logits=class_logits)
+        return DiscriminatorOutput(logits=logits, image_features=features, class_logits=class_logits)

@@ -11,6 +11,8 @@ from t2i.losses import (
     generator_adversarial_loss,
     interpolate_text_embeddings,
     matching_aware_gradient_penalty,
+    mode_seeking_loss,
+    text_image_matching_loss,
     update_ema,
 )
 
@@ -90,3 +92,30 @@ def test_ema_update():
     update_ema(ema, model, decay=0.75)
     assert torch.allclose(ema.weight, torch.full((2,), 1.5))  # 0.75 · 1 + 0.25 · 3
     assert torch.equal(ema.running_mean, model.running_mean)
+
+
+def test_mode_seeking_loss_by_hand():
+    images_a, images_b = torch.zeros(2, 3, 2, 2), torch.zeros(2, 3, 2, 2)
+    images_b[0] += 0.5  # pair 0: images 0.5 apart per pixel; pair 1: identical images
+    noise_a, noise_b = torch.zeros(2, 4), torch.ones(2, 4)  # every pair's noise 1 apart
+    # mean ratio (0.5 / 1 + 0 / 1) / 2 = 0.25, so the loss is 1 / 0.25
+    assert mode_seeking_loss(images_a, images_b, noise_a, noise_b, eps=0.0).item() == pytest.approx(4.0)
+
+
+def test_mode_seeking_loss_falls_as_the_noise_is_used():
+    noise_a, noise_b = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
+    projection = torch.randn(10, 48, generator=torch.Generator().manual_seed(2))
+    text = torch.randn(8, 48, generator=torch.Generator().manual_seed(3))
+    losses = [mode_seeking_loss(text + w * noise_a @ projection, text + w * noise_b @ projection, noise_a, noise_b).item() for w in (0.01, 0.1, 1.0)]
+    assert losses[0] > losses[1] > losses[2]
+    collapsed = mode_seeking_loss(text, text.clone(), noise_a, noise_b)  # noise ignored: only ε keeps it finite
+    assert collapsed.item() > 1e4
+
+
+def test_text_image_matching_loss_by_hand():
+    # Two pairs, orthogonal: cosine 1 with the own caption, 0 with the other; logits 10 and 0 in both directions.
+    images, texts = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64), torch.tensor([[1.0, 0.0], [0.0, 5.0]], dtype=torch.float64)
+    expected = -math.log(math.exp(10) / (math.exp(10) + 1))
+    assert text_image_matching_loss(images, texts).item() == pytest.approx(expected, rel=1e-5)
+    swapped = text_image_matching_loss(images, texts.flip(0))  # every image now closest to the other caption
+    assert swapped.item() == pytest.approx(-math.log(1 / (math.exp(10) + 1)), rel=1e-5)

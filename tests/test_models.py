@@ -67,3 +67,35 @@ def test_unsupported_resolution_is_refused():
     with pytest.raises(ValueError, match="resolution must be 64 or 128"):
         GanClsGenerator(resolution=96)
     assert GanClsDiscriminator(text_embed_dim=8, ndf=8)(torch.zeros(1, 3, 64, 64), torch.zeros(1, 8)).class_logits is None
+
+
+def test_text_batch_norm_puts_small_embeddings_on_the_noise_scale(tmp_path):
+    torch.manual_seed(0)
+    text = torch.randn(64, 384) * 0.05  # sentence embeddings: unit norm over hundreds of dimensions
+    plain, normalised = GanClsGenerator(text_embed_dim=384), GanClsGenerator(text_embed_dim=384, text_batch_norm=True)
+    # After DCGAN's N(0, 0.02) init the projected text is tiny next to N(0, 1) noise, unless it is normalised.
+    assert plain.text_projection(text).std() < 0.05
+    assert normalised.text_projection(text).std() > 0.4
+    discriminator = GanClsDiscriminator(text_embed_dim=384, text_batch_norm=True)
+    assert discriminator.text_projection(text).std() > 0.4
+
+    normalised.train()(torch.randn(64, 100), text)  # running statistics for eval mode
+    normalised.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    assert reloaded.config.text_batch_norm is True
+    noise = torch.randn(2, 100)
+    assert torch.equal(reloaded.eval()(noise, text[:2]), normalised.eval()(noise, text[:2]))
+
+
+def test_projection_discriminator_scores_matching_as_one_inner_product():
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, conditioning="projection").eval()
+    images, right, wrong = torch.randn(4, 3, 64, 64), torch.randn(4, 24), torch.randn(4, 24)
+    output = discriminator(images, torch.cat([right, wrong]))
+    assert output.logits.shape == (8,) and not hasattr(discriminator, "joint")
+    # logit = text-free term + <W φ(e), Σ features>: with W = 0 only the text-free term is left, the same for any text
+    torch.nn.init.zeros_(discriminator.text_to_features.weight)
+    plain = discriminator(images, torch.cat([right, wrong])).logits
+    assert torch.allclose(plain[:4], plain[4:]) and torch.allclose(plain[:4], discriminator.to_logit(output.image_features).flatten())
+    with pytest.raises(ValueError, match="conditioning must be one of"):
+        GanClsDiscriminator(conditioning="attention")

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -172,6 +173,10 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--text_encoder_path", "/no/such/encoder"], "--text_encoder_path '/no/such/encoder': no such folder"),
         (["--validation_prompts", "ok", " "], "empty prompts"),
         (["--char_cnn_rnn_config", '{"layers": 3}'], "unknown keys ['layers']"),
+        (["--matching_loss_weight", "1"], "--matching_loss_weight needs a joint embedding's image encoder"),
+        (["--matching_loss_weight", "1", "--text_encoder_path", "."], "--matching_loss_weight needs a joint embedding's image encoder"),
+        (["--mode_seeking_weight", "-1"], "must be ≥ 0"),
+        (["--conditioning", "attention"], "invalid choice: 'attention'"),
     ],
 )
 def test_bad_flags_fail_before_any_work(flags, message, tiny_synthetic_dataset, capsys):
@@ -218,3 +223,50 @@ def test_char_cnn_rnn_phase_trains_then_freezes_the_text_encoder(tiny_synthetic_
     reused_card = (tmp_path / "reuse" / "README.md").read_text()
     assert "text_encoder_zero_shot_top1" in reused_card and "char-CNN-RNN (DS-SJE)" in reused_card
     assert (tmp_path / "reuse" / JOINT_IMAGE_ENCODER_FOLDER / "config.json").is_file()
+
+
+def test_char_cnn_rnn_distilled_from_a_teacher(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
+    args = [
+        "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn", "--text_encoder_teacher", str(tiny_text_encoder),
+        "--char_cnn_rnn_config", json.dumps({**TINY_TEXT_ENCODER_CONFIG, "rnn_type": "gru"}), "--text_encoder_steps", "30",
+        "--text_encoder_batch_size", "8", "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", "2",
+        "--report_to", "none", "--cache_dir", str(tmp_path / "cache"),
+    ]
+    run(args, tmp_path / "out")
+
+    metrics = json.loads((tmp_path / "out" / "char_cnn_rnn" / "joint_embedding_metrics.json").read_text())
+    assert metrics["distillation_steps"] == 30 and metrics["distillation_train_loss"] > 0  # learning: tests/test_text_distillation.py
+    assert -1.0 <= metrics["distillation_test_cosine"] <= 1.0 and 0.0 <= metrics["zero_shot_top1"] <= 1.0
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert f"distilled from {tiny_text_encoder}" in card and "text_encoder_distillation_test_cosine" in card
+    pipeline = GanClsPipeline.from_pretrained(tmp_path / "out")
+    assert pipeline.text_encoder.config.rnn_type == "gru"
+    # θ is fitted to the distilled φ, which it does not change: φ in the pipeline is the distilled one.
+    distilled = load_file(tmp_path / "out" / "char_cnn_rnn" / "model.safetensors")
+    assert all(torch.equal(pipeline.text_encoder.state_dict()[k], v) for k, v in distilled.items())
+    assert load_joint_image_encoder(tmp_path / "out").config.embed_dim == TINY_TEXT_ENCODER_CONFIG["embed_dim"]
+
+
+def test_teacher_needs_a_new_char_cnn_rnn(tiny_synthetic_dataset, tiny_text_encoder, capsys):
+    for flags in (["--text_encoder_teacher", "x/y"], ["--text_encoder", "char-cnn-rnn", "--text_encoder_teacher", "x/y",
+                                                       "--text_encoder_path", str(tiny_text_encoder)]):
+        with pytest.raises(SystemExit):
+            train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), *flags])
+        assert "--text_encoder_teacher distils into a new char-CNN-RNN" in capsys.readouterr().err
+
+
+def test_conditioning_flags_train_a_loadable_pipeline(tiny_synthetic_dataset, tmp_path):
+    """Text BatchNorm, the projection discriminator, the matching loss through θ and mode seeking, together."""
+    args = [
+        "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", json.dumps(TINY_TEXT_ENCODER_CONFIG),
+        "--text_encoder_steps", "10", "--text_encoder_batch_size", "8", "--ngf", "8", "--ndf", "8", "--train_batch_size", "16",
+        "--max_train_steps", "3", "--checkpointing_steps", "3", "--report_to", "none", "--cache_dir", str(tmp_path / "cache"),
+        "--text_batch_norm", "--conditioning", "projection", "--matching_loss_weight", "1", "--mode_seeking_weight", "1",
+    ]
+    run(args, tmp_path / "out")
+    pipeline = GanClsPipeline.from_pretrained(tmp_path / "out")
+    assert pipeline.generator.config.text_batch_norm is True
+    discriminator = load_file(train_accelerate.list_checkpoints(tmp_path / "out")[-1] / "model_1.safetensors")
+    assert "text_to_features.weight" in discriminator and not any(k.startswith("joint.") for k in discriminator)
+    images = pipeline("a flower with five red petals", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])

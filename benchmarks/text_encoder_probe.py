@@ -1,0 +1,115 @@
+"""What a generator can read off a caption: linear probes of text embeddings, per attribute, on unseen classes.
+
+    python benchmarks/text_encoder_probe.py --dataset /tmp/synth_full \
+        --encoder "DS-SJE=runs/te/char_cnn_rnn" --encoder "MiniLM=sentence-transformers/all-MiniLM-L6-v2" \
+        --out benchmarks/results/text_encoder_probe.json
+
+For each text encoder, a logistic-regression probe per attribute is trained on the embeddings of train-split
+captions that state the attribute, and scored on test-split captions: the 20 classes whose attribute combinations
+no caption of the train split describes. The generator sees nothing but the embedding, so an attribute the probe
+cannot read off an unseen caption is one the generator cannot be expected to draw. Synthetic captioned flowers only
+(the attributes come from the captions, parsed with `t2i.data.caption_attributes`).
+"""
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from t2i import GanClsPipeline, TextEncoder  # noqa: E402
+from t2i.data import caption_attributes, load_captioned_dataset  # noqa: E402
+
+ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "petal_shape", "secondary_color")
+
+
+def load_encoder(name_or_path: str) -> TextEncoder:
+    """A text encoder folder or id, or the text encoder of a saved pipeline folder."""
+    if (Path(name_or_path) / "model_index.json").is_file():
+        pipeline = GanClsPipeline.from_pretrained(name_or_path)
+        return TextEncoder(pipeline.tokenizer, pipeline.text_encoder)
+    return TextEncoder.from_pretrained(name_or_path)
+
+
+def sample_captions(dataset, count: int, generator: torch.Generator) -> list[str]:
+    """`count` captions of the split, all captions of images in a seeded random order."""
+    order = torch.randperm(len(dataset), generator=generator).tolist()
+    captions = dataset["captions"]
+    return [caption for i in order for caption in captions[i]][:count]
+
+
+def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor, classes: int) -> tuple[float, float]:
+    """Train and test accuracy of a logistic-regression probe on standardised embeddings (full batch, Adam)."""
+    torch.manual_seed(0)
+    mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+    probe = torch.nn.Linear(train_x.shape[1], classes)
+    optimizer = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=1e-4)
+    for _ in range(500):
+        loss = F.cross_entropy(probe((train_x - mean) / std), train_y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        accuracy = [(probe((x - mean) / std).argmax(1) == y).float().mean().item() for x, y in ((train_x, train_y), (test_x, test_y))]
+    return accuracy[0], accuracy[1]
+
+
+def stated(captions: list[str], attribute: str) -> tuple[list[int], list[str]]:
+    """Rows of the captions that state `attribute` (one value), and that value."""
+    rows, values = [], []
+    for i, caption in enumerate(captions):
+        found = caption_attributes(caption).get(attribute)
+        if found and len(found) == 1:
+            rows.append(i)
+            values.append(str(next(iter(found))))
+    return rows, values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--encoder", action="append", required=True, help="NAME=FOLDER_OR_ID (a pipeline folder works too), repeatable")
+    parser.add_argument("--train_captions", type=int, default=12000)
+    parser.add_argument("--test_captions", type=int, default=4000)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+
+    generator = torch.Generator().manual_seed(0)
+    train = sample_captions(load_captioned_dataset(args.dataset, "train"), args.train_captions, generator)
+    test = sample_captions(load_captioned_dataset(args.dataset, "test"), args.test_captions, generator)
+    results = []
+    for spec in args.encoder:
+        name, _, path = spec.partition("=")
+        encoder = load_encoder(path)
+        started = time.perf_counter()
+        train_embeds, test_embeds = encoder.encode(train), encoder.encode(test)
+        row = {"name": name, "encoder": path, "dim": encoder.embedding_dim, "encode_seconds": time.perf_counter() - started, "attributes": {}}
+        for attribute in ATTRIBUTES:
+            (train_rows, train_values), (test_rows, test_values) = stated(train, attribute), stated(test, attribute)
+            vocabulary = {value: i for i, value in enumerate(sorted(set(train_values) | set(test_values)))}
+            train_acc, test_acc = probe_accuracy(
+                train_embeds[train_rows], torch.tensor([vocabulary[v] for v in train_values]),
+                test_embeds[test_rows], torch.tensor([vocabulary[v] for v in test_values]), len(vocabulary),
+            )
+            row["attributes"][attribute] = {"train": train_acc, "test_classes": test_acc, "test_captions": len(test_rows), "values": len(vocabulary)}
+        results.append(row)
+        print(f"{name}: " + ", ".join(f"{a} {row['attributes'][a]['test_classes']:.3f}" for a in ATTRIBUTES), flush=True)
+
+    header = "| text encoder | dim | " + " | ".join(ATTRIBUTES) + " |"
+    lines = [header, "|---|---|" + "---|" * len(ATTRIBUTES)]
+    for row in results:
+        lines.append(f"| {row['name']} | {row['dim']} | " + " | ".join(f"{row['attributes'][a]['test_classes']:.3f}" for a in ATTRIBUTES) + " |")
+    print("\n".join(lines))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps({"dataset": args.dataset, "train_captions": len(train), "test_captions": len(test), "encoders": results}, indent=2))
+        Path(args.out).with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
