@@ -534,13 +534,14 @@ def main(argv: list[str] | None = None) -> None:
     # Noise is drawn on the CPU from a per-process generator, so a seed means the same run on any device.
     noise_rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
 
-    global_step, first_epoch, resume_step_in_epoch = 0, 0, 0
+    global_step, first_epoch, resume_step_in_epoch, seconds_before_resume = 0, 0, 0, 0.0
     if args.resume_from_checkpoint is not None:
         checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
         if checkpoints:
             training_state, rng_state = load_checkpoint(accelerator, checkpoints[-1], ema_generator)
             global_step, first_epoch = training_state["global_step"], training_state["epoch"]
             resume_step_in_epoch = training_state["step_in_epoch"]
+            seconds_before_resume = training_state.get("train_seconds", 0.0)  # so the model card's wall time covers every run
             loader.generator.set_state(rng_state["loader_epoch_start"])
             noise_rng.set_state(rng_state["noise"])
             accelerator.print(f"Resumed from {checkpoints[-1]} at step {global_step}")
@@ -570,7 +571,8 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.log(losses, step=global_step)
 
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-                training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1}
+                training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1,
+                                  "train_seconds": seconds_before_resume + time.monotonic() - started}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
                 path = save_checkpoint(accelerator, args, ema_generator, training_state, rng_state)
                 logger.info(f"Saved {path}")
@@ -608,7 +610,7 @@ def main(argv: list[str] | None = None) -> None:
             training_command="accelerate launch " + shlex.join(["train_accelerate.py", *(argv if argv is not None else sys.argv[1:])]),
             training_steps=global_step,
             train_batch_size=args.train_batch_size * accelerator.num_processes,
-            wall_time_hours=(time.monotonic() - started) / 3600,
+            wall_time_hours=(seconds_before_resume + time.monotonic() - started) / 3600,
             hardware=_hardware(accelerator),
             metrics=text_metrics,
             evaluation_protocol="Metrics recorded during training (text-encoder joint embedding, held-out test classes)." if text_metrics else None,

@@ -28,15 +28,15 @@ train() {  # NAME, then the flags that make the row
   python train_accelerate.py "${COMMON[@]}" --output_dir "$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
 }
 
-ROWS=(
+ROWS=(  # trained in this order, so that the rows the default rests on come first
   "reed|GAN-INT-CLS (Reed: concat D, no text BatchNorm)|--text_encoder_path $DISTILLED"
-  "text_bn|+ text BatchNorm|--text_encoder_path $DISTILLED --text_batch_norm"
   "projection|+ text BatchNorm + projection D|--text_encoder_path $DISTILLED --text_batch_norm --conditioning projection"
   "default|+ text BatchNorm + projection D + mode seeking 0.5 (the default)|--text_encoder_path $DISTILLED ${DEFAULT[*]}"
   "mode_seeking_1|+ text BatchNorm + projection D + mode seeking 1.0|--text_encoder_path $DISTILLED --text_batch_norm --conditioning projection --mode_seeking_weight 1.0"
   "matching|+ text BatchNorm + matching loss 1.0 (concat D)|--text_encoder_path $DISTILLED --text_batch_norm --matching_loss_weight 1.0"
-  "dssje|the default, DS-SJE char-CNN-RNN instead of the distilled one|--text_encoder_path $DSSJE ${DEFAULT[*]}"
-  "minilm|the default, all-MiniLM-L6-v2 (90 MB) instead of the distilled char-CNN-RNN|${DEFAULT[*]}"
+  "dssje|+ text BatchNorm + projection D, DS-SJE char-CNN-RNN instead of the distilled one|--text_encoder_path $DSSJE --text_batch_norm --conditioning projection"
+  "minilm|+ text BatchNorm + projection D, all-MiniLM-L6-v2 (90 MB) instead of the distilled char-CNN-RNN|--text_batch_norm --conditioning projection"
+  "text_bn|+ text BatchNorm|--text_encoder_path $DISTILLED --text_batch_norm"
 )
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name _ flags <<< "$row"

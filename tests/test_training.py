@@ -113,9 +113,13 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(train_args, uninter
     assert kills == 3
     assert not (tmp_path / "model_index.json").exists()  # it never got to the end
 
+    last_checkpoint = train_accelerate.list_checkpoints(tmp_path)[-1]
+    seconds_before = json.loads((last_checkpoint / "training_state.json").read_text())["train_seconds"]
     run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
 
     assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+    # The card's wall time counts the killed runs' training too, not only the last run's.
+    assert json.loads((tmp_path / "training_summary.json").read_text())["wall_time_hours"] * 3600 > seconds_before > 0
 
 
 def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(train_args, uninterrupted_run, tmp_path):
