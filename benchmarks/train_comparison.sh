@@ -36,7 +36,6 @@ ROWS=(  # trained in this order, so that the rows the default rests on come firs
   "matching|+ text BatchNorm + matching loss 1.0 (concat D)|--text_encoder_path $DISTILLED --text_batch_norm --matching_loss_weight 1.0"
   "dssje|+ text BatchNorm + projection D, DS-SJE char-CNN-RNN instead of the distilled one|--text_encoder_path $DSSJE --text_batch_norm --conditioning projection"
   "minilm|+ text BatchNorm + projection D, all-MiniLM-L6-v2 (90 MB) instead of the distilled char-CNN-RNN|--text_batch_norm --conditioning projection"
-  "text_bn|+ text BatchNorm|--text_encoder_path $DISTILLED --text_batch_norm"
 )
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name _ flags <<< "$row"
