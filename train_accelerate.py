@@ -368,9 +368,10 @@ def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_da
     trained_dir = text_encoder_folder(args)  # reused on resume, so a restart never retrains it
     metrics_file = trained_dir / "joint_embedding_metrics.json"
     if accelerator.is_main_process and not metrics_file.exists():
-        text_encoder, metrics = build_char_cnn_rnn(**args.char_cnn_rnn_config), {}
         if args.text_encoder_teacher is not None:
             text_encoder, metrics = distill_teacher(accelerator, args, train_dataset, test_dataset)
+        else:
+            text_encoder, metrics = build_char_cnn_rnn(**args.char_cnn_rnn_config), {}
         result = train_joint_embedding(
             train_images,
             train_dataset["captions"],

@@ -40,14 +40,15 @@ def standing_batch_norm_(module: nn.Module, batches: Iterable[tuple[torch.Tensor
     encoder's final weights after fast training, need statistics of their own.
     """
     norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average
     module.train()
     for batch in batches:
         module(*batch)
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
     module.eval()
 
 
