@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import unicodedata
 import weakref
 from collections.abc import Callable
@@ -38,6 +39,7 @@ MIN_STEPS, MAX_STEPS = 2, 16
 MAX_SEED = 2**32 - 1  # the range numpy, diffusers and most UIs accept
 MAX_PROMPT_CHARS = 300  # for sub-word tokenizers: far above a one-sentence caption, far below 256 tokens
 UPSCALE_SIZE = 256
+KEEP_OUTPUTS_SECONDS = 3600  # how long a request's images stay downloadable
 # Reed-style captions for the examples, used until a model card lists its own (``widget:`` entries).
 EXAMPLE_PROMPTS = (
     "this flower has five pointed purple petals and a yellow center",
@@ -313,20 +315,26 @@ class App:
     """The model behind the UI: one pipeline, an LRU of prompt embeddings, batching, and the app's three actions."""
 
     def __init__(
-        self, model: LoadedModel, embedding_cache_size: int = 1024, max_batch_images: int = 64, kept_requests: int = 256
+        self,
+        model: LoadedModel,
+        embedding_cache_size: int = 1024,
+        max_batch_images: int = 64,
+        keep_outputs_seconds: float = KEEP_OUTPUTS_SECONDS,
     ):
         self.model = model
         self.pipeline = model.pipeline
+        # oneDNN's transposed convolutions run ~28 % faster channels-last on these CPUs (64 images: 57 vs 79 ms).
+        self.pipeline.generator.to(memory_format=torch.channels_last)
         # Bound per instance (not a decorated method), so the cache lives and dies with the app.
         self.embed = functools.lru_cache(maxsize=embedding_cache_size)(self.pipeline.encode_prompt)
         self._batcher = _Batcher(self._generate_batch, max_batch_images)
-        # Each request writes its files into a folder of its own; Gradio copies them into its cache before the
-        # request ends, so only the newest ``kept_requests`` folders are kept (far more than can be in flight).
-        self._scratch = Path(tempfile.mkdtemp(prefix="t2i-app-"))
-        weakref.finalize(self, shutil.rmtree, self._scratch, ignore_errors=True)
-        self._folders: collections.deque[Path] = collections.deque()
+        # Each request writes its files into a folder of its own under ``output_folder``, which the UI serves
+        # directly (see app.py); a folder is deleted once it is older than ``keep_outputs_seconds``.
+        self.output_folder = Path(tempfile.mkdtemp(prefix="t2i-app-"))
+        weakref.finalize(self, shutil.rmtree, self.output_folder, ignore_errors=True)
+        self._folders: collections.deque[tuple[float, Path]] = collections.deque()
         self._folders_lock = threading.Lock()
-        self._kept_requests = kept_requests
+        self._keep_outputs_seconds = keep_outputs_seconds
 
     def _prompt(self, prompt: object, notices: list[str], label: str | None = None) -> str:
         # With two prompts, every message says which one it is about.
@@ -397,7 +405,7 @@ class App:
         return Result(images, files, summary, [str(folder / f"t2i-{stem}-strip.png"), str(folder / f"t2i-{stem}.gif")])
 
     def _save(self, images: list[Image.Image], stem: str, metadata: dict) -> list[str]:
-        """Write PNGs into a fresh folder for this request; Gradio copies them into its cache and serves the copies.
+        """Write PNGs into a fresh folder for this request, to be served from there.
 
         Returning files instead of PIL images gives downloads a meaningful name and the prompt in their metadata,
         and avoids a Gradio race: it writes PIL outputs in place under their content hash, so two identical
@@ -416,12 +424,15 @@ class App:
         return info
 
     def _new_folder(self) -> Path:
-        folder = Path(tempfile.mkdtemp(dir=self._scratch))
+        folder = Path(tempfile.mkdtemp(dir=self.output_folder))
+        now = time.monotonic()
+        expired = []
         with self._folders_lock:
-            self._folders.append(folder)
-            oldest = self._folders.popleft() if len(self._folders) > self._kept_requests else None
-        if oldest is not None:
-            shutil.rmtree(oldest, ignore_errors=True)
+            self._folders.append((now, folder))
+            while now - self._folders[0][0] > self._keep_outputs_seconds:
+                expired.append(self._folders.popleft()[1])
+        for old in expired:
+            shutil.rmtree(old, ignore_errors=True)
         return folder
 
 

@@ -298,3 +298,17 @@ def test_app_py_loads_a_model_from_the_hub(loopback_hub, app_model_folder, tmp_p
         process.terminate()
         process.wait(timeout=30)
         log.close()
+
+
+def test_outputs_are_kept_for_their_time_then_deleted():
+    """A request's files stay downloadable for ``keep_outputs_seconds``; older request folders are removed."""
+    kept = App(LoadedModel(make_tiny_pipeline(), "tiny", "test", "nothing"))
+    first = kept.generate(PROMPT, 1, 0).files[0]
+    kept.generate(PROMPT, 1, 1)
+    assert Path(first).is_file() and Path(first).is_relative_to(kept.output_folder)
+
+    expiring = App(LoadedModel(make_tiny_pipeline(), "tiny", "test", "nothing"), keep_outputs_seconds=0.05)
+    first = expiring.generate(PROMPT, 1, 0).files[0]
+    time.sleep(0.1)
+    second = expiring.generate(PROMPT, 1, 1).files[0]
+    assert not Path(first).exists() and Path(second).is_file()
