@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterator
 
 import gradio as gr
 
-from t2i.app_utils import KEEP_OUTPUTS_SECONDS, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_STEPS, App, InputError, load_model, upscale
+from t2i.app_utils import (
+    KEEP_OUTPUTS_SECONDS, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_STEPS, App, InputError, load_model, upscale,
+)
 
 try:  # On a ZeroGPU Space this attaches a GPU for the length of each call; everywhere else it is not needed.
     from spaces import GPU as gpu
@@ -121,7 +123,8 @@ def build_demo(app: App) -> gr.Blocks:
     # hashing, a second file) was the largest share of the server's GIL time under load. Each file is written once
     # and kept as long as Gradio would keep its copy (delete_cache below).
     gr.set_static_paths([app.output_folder])
-    with gr.Blocks(title="t2i: text to flower images", delete_cache=(KEEP_OUTPUTS_SECONDS, KEEP_OUTPUTS_SECONDS)) as demo:
+    keep_cache = (KEEP_OUTPUTS_SECONDS, KEEP_OUTPUTS_SECONDS)
+    with gr.Blocks(title="t2i: text to flower images", delete_cache=keep_cache) as demo:
         gr.Markdown(
             "# t2i: text to flower images\n"
             "A GAN-CLS generator (Reed et al., *Generative Adversarial Text to Image Synthesis*, ICML 2016) "
