@@ -312,3 +312,44 @@ def test_outputs_are_kept_for_their_time_then_deleted():
     time.sleep(0.1)
     second = expiring.generate(PROMPT, 1, 1).files[0]
     assert not Path(first).exists() and Path(second).is_file()
+
+
+def test_outputs_are_served_in_place_and_checked_first(tmp_path):
+    """The app's folder is a static path (its files are returned without a copy into Gradio's cache), and it is
+    the first one Gradio compares a file against, so a request's path checks stop at the first comparison."""
+    import gradio.utils
+    from gradio.data_classes import _StaticFiles
+
+    image = tmp_path / "request" / "t2i-seed0-01.png"
+    image.parent.mkdir()
+    image.write_bytes(b"png")
+    assert not gradio.utils.is_static_file(str(image))
+    app.serve_in_place(tmp_path)
+    try:
+        assert gradio.utils.is_static_file(str(image))
+        assert _StaticFiles.all_paths[0] == tmp_path.resolve()
+        assert not gradio.utils.is_static_file(str(tmp_path.parent / "elsewhere.png"))
+    finally:
+        _StaticFiles.all_paths.remove(tmp_path.resolve())
+
+
+def test_the_app_leaves_a_core_to_the_server(monkeypatch):
+    """On CPU, app.py runs the generator on all cores but one, unless OMP_NUM_THREADS is set."""
+    from t2i.hardware import serving_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert serving_threads() == 7
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert serving_threads() == 1
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        app.configure_cpu_threads()
+        assert torch.get_num_threads() == threads  # the user's choice stands
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        app.configure_cpu_threads()
+        assert torch.get_num_threads() == (threads if torch.cuda.is_available() else 2)
+    finally:
+        torch.set_num_threads(threads)
