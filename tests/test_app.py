@@ -1,6 +1,7 @@
 """The Gradio app end to end: real servers on loopback, driven through gradio_client (the browser is in
 test_app_browser.py), plus the input checks and model loading behind them."""
 
+import gc
 import json
 import os
 import socket
@@ -251,6 +252,12 @@ def test_app_shows_model_provenance(app_url):
     assert "app-tiny" in config and "local folder" in config
     assert "t2i-synthetic-flowers" in config and "not on Oxford-102" in config
     assert APP_WIDGET_PROMPTS[0] in config  # examples come from the model card
+
+
+def test_start_up_objects_are_kept_out_of_full_collections(app_url):
+    """app.main freezes what start-up loaded (PyTorch, Gradio, the model), so that a full garbage collection under
+    load walks only what requests create instead of stalling every request in flight."""
+    assert gc.get_freeze_count() > 100_000
 
 
 def test_missing_model_still_starts_and_says_why(loopback_hub):
