@@ -57,13 +57,17 @@ def serve_in_place(folder: Path) -> None:
 
     Copying each output image into Gradio's cache (path checks, hashing, a second file) was the largest share of
     the server's GIL time under load, so the app's own folder is a static path; each file is written once and kept
-    as long as Gradio would keep its copy (``delete_cache`` below).
+    as long as Gradio would keep its copy (``delete_cache`` in ``build_demo``).
     """
     gr.set_static_paths([folder])
     # Gradio checks every file it returns or serves against each static path in turn, resolving both paths each time
     # (~0.2 ms per check here; 12 checks for a 4-image request), and registers its own icons first, at import. Moving
     # this folder to the front makes it one check per file. The list is private: if it changes, only speed is lost.
-    static_paths = getattr(gr.data_classes._StaticFiles, "all_paths", None)
+    try:
+        from gradio.data_classes import _StaticFiles
+    except ImportError:
+        return
+    static_paths = getattr(_StaticFiles, "all_paths", None)
     if isinstance(static_paths, list) and folder.resolve() in static_paths:
         static_paths.remove(folder.resolve())
         static_paths.insert(0, folder.resolve())
