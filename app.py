@@ -67,10 +67,10 @@ def serve_in_place(folder: Path) -> None:
         from gradio.data_classes import _StaticFiles
     except ImportError:
         return
-    static_paths = getattr(_StaticFiles, "all_paths", None)
-    if isinstance(static_paths, list) and folder.resolve() in static_paths:
-        static_paths.remove(folder.resolve())
-        static_paths.insert(0, folder.resolve())
+    static_paths, resolved = getattr(_StaticFiles, "all_paths", None), folder.resolve()
+    if isinstance(static_paths, list) and resolved in static_paths:
+        static_paths.remove(resolved)
+        static_paths.insert(0, resolved)
 
 
 def create_app(model: str | None = None) -> gr.Blocks:
