@@ -10,6 +10,7 @@ API (gradio_client): /generate, /interpolate, /interpolate_noise; see README.md.
 import argparse
 import contextlib
 import gc
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,8 @@ except ImportError:
         return fn
 
 
+logger = logging.getLogger("t2i.app")
+
 # Up to 16 generations wait inside the app at once, so that those arriving together share one forward pass
 # (t2i.app_utils batches them; Gradio's batch=True cannot be used, see there). Interpolations run two at a time.
 GENERATE_CONCURRENCY = 16
@@ -45,11 +48,13 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Show ``InputError`` as a Gradio error: a message in the UI, a clean error for API clients, no traceback."""
+    """Show ``InputError`` as a Gradio error: a message in the UI, a clean error for API clients, and one line in the
+    server log instead of a traceback (a refused input is not a fault of the server; real errors keep theirs)."""
     try:
         yield
     except InputError as error:
-        raise gr.Error(str(error), title="Please check your input") from None
+        logger.info("refused input: %s", error)
+        raise gr.Error(str(error), title="Please check your input", print_exception=False) from None
 
 
 def serve_in_place(folder: Path) -> None:
@@ -160,7 +165,7 @@ def build_demo(app: App) -> gr.Blocks:
                     prompt = gr.Textbox(label="Describe a flower", value=examples[0], lines=2, max_lines=4)
                     gr.Examples([[p] for p in examples], inputs=[prompt], label="Examples")
                 with gr.Column(scale=2):
-                    num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, label="Number of images")
+                    num_images = gr.Slider(1, MAX_IMAGES, value=4, step=1, precision=0, label="Number of images")
                     with gr.Row(equal_height=True):
                         seed = seed_box("Seed")
                         randomise = gr.Button("Randomise", scale=1)
@@ -168,7 +173,7 @@ def build_demo(app: App) -> gr.Blocks:
             summary = gr.Markdown(label="Summary", elem_id="generate-summary")
             gr.Markdown("Select an image to download it as a PNG at the model's native size.")
             gallery = gr.Gallery(
-                label="Images", columns=8, height=280, type="pil", buttons=["download", "download_all", "fullscreen"],
+                label="Images", columns=8, height="auto", type="pil", buttons=["download", "download_all", "fullscreen"],
                 interactive=False, elem_id="generate-gallery", elem_classes="model-output",
             )
             show_upscaled = gr.Checkbox(label="Also show an upscaled view (for viewing only)", value=False)
@@ -184,35 +189,37 @@ def build_demo(app: App) -> gr.Blocks:
                 prompt_b = gr.Textbox(label="Prompt B (end)", value=examples[1], lines=1)
                 gr.Examples([[a, b] for a, b in zip(examples[0::2], examples[1::2])], inputs=[prompt_a, prompt_b])
                 with gr.Row():
-                    steps_text = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps", scale=3)
+                    steps_text = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, precision=0, label="Steps", scale=3)
                     seed_text = seed_box("Seed (the fixed noise)")
                 interpolate_button = gr.Button("Interpolate prompts", variant="primary", elem_id="interpolate-button")
             with gr.Tab("One prompt, two seeds"):
                 prompt_noise = gr.Textbox(label="Prompt", value=examples[0], lines=1)
                 with gr.Row():
                     seed_a, seed_b = seed_box("Seed A (start)", 0), seed_box("Seed B (end)", 1)
-                    steps_noise = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, label="Steps", scale=3)
+                    steps_noise = gr.Slider(MIN_STEPS, MAX_STEPS, value=8, step=1, precision=0, label="Steps", scale=3)
                 interpolate_noise_button = gr.Button(
                     "Interpolate noise", variant="primary", elem_id="interpolate-noise-button"
                 )
             strip_summary = gr.Markdown(label="Summary", elem_id="interpolate-summary")
             strip = gr.Gallery(
-                label="Strip", columns=8, height=280, interactive=False,
+                label="Strip", columns=8, height="auto", interactive=False,
                 elem_id="strip-gallery", elem_classes="model-output",
             )
             with gr.Row():
                 strip_png, strip_gif = gr.File(label="Strip PNG"), gr.File(label="Strip GIF")
 
-        gr.on(
-            [generate_button.click, prompt.submit], generate, [prompt, num_images, seed], [gallery, summary],
+        # Each request first clears the previous result, so an error is never shown under an older summary.
+        clear = dict(fn=lambda: (None, ""), inputs=None, queue=False, api_visibility="private")
+        gr.on([generate_button.click, prompt.submit], outputs=[gallery, summary], **clear).then(
+            generate, [prompt, num_images, seed], [gallery, summary],
             api_name="generate", preprocess=False, concurrency_limit=GENERATE_CONCURRENCY,
         )
         strip_outputs = [strip, strip_png, strip_gif, strip_summary]
-        interpolate_button.click(
+        interpolate_button.click(outputs=[strip, strip_summary], **clear).then(
             interpolate, [prompt_a, prompt_b, steps_text, seed_text], strip_outputs,
             api_name="interpolate", **interpolation,
         )
-        interpolate_noise_button.click(
+        interpolate_noise_button.click(outputs=[strip, strip_summary], **clear).then(
             interpolate_noise, [prompt_noise, seed_a, seed_b, steps_noise], strip_outputs,
             api_name="interpolate_noise", **interpolation,
         )
@@ -245,6 +252,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None, **launch_kwargs) -> gr.Blocks:
     """Build and launch the app; ``launch_kwargs`` go to ``Blocks.launch`` (tests pass ``prevent_thread_lock``)."""
     args = parse_args(argv)
+    if not logging.getLogger().handlers:  # one line per refused input, in the server's console
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     configure_cpu_threads()
     demo = create_app(args.model)
     # What is loaded by now (PyTorch, Gradio, the model: ~570k objects) lives as long as the process. Left to the

@@ -31,28 +31,21 @@ from tqdm.auto import tqdm
 
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo, TextEncoder
 from t2i.data import TensorBatchLoader, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
-from t2i.evaluation import load_joint_image_encoder
+from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_joint_image_encoder, load_oracle
 from t2i.hardware import cpu_has_fast_bf16
 from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, train_joint_embedding
-from t2i.losses import (
-    LOSS_TYPES,
-    auxiliary_class_loss,
-    discriminator_adversarial_loss,
-    feature_matching_loss,
-    generator_adversarial_loss,
-    interpolate_text_embeddings,
-    matching_aware_gradient_penalty,
-    mode_seeking_loss,
-    text_image_matching_loss,
-    update_ema,
-)
-from t2i.models import CONDITIONINGS, standing_batch_norm_
+from t2i.diffaugment import DIFF_AUGMENT_POLICIES
+from t2i.losses import LOSS_TYPES
+from t2i.models import CONDITIONINGS, FUSIONS, standing_batch_norm_
+from t2i.pipeline import to_unit_range
+from t2i.training import GanClsObjective, check_resumable, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint, train_step, update_ema
 from t2i.text_distillation import distill_text_encoder
 from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, CharCnnRnnEncoder, build_char_cnn_rnn
 
 logger = get_logger(__name__)
 
-CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+BEST_GENERATOR_FOLDER = "best_generator"  # in --output_dir: the best-scoring generator so far (--evaluation_steps)
+
 DEFAULT_VALIDATION_PROMPTS = [
     "this flower has five pointed purple petals and a yellow center",
     "a flower with many thin yellow petals surrounding a dark brown disc",
@@ -61,9 +54,31 @@ DEFAULT_VALIDATION_PROMPTS = [
 ]
 
 
+# Defaults for the model and objective flags; any flag given explicitly wins over its recipe.
+RECIPES = {
+    # Reed et al. (ICML 2016): GAN-INT-CLS, text only at G's input, concatenation in D, ngf = ndf = 64.
+    "reed2016": {"fusion": "input", "conditioning_augmentation": False, "normalize_text": False, "text_batch_norm": False,
+                 "conditioning": "concat", "projection_scales": 1, "mode_seeking_weight": 0.0, "diff_augment": [],
+                 "ngf": 64, "ndf": 64},
+    # The v2 embedded default: Reed's generator with text BatchNorm, a projection D and mode seeking.
+    "t2i-v2": {"fusion": "input", "conditioning_augmentation": False, "normalize_text": False, "text_batch_norm": True,
+               "conditioning": "projection", "projection_scales": 1, "mode_seeking_weight": 0.5, "diff_augment": [],
+               "ngf": 32, "ndf": 32},
+    # Model v3: text affine in every G block, conditioning augmentation on L2-normalised text, a two-scale projection D,
+    # DiffAugment (translation, cutout) and mode seeking (docs/results.md, "Model v3").
+    "t2i-v3": {"fusion": "affine", "conditioning_augmentation": True, "normalize_text": True, "text_batch_norm": True,
+               "conditioning": "projection", "projection_scales": 2, "mode_seeking_weight": 0.5,
+               "diff_augment": ["translation", "cutout"], "ngf": 32, "ndf": 32},
+}
+DEFAULT_RECIPE = "t2i-v3"  # the recipe of the embedded default in pretrained/
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (names follow diffusers' example training scripts); bad values fail here, before any work."""
     parser = argparse.ArgumentParser(description="Train a GAN-CLS / GAN-INT-CLS text-to-image generator.")
+    parser.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                        help=f"defaults for the model and objective flags (explicit flags win): {DEFAULT_RECIPE} is the "
+                             "embedded default's, reed2016 the paper's setup")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset_name", required=True, help="Hub dataset id, parquet / save_to_disk folder, or imagefolder")
     data.add_argument("--train_split", default="train")
@@ -73,7 +88,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     data.add_argument("--resolution", type=int, default=64, choices=[64, 128])
     data.add_argument("--captions_per_image", type=int, default=1, help="average k caption embeddings per image (Reed: 4)")
     data.add_argument("--cache_dir", default=None, help="where caption embeddings are cached")
-    data.add_argument("--dataloader_num_workers", type=int, default=0, help="kept for CLI compatibility: the tensor fast path needs no workers")
 
     text = parser.add_argument_group("text encoder")
     text.add_argument("--text_encoder", default=MINILM_ID, help="'char-cnn-rnn' (trained here first) or a transformers id/path")
@@ -92,7 +106,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--noise_dim", type=int, default=100)
     model.add_argument("--text_proj_dim", type=int, default=128)
     model.add_argument("--text_batch_norm", action=argparse.BooleanOptionalAction, default=False,
-                       help="BatchNorm on the projected text in G and D (puts the small sentence embeddings on the noise's scale)")
+                       help="BatchNorm on the projected text in G and D (puts the small sentence embeddings on the noise's scale); "
+                            "with --conditioning_augmentation in D only")
+    model.add_argument("--fusion", default="input", choices=FUSIONS,
+                       help="where G takes the text: 'input' (Reed: once, before transposed convolutions) or 'affine' "
+                            "(up-sampling + 3×3 convolutions with a text-predicted scale and shift in every block)")
+    model.add_argument("--conditioning_augmentation", action=argparse.BooleanOptionalAction, default=False,
+                       help="StackGAN's conditioning augmentation: G's text code is sampled from N(μ(e), σ(e)²), with --kl_weight")
+    model.add_argument("--normalize_text", action=argparse.BooleanOptionalAction, default=False,
+                       help="L2-normalise sentence embeddings before G and D project them")
+    model.add_argument("--projection_scales", type=int, default=1,
+                       help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
 
     objective = parser.add_argument_group("objective")
     objective.add_argument("--loss", default="bce", choices=LOSS_TYPES, help="bce (Reed) or hinge (DF-GAN)")
@@ -108,6 +132,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="AttnGAN-style text-image matching loss for G through the frozen joint embedding θ (char-CNN-RNN only)")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
                            help="MSGAN mode-seeking term: keeps the noise in use when the text conditioning is strong")
+    objective.add_argument("--kl_weight", type=float, default=2.0, help="KL weight of conditioning augmentation (StackGAN: 2)")
+    objective.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES,
+                           help="DiffAugment policies for every image D sees (translation, cutout; never colour)")
     objective.add_argument("--use_ema", action="store_true", help="keep an EMA generator for sampling and saving")
     objective.add_argument("--ema_decay", type=float, default=0.999)
 
@@ -115,6 +142,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--train_batch_size", type=int, default=64, help="per process")
     optim.add_argument("--num_train_epochs", type=int, default=100)
     optim.add_argument("--max_train_steps", type=int, default=None, help="overrides --num_train_epochs")
+    optim.add_argument("--max_train_minutes", type=float, default=None,
+                       help="stop (checkpoint, evaluate and save as at the last step) once the GAN steps have taken this long, "
+                            "counted over every resume (data loading and text-encoder training excluded): equal budgets for comparisons")
     optim.add_argument("--learning_rate", type=float, default=2e-4)
     optim.add_argument("--adam_beta1", type=float, default=0.5)
     optim.add_argument("--adam_beta2", type=float, default=0.999)
@@ -132,27 +162,43 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
     run.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
     run.add_argument("--validation_epochs", type=int, default=5)
+    run.add_argument("--evaluation_steps", type=int, default=None,
+                     help="every N steps, score the model with the attribute oracle on fixed test captions, and end "
+                          "with the best-scoring generator (needs a test split with an 'attributes' column)")
+    run.add_argument("--evaluation_metric", default="text_image_agreement_mean",
+                     help="the headline metric (higher is better) that picks the best generator")
+    run.add_argument("--evaluation_samples", type=int, default=500, help="test captions per evaluation")
     run.add_argument("--push_to_hub", action="store_true")
     run.add_argument("--hub_model_id", default=None)
     run.add_argument("--hub_token", default=None)
     run.add_argument("--hub_private_repo", action="store_true")
 
+    recipe = parser.parse_known_args(argv)[0].recipe
+    parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
                 "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size"]
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
-    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit"):
+    for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "evaluation_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.train_batch_size < 2 and (args.text_batch_norm or args.mode_seeking_weight > 0):
+        parser.error(f"--train_batch_size {args.train_batch_size}: --text_batch_norm needs more than one caption per batch "
+                     "for its statistics, and --mode_seeking_weight pairs the batch's first half with second images; use "
+                     "--train_batch_size 2 or more, or --no-text_batch_norm --mode_seeking_weight 0")
+    if args.projection_scales > 1 and args.conditioning != "projection":
+        parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
+    if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
+        parser.error(f"--projection_scales must be between 1 and {4 if args.resolution == 64 else 5} at {args.resolution} px")
     if not 0.0 <= args.int_beta <= 1.0:
         parser.error(f"--int_beta must be in [0, 1], got {args.int_beta}")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.ema_decay < 1.0:
         parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}")
-    for name in ("learning_rate", "text_encoder_learning_rate"):
+    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
@@ -177,152 +223,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.char_cnn_rnn_config) - set(inspect.signature(CharCnnRnnConfig).parameters)
     if unknown:
         parser.error(f"--char_cnn_rnn_config: unknown keys {sorted(unknown)}")
+    if args.evaluation_metric not in HEADLINE_METRICS:
+        parser.error(f"--evaluation_metric {args.evaluation_metric!r}: choose one of {', '.join(HEADLINE_METRICS)}")
+    if args.evaluation_samples < 2:
+        parser.error(f"--evaluation_samples must be at least 2, got {args.evaluation_samples}")
     if os.path.isfile(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file")
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
     return args
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# One GAN-CLS (+ GAN-INT) step
-
-
-def noise_rows(args: argparse.Namespace) -> int:
-    """Noise vectors one training step draws (see `train_step`)."""
-    return 2 * args.train_batch_size + (args.train_batch_size // 2 if args.mode_seeking_weight > 0 else 0)
-
-
-def train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args, joint_image_encoder=None) -> dict[str, float]:
-    """One discriminator update then one generator update on a batch; returns the losses for logging.
-
-    ``noise`` has `noise_rows(args)` rows: B for the GAN-CLS fakes, B for the GAN-INT fakes, and with mode seeking
-    B/2 for second images of the first B/2 captions. All are generated in one generator pass and every
-    discriminator evaluation is one call, as DDP requires. ``joint_image_encoder`` (frozen θ) is needed for
-    ``--matching_loss_weight``.
-    """
-    real, right, wrong = batch["pixel_values"], batch["text_embeds"], batch["wrong_text_embeds"]
-    batch_size = real.shape[0]
-    aux = args.aux_class_weight > 0
-
-    # GAN-INT interpolates each caption with another one of the batch.
-    text_for_g = right
-    if args.gan_int:
-        text_for_g = torch.cat([right, interpolate_text_embeddings(right, right.roll(1, dims=0), args.int_beta)])
-    num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
-    if args.mode_seeking_weight > 0:
-        text_for_g = torch.cat([text_for_g, right[: batch_size // 2]])
-    with accelerator.autocast():
-        fake = generator(noise[: text_for_g.shape[0]], text_for_g)
-
-    # Discriminator: (real, right) → real; (real, wrong) and (fake, right) → fake.
-    if args.ma_gp:
-        real, right = real.detach().requires_grad_(True), right.detach().requires_grad_(True)
-    with accelerator.autocast():
-        real_out = discriminator(real, torch.cat([right, wrong]))
-        fake_out = discriminator(fake[:batch_size].detach(), right.detach())
-        real_right, real_wrong = real_out.logits.float().split(batch_size)
-        loss_d = discriminator_adversarial_loss(real_right, real_wrong, fake_out.logits.float(), args.loss, args.label_smoothing)
-        if args.ma_gp:
-            loss_d = loss_d + matching_aware_gradient_penalty(real_right, real, right)
-        if aux:
-            class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
-            class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
-            loss_d = loss_d + args.aux_class_weight * class_loss_d
-    optimizer_d.zero_grad(set_to_none=True)
-    accelerator.backward(loss_d)
-    optimizer_d.step()
-
-    # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
-    with accelerator.autocast():
-        g_out = discriminator(fake[:num_judged], text_for_g[:num_judged].detach())
-        # With GAN-INT the logits hold the GAN-CLS and the interpolated fakes: their mean weighs both terms equally.
-        loss_g = generator_adversarial_loss(g_out.logits.float(), args.loss)
-        if args.feature_matching_weight > 0:
-            fake_features = g_out.image_features[:batch_size].float()
-            loss_g = loss_g + args.feature_matching_weight * feature_matching_loss(real_out.image_features.float(), fake_features)
-        if aux:
-            loss_g = loss_g + args.aux_class_weight * auxiliary_class_loss(g_out.class_logits[:batch_size].float(), batch["labels"])
-        if args.matching_loss_weight > 0:
-            loss_g = loss_g + args.matching_loss_weight * text_image_matching_loss(joint_image_encoder(fake[:batch_size]).float(), right.float())
-        if args.mode_seeking_weight > 0:
-            half = batch_size // 2
-            loss_g = loss_g + args.mode_seeking_weight * mode_seeking_loss(
-                fake[:half].float(), fake[num_judged:].float(), noise[:half], noise[num_judged : num_judged + half]
-            )
-    optimizer_g.zero_grad(set_to_none=True)
-    optimizer_d.zero_grad(set_to_none=True)
-    accelerator.backward(loss_g)
-    optimizer_g.step()
-
-    return {
-        "loss_d": loss_d.detach().item(),
-        "loss_g": loss_g.detach().item(),
-        "d_real_right": torch.sigmoid(real_right.detach()).mean().item(),
-        "d_real_wrong": torch.sigmoid(real_wrong.detach()).mean().item(),
-        "d_fake": torch.sigmoid(fake_out.logits.detach()).mean().item(),
-    }
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Checkpoints: accelerate's state (models as safetensors, optimizers, RNGs) plus ours, made visible atomically
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    """Complete checkpoints in ``output_dir``, oldest first (temporary folders of unfinished saves are ignored)."""
-    found = [p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
-    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
-
-
-def _fsync_tree(folder: Path) -> None:
-    # Data must be on disk before the rename publishes the folder, or a crash could expose empty files.
-    for path in [*folder.rglob("*"), folder]:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def save_checkpoint(accelerator, args, ema_generator, training_state: dict, rng_state: dict[str, torch.Tensor]) -> Path:
-    """Write ``checkpoint-{step}`` via a temporary folder; a crash or a full disk leaves earlier checkpoints intact."""
-    step = training_state["global_step"]
-    final = Path(args.output_dir) / f"checkpoint-{step}"
-    partial = Path(args.output_dir) / f".checkpoint-{step}.partial"
-    if accelerator.is_main_process:
-        shutil.rmtree(partial, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    try:
-        accelerator.save_state(str(partial), safe_serialization=True)
-        save_file(rng_state, str(partial / f"t2i_rng_{accelerator.process_index}.safetensors"))
-        if accelerator.is_main_process:
-            if ema_generator is not None:
-                save_file(ema_generator.state_dict(), str(partial / "ema_generator.safetensors"))
-            (partial / "training_state.json").write_text(json.dumps(training_state))
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            _fsync_tree(partial)
-            os.replace(partial, final)
-            _fsync_tree(final.parent)
-            if args.checkpoints_total_limit is not None:
-                for old in list_checkpoints(args.output_dir)[: -args.checkpoints_total_limit]:
-                    shutil.rmtree(old)
-    except Exception:  # a full disk surfaces as OSError, RuntimeError or SafetensorError depending on the writer
-        if accelerator.is_main_process:
-            shutil.rmtree(partial, ignore_errors=True)
-        raise
-    accelerator.wait_for_everyone()
-    return final
-
-
-def load_checkpoint(accelerator, checkpoint: Path, ema_generator) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore models, optimizers and RNGs; return our training state and this process's generator states."""
-    accelerator.load_state(str(checkpoint))
-    training_state = json.loads((checkpoint / "training_state.json").read_text())
-    rng_state = load_file(str(checkpoint / f"t2i_rng_{accelerator.process_index}.safetensors"))
-    if ema_generator is not None:
-        ema_generator.load_state_dict(load_file(str(checkpoint / "ema_generator.safetensors")))
-    return training_state, rng_state
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -359,15 +268,22 @@ def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_da
     """The frozen text encoder: loaded, or a char-CNN-RNN trained on the main process, with Reed's joint-embedding
     loss or distilled from ``--text_encoder_teacher`` (then θ alone is fitted to it, for R-precision)."""
     if args.text_encoder_path is not None:  # a folder of an earlier run keeps its joint-embedding metrics
-        metrics_file = Path(args.text_encoder_path) / "joint_embedding_metrics.json"
-        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
-        return TextEncoder.from_pretrained(args.text_encoder_path), {f"text_encoder_{k}": v for k, v in metrics.items()}
+        folder = Path(args.text_encoder_path)
+        metrics_file, summary_file = folder / "joint_embedding_metrics.json", folder / "training_summary.json"
+        if metrics_file.is_file():
+            metrics = {f"text_encoder_{k}": v for k, v in json.loads(metrics_file.read_text()).items()}
+        elif summary_file.is_file():  # a saved pipeline (e.g. pretrained): its card recorded the encoder's metrics
+            metrics = {k: v for k, v in json.loads(summary_file.read_text()).get("metrics", {}).items() if k.startswith("text_encoder_")}
+        else:
+            metrics = {}
+        return TextEncoder.from_pretrained(args.text_encoder_path), metrics
     if args.text_encoder != "char-cnn-rnn":
         return TextEncoder.from_pretrained(args.text_encoder), {}
 
     trained_dir = text_encoder_folder(args)  # reused on resume, so a restart never retrains it
     metrics_file = trained_dir / "joint_embedding_metrics.json"
     if accelerator.is_main_process and not metrics_file.exists():
+        set_seed(args.seed)  # the text-encoder phase's own stream: a restart after a kill inside it redraws the same
         if args.text_encoder_teacher is not None:
             text_encoder, metrics = distill_teacher(accelerator, args, train_dataset, test_dataset)
         else:
@@ -402,41 +318,67 @@ def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_da
     return TextEncoder.from_pretrained(trained_dir), {f"text_encoder_{k}": v for k, v in metrics.items()}
 
 
-def recalibrate_ema(ema_generator, embeddings, args, device: torch.device, batches: int = 16) -> None:
+def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
     """Give the EMA generator BatchNorm statistics of its own averaged weights.
 
     `update_ema` copies the running statistics of the trained generator, which belong to its current weights; with
     the averaged weights they produce washed-out images (measured at step 2,000 of the default model: petal-colour
     agreement 0.00 with the copied statistics, 0.42 with its own).
     """
-    rng = torch.Generator().manual_seed(args.seed)
+    rng = torch.Generator().manual_seed(seed)
+    noise_dim = ema_generator.config.noise_dim
     standing_batch_norm_(ema_generator, (
-        (torch.randn(args.train_batch_size, args.noise_dim, generator=rng).to(device),
-         embeddings.sample(torch.randint(len(embeddings), (args.train_batch_size,), generator=rng), rng).to(device))
+        (torch.randn(batch_size, noise_dim, generator=rng).to(device),
+         embeddings.sample(torch.randint(len(embeddings), (batch_size,), generator=rng), rng).to(device))
         for _ in range(batches)
     ))
 
 
 @torch.no_grad()
-def log_validation(accelerator, args, generator, validation_embeds: torch.Tensor, epoch: int, global_step: int) -> Path:
+def log_validation(accelerator, generator, validation_embeds: torch.Tensor, output_dir: str, seed: int, epoch: int, global_step: int) -> Path:
     """A grid of the fixed validation prompts (rows) × 4 fixed seeds (columns) → samples/ and the tracker."""
     was_training = generator.training
     generator.eval()
     num_seeds = 4
-    noise = torch.randn(num_seeds, args.noise_dim, generator=torch.Generator().manual_seed(args.seed))
+    noise = torch.randn(num_seeds, generator.config.noise_dim, generator=torch.Generator().manual_seed(seed))
     text = validation_embeds.repeat_interleave(num_seeds, dim=0).to(accelerator.device)
-    images = generator(noise.repeat(len(validation_embeds), 1).to(accelerator.device), text).float()
+    images = to_unit_range(generator(noise.repeat(len(validation_embeds), 1).to(accelerator.device), text)).cpu()
     generator.train(was_training)
-    images = (images / 2 + 0.5).clamp(0, 1).cpu()
     grid = images.view(len(validation_embeds), num_seeds, *images.shape[1:]).permute(2, 0, 3, 1, 4)
     grid = grid.reshape(images.shape[1], len(validation_embeds) * images.shape[2], num_seeds * images.shape[3])
-    path = Path(args.output_dir) / "samples" / f"epoch_{epoch:04d}_step_{global_step:07d}.png"
+    path = Path(output_dir) / "samples" / f"epoch_{epoch:04d}_step_{global_step:07d}.png"
     path.parent.mkdir(parents=True, exist_ok=True)
     GanClsPipeline.numpy_to_pil(grid.permute(1, 2, 0).numpy()[None])[0].save(path)
     for tracker in accelerator.trackers:
         if tracker.name == "tensorboard":
             tracker.writer.add_image("validation", grid, global_step)
     return path
+
+
+def evaluate_and_keep_best(accelerator, scorer: GeneratorScorer, generator, ema_generator, embeddings, output_dir: str,
+                           metric: str, best: dict | None, step: int, batch_size: int, seed: int) -> dict | None:
+    """Score the sampling generator (EMA if kept) and, when it beats ``best``, publish it atomically as
+    ``output_dir/best_generator``. Returns the best record {"step", "metric", "value"} (main process; others keep theirs)."""
+    if accelerator.is_main_process:
+        if ema_generator is not None:
+            recalibrate_ema(ema_generator, embeddings, batch_size, seed, accelerator.device)
+        model = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
+        started = time.monotonic()
+        metrics = scorer(model)
+        accelerator.log({f"eval/{name}": value for name, value in metrics.items()}, step=step)
+        value = metrics[metric]
+        better = best is None or (value < best["value"] if metric in LOWER_IS_BETTER else value > best["value"])
+        logger.info(f"step {step}: {metric} = {value:.6f} ({time.monotonic() - started:.0f} s)" + (", the best so far" if better else ""))
+        if better and not math.isnan(value):
+            best = {"step": step, "metric": metric, "value": value, "metrics": metrics}
+            final = Path(output_dir) / BEST_GENERATOR_FOLDER
+            partial = final.with_name(f".{final.name}.partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            copy.deepcopy(model).to(memory_format=torch.contiguous_format).cpu().save_pretrained(partial)
+            (partial / "evaluation.json").write_text(json.dumps(best, indent=2))
+            publish_folder(partial, final)
+    accelerator.wait_for_everyone()
+    return best
 
 
 def _text_encoder_description(args, text_encoder: TextEncoder, text_metrics: dict[str, float]) -> str:
@@ -446,7 +388,9 @@ def _text_encoder_description(args, text_encoder: TextEncoder, text_metrics: dic
         return "char-CNN-RNN (trained here, DS-SJE)" if args.text_encoder == "char-cnn-rnn" else args.text_encoder
     objective = "distilled from a sentence encoder" if "text_encoder_distillation_steps" in text_metrics else "DS-SJE"
     kind = f"char-CNN-RNN ({objective})" if isinstance(text_encoder.model, CharCnnRnnEncoder) else type(text_encoder.model).__name__
-    return f"{kind}, {text_encoder.embedding_dim}-d, trained beforehand ({Path(args.text_encoder_path).name})"
+    source = Path(args.text_encoder_path)
+    origin = f"the text encoder of the pipeline {source.name}" if (source / "model_index.json").is_file() else source.name
+    return f"{kind}, {text_encoder.embedding_dim}-d, trained beforehand ({origin})"
 
 
 def _hardware(accelerator) -> str:
@@ -477,6 +421,12 @@ def main(argv: list[str] | None = None) -> None:
         os.makedirs(args.output_dir, exist_ok=True)
         for stale in Path(args.output_dir).glob(".checkpoint-*.partial"):  # left by a run killed mid-save
             shutil.rmtree(stale)
+    resume_from = None  # checked now, before any data is loaded: a launch that cannot continue it fails at once
+    if args.resume_from_checkpoint is not None:
+        checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
+        if checkpoints:
+            resume_from = checkpoints[-1]
+            check_resumable(resume_from, accelerator.num_processes, accelerator.process_index, args.train_batch_size)
 
     # Data: decoded once into a uint8 tensor, captions embedded once (cached across runs).
     train_dataset = load_captioned_dataset(args.dataset_name, args.train_split, args.image_column, args.caption_column)
@@ -495,6 +445,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.matching_loss_weight > 0:  # θ of the text encoder's joint embedding, frozen
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         joint_image_encoder = load_joint_image_encoder(text_encoder_folder(args)).to(accelerator.device, memory_format=memory_format)
+    scorer = None
+    if args.evaluation_steps is not None:
+        if test_dataset is None or "attributes" not in test_dataset.column_names:
+            raise ValueError("--evaluation_steps needs a 'test' split with an 'attributes' column (the synthetic set: python -m t2i.data synth)")
+        scorer = GeneratorScorer(text_encoder, test_dataset, train_dataset, load_oracle()[0], num_samples=args.evaluation_samples, seed=args.seed)
     labels = torch.tensor(train_dataset["label"]) if "label" in train_dataset.column_names else None
     loader = TensorBatchLoader(
         train_images,
@@ -515,10 +470,26 @@ def main(argv: list[str] | None = None) -> None:
     num_classes = int(labels.max()) + 1 if args.aux_class_weight > 0 and labels is not None else 0
     if args.aux_class_weight > 0 and num_classes == 0:
         raise ValueError("--aux_class_weight needs a 'label' column in the dataset")
-    generator = GanClsGenerator(text_embed_dim=embeddings.dim, noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution,
-                                text_batch_norm=args.text_batch_norm)
-    discriminator = GanClsDiscriminator(text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
-                                        text_batch_norm=args.text_batch_norm, conditioning=args.conditioning)
+    # Each phase draws from its own seeded stream: the GAN's initial weights must not depend on whether the text
+    # encoder was trained in this process (drawing from the same stream) or loaded after a kill.
+    set_seed(args.seed)
+    generator = GanClsGenerator(
+        text_embed_dim=embeddings.dim, noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution,
+        # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
+        text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
+        conditioning_augmentation=args.conditioning_augmentation,
+        normalize_text=args.normalize_text,
+    )
+    discriminator = GanClsDiscriminator(
+        text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
+        text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
+    )
+    objective = GanClsObjective(
+        loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, label_smoothing=args.label_smoothing,
+        feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
+        matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
+        kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
+    )
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False).to(accelerator.device) if args.use_ema else None
     if args.channels_last:
         generator, discriminator = generator.to(memory_format=torch.channels_last), discriminator.to(memory_format=torch.channels_last)
@@ -532,22 +503,23 @@ def main(argv: list[str] | None = None) -> None:
     steps_per_epoch = len(loader)
     max_train_steps = args.max_train_steps or args.num_train_epochs * steps_per_epoch
     num_epochs = math.ceil(max_train_steps / steps_per_epoch)
-    # Noise is drawn on the CPU from a per-process generator, so a seed means the same run on any device.
+    # The step's randomness is drawn on the CPU from a per-process generator, so a seed means the same run on any device.
     noise_rng = torch.Generator().manual_seed(args.seed * 1000 + accelerator.process_index)
 
-    global_step, first_epoch, resume_step_in_epoch, seconds_before_resume = 0, 0, 0, 0.0
-    if args.resume_from_checkpoint is not None:
-        checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
-        if checkpoints:
-            training_state, rng_state = load_checkpoint(accelerator, checkpoints[-1], ema_generator)
-            global_step, first_epoch = training_state["global_step"], training_state["epoch"]
-            resume_step_in_epoch = training_state["step_in_epoch"]
-            seconds_before_resume = training_state.get("train_seconds", 0.0)  # so the model card's wall time covers every run
-            loader.generator.set_state(rng_state["loader_epoch_start"])
-            noise_rng.set_state(rng_state["noise"])
-            accelerator.print(f"Resumed from {checkpoints[-1]} at step {global_step}")
-        else:
-            accelerator.print(f"No checkpoint in {args.output_dir}: starting a new run")
+    global_step, first_epoch, resume_step_in_epoch, seconds_before_resume, gan_seconds_before_resume = 0, 0, 0, 0.0, 0.0
+    best = None  # {"step", "metric", "value"} of the best evaluation so far, with --evaluation_steps
+    if resume_from is not None:
+        training_state, rng_state = load_checkpoint(accelerator, resume_from, ema_generator)
+        global_step, first_epoch = training_state["global_step"], training_state["epoch"]
+        resume_step_in_epoch = training_state["step_in_epoch"]
+        seconds_before_resume = training_state.get("train_seconds", 0.0)  # so the model card's wall time covers every run
+        gan_seconds_before_resume = training_state.get("gan_seconds", 0.0)
+        best = training_state.get("best")
+        loader.generator.set_state(rng_state["loader_epoch_start"])
+        noise_rng.set_state(rng_state["noise"])
+        accelerator.print(f"Resumed from {resume_from} at step {global_step}")
+    elif args.resume_from_checkpoint is not None:
+        accelerator.print(f"No checkpoint in {args.output_dir}: starting a new run")
 
     if accelerator.is_main_process and args.report_to != "none":
         accelerator.init_trackers("gan-cls", config={k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool))})
@@ -556,34 +528,45 @@ def main(argv: list[str] | None = None) -> None:
         f"global batch {args.train_batch_size * accelerator.num_processes}, text embeddings {embeddings.dim}-d"
     )
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    loop_started = time.monotonic()  # --max_train_minutes counts GAN steps only, not data loading or text-encoder training
     losses: dict[str, float] = {}
     for epoch in range(first_epoch, num_epochs):
         epoch_start_rng = loader.generator.get_state()
         for step_in_epoch, batch in enumerate(loader):
             if epoch == first_epoch and step_in_epoch < resume_step_in_epoch:
                 continue  # replayed to keep the loader's random stream where the checkpoint left it
-            noise = torch.randn(noise_rows(args), args.noise_dim, generator=noise_rng).to(accelerator.device)
-            losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args, joint_image_encoder)
+            losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, objective, noise_rng, joint_image_encoder)
             if ema_generator is not None:
                 update_ema(ema_generator, accelerator.unwrap_model(generator), args.ema_decay)
             global_step += 1
             progress.update(1)
+            if args.max_train_minutes is not None:  # the main process's clock decides, so every rank stops at one step
+                if accelerator.is_main_process and gan_seconds_before_resume + time.monotonic() - loop_started >= 60 * args.max_train_minutes:
+                    accelerator.set_trigger()
+                if accelerator.check_trigger():
+                    max_train_steps = global_step  # this step becomes the last one: checkpointed, evaluated and saved
             progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             accelerator.log(losses, step=global_step)
 
+            if scorer is not None and (global_step % args.evaluation_steps == 0 or global_step == max_train_steps):
+                best = evaluate_and_keep_best(accelerator, scorer, generator, ema_generator, embeddings, args.output_dir,
+                                              args.evaluation_metric, best, global_step, args.train_batch_size, args.seed)
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                 training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1,
-                                  "train_seconds": seconds_before_resume + time.monotonic() - started}
+                                  "num_processes": accelerator.num_processes, "per_process_batch_size": args.train_batch_size,
+                                  "train_seconds": seconds_before_resume + time.monotonic() - started,
+                                  "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
-                path = save_checkpoint(accelerator, args, ema_generator, training_state, rng_state)
+                path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, ema_generator, args.checkpoints_total_limit)
                 logger.info(f"Saved {path}")
             if global_step >= max_train_steps:
                 break
         if accelerator.is_main_process and ((epoch + 1) % args.validation_epochs == 0 or global_step >= max_train_steps):
             if ema_generator is not None:  # the next update_ema overwrites these statistics again, so training is unchanged
-                recalibrate_ema(ema_generator, embeddings, args, accelerator.device)
+                recalibrate_ema(ema_generator, embeddings, args.train_batch_size, args.seed, accelerator.device)
             sample_model = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
-            logger.info(f"Validation grid: {log_validation(accelerator, args, sample_model, validation_embeds, epoch, global_step)}")
+            grid = log_validation(accelerator, sample_model, validation_embeds, args.output_dir, args.seed, epoch, global_step)
+            logger.info(f"Validation grid: {grid}")
         if global_step >= max_train_steps:
             break
     progress.close()
@@ -597,14 +580,19 @@ def main(argv: list[str] | None = None) -> None:
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if ema_generator is not None:
-            recalibrate_ema(ema_generator, embeddings, args, accelerator.device)
+            recalibrate_ema(ema_generator, embeddings, args.train_batch_size, args.seed, accelerator.device)
         final_generator = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
         final_generator = final_generator.to(memory_format=torch.contiguous_format).cpu()
+        if best is not None:  # the best-scoring generator, not the last
+            final_generator = GanClsGenerator.from_pretrained(Path(args.output_dir) / BEST_GENERATOR_FOLDER)
+            accelerator.print(f"Saving the best generator: step {best['step']}, {best['metric']} = {best['value']:.4f}")
         pipeline = GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=final_generator)
         card = ModelCardInfo(
             model_id=args.hub_model_id or Path(args.output_dir).name,
-            dataset_name=args.dataset_name,
-            dataset_description=f"{len(train_dataset)} training images (split '{args.train_split}').",
+            # A local folder is named by its folder name only: the path is this machine's, meaningless on the Hub page.
+            dataset_name=Path(args.dataset_name).name if os.path.isdir(args.dataset_name) else args.dataset_name,
+            dataset_description=f"{len(train_dataset)} training images (split '{args.train_split}')"
+                                + (", a local folder." if os.path.isdir(args.dataset_name) else "."),
             synthetic_data="attributes" in train_dataset.column_names,
             text_encoder=_text_encoder_description(args, text_encoder, text_metrics),
             resolution=args.resolution,

@@ -4,7 +4,7 @@
         --run "GAN-INT-CLS=runs/gan_int_cls" --run "GAN-CLS=runs/gan_cls" --out benchmarks/results/quality_table.json
 
 Each run folder is a `train_accelerate.py` output: the pipeline, plus `training_summary.json` (steps, wall time).
-All runs share one attribute oracle (trained once on decorrelated renders and cached), the same captions and seeds.
+All runs share one attribute oracle (the shipped one, or --oracle_dir), the same captions and seeds.
 """
 
 import argparse
@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline  # noqa: E402
 from t2i.data import load_captioned_dataset  # noqa: E402
-from t2i.evaluation import evaluate_pipeline, load_joint_image_encoder, load_or_train_oracle  # noqa: E402
+from t2i.evaluation import evaluate_pipeline, load_joint_image_encoder, load_oracle  # noqa: E402
 
 COLUMNS = (
     ("petal colour", lambda r: r["agreement_generated"]["petal_color"]),
@@ -52,7 +52,7 @@ def main() -> None:
     args = parser.parse_args()
 
     train, test = load_captioned_dataset(args.dataset, "train"), load_captioned_dataset(args.dataset, "test")
-    oracle, oracle_dir = load_or_train_oracle(args.oracle_dir)
+    oracle, oracle_dir = load_oracle(args.oracle_dir)
     rows = []
     for spec in args.run:
         name, _, folder = spec.partition("=")

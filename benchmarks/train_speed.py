@@ -3,26 +3,27 @@
     python benchmarks/train_speed.py --out benchmarks/results/train_speed_cpu.json
     python benchmarks/train_speed.py --mixed_precision bf16 --channels_last --torch_compile   # on a GPU
 
-Uses the training script's own `train_step` on the data fast path (uint8 images on the device, cached text
-embeddings), so the figure is what `train_accelerate.py` achieves. Random images and embeddings: speed does not
-depend on content.
+Uses the library's `t2i.training.train_step` (the one `train_accelerate.py` runs) on the data fast path (uint8
+images on the device, cached text embeddings), so the figure is what training achieves. Random images and
+embeddings: speed does not depend on content. `--fusion affine --conditioning_augmentation --diff_augment
+translation cutout --projection_scales 2` measures the model v3 recipe.
 """
 
 import argparse
 import json
 import os
 import platform
-import sys
 import time
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import train_accelerate  # noqa: E402
-from t2i import GanClsDiscriminator, GanClsGenerator  # noqa: E402
-from t2i.data import CaptionEmbeddings, TensorBatchLoader  # noqa: E402
+from t2i import GanClsDiscriminator, GanClsGenerator
+from t2i.data import CaptionEmbeddings, TensorBatchLoader
+from t2i.diffaugment import DIFF_AUGMENT_POLICIES
+from t2i.models import CONDITIONINGS, FUSIONS
+from t2i.training import GanClsObjective, train_step
 
 
 class Timed:
@@ -53,13 +54,21 @@ def main() -> None:
     parser.add_argument("--channels_last", action="store_true")
     parser.add_argument("--torch_compile", action="store_true")
     parser.add_argument("--num_images", type=int, default=4096, help="size of the random in-memory dataset")
+    parser.add_argument("--fusion", default="input", choices=FUSIONS)
+    parser.add_argument("--conditioning_augmentation", action="store_true")
+    parser.add_argument("--text_batch_norm", action="store_true")
+    parser.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
+    parser.add_argument("--projection_scales", type=int, default=1)
+    parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
+    parser.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES)
     parser.add_argument("--out", default=None)
     bench = parser.parse_args()
 
     accelerator = Accelerator(mixed_precision=bench.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    args = train_accelerate.parse_args(["--dataset_name", "bench/bench", "--resolution", str(bench.resolution)])
+    objective = GanClsObjective(mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
+                                diff_augment=tuple(bench.diff_augment))
 
     torch.manual_seed(0)
     load_size = bench.resolution * 76 // 64
@@ -68,8 +77,11 @@ def main() -> None:
     labels = torch.arange(bench.num_images) % 82
     loader = TensorBatchLoader(images, embeddings, labels, bench.batch_size, bench.resolution, device=device)
 
-    generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution)
-    discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution)
+    generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution, fusion=bench.fusion,
+                                conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm)
+    discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution,
+                                        text_batch_norm=bench.text_batch_norm, conditioning=bench.conditioning,
+                                        projection_scales=bench.projection_scales)
     if bench.channels_last:
         generator, discriminator = generator.to(memory_format=torch.channels_last), discriminator.to(memory_format=torch.channels_last)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
@@ -87,14 +99,13 @@ def main() -> None:
 
     stream = batches()
     next_batch = Timed(lambda: next(stream), sync)
-    step = Timed(train_accelerate.train_step, sync)
+    step = Timed(train_step, sync)
     for i in range(bench.warmup + bench.steps):
         if i == bench.warmup:  # discard compilation and allocator warm-up
             next_batch.total = step.total = optimizer_g.step.total = optimizer_d.step.total = 0.0
             started = time.perf_counter()
         batch = next_batch()
-        noise = torch.randn(train_accelerate.noise_rows(args), 100, generator=noise_rng).to(device)
-        step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, noise, args)
+        step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, objective, noise_rng)
     sync()
     total = time.perf_counter() - started
     optimizer_time = optimizer_g.step.total + optimizer_d.step.total
@@ -112,6 +123,11 @@ def main() -> None:
         "mixed_precision": bench.mixed_precision,
         "channels_last": bench.channels_last,
         "torch_compile": bench.torch_compile,
+        "fusion": bench.fusion,
+        "conditioning_augmentation": bench.conditioning_augmentation,
+        "conditioning": bench.conditioning,
+        "projection_scales": bench.projection_scales,
+        "diff_augment": bench.diff_augment,
         "steps": bench.steps,
         "images_per_second": bench.steps * bench.batch_size / total,
         "ms_per_step": 1000 * total / bench.steps,

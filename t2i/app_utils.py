@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib.resources
 import json
 import logging
 import os
@@ -27,13 +28,14 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .models import GanClsGenerator
+from .models import GanClsGenerator, output_layers, standing_batch_norm_
 from .pipeline import GanClsPipeline
-from .text_encoders import CharCnnRnnConfig, CharCnnRnnEncoder, CharTokenizer, TextEncoder
+from .text_encoders import CharCnnRnnConfig, CharCnnRnnEncoder, CharTokenizer, TextEncoder, unreadable_characters
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL_FOLDER = Path(__file__).resolve().parent.parent / "pretrained"
+# The embedded default: the repository's pretrained/ folder, shipped inside the package (t2i/assets/pretrained links to it).
+DEFAULT_MODEL_FOLDER = Path(str(importlib.resources.files("t2i") / "assets" / "pretrained"))
 MAX_IMAGES = 16
 MIN_STEPS, MAX_STEPS = 2, 16
 MAX_SEED = 2**32 - 1  # the range numpy, diffusers and most UIs accept
@@ -55,6 +57,13 @@ EXAMPLE_PROMPTS = (
 TINY_TEXT_ENCODER_CONFIG = dict(conv_channels=[16, 16, 16], rnn_hidden_size=16, embed_dim=32)
 
 
+# The model card metrics the header shows, with their labels (text-image agreement per attribute, and fidelity).
+HEADER_METRICS = {
+    "text_image_agreement_petal_color": "petal colour", "text_image_agreement_center_color": "centre colour",
+    "text_image_agreement_petal_count_word": "count bin", "oracle_frechet_distance_over_real": "FD / real-vs-real",
+}
+
+
 class InputError(ValueError):
     """A request the app refuses, with a message meant for the person who sent it."""
 
@@ -69,6 +78,7 @@ class LoadedModel:
     trained_on: str
     examples: list[str] = field(default_factory=lambda: list(EXAMPLE_PROMPTS))
     notice: str | None = None  # why this is not the model that was asked for, if it is not
+    metrics: dict[str, float] = field(default_factory=dict)  # the model card's measured numbers
 
     def description(self) -> str:
         """Markdown for the header of the app."""
@@ -78,6 +88,10 @@ class LoadedModel:
             f"text encoder: {type(self.pipeline.text_encoder).__name__}",
             f"**Trained on:** {self.trained_on}",
         ]
+        shown = [(label, self.metrics[name]) for name, label in HEADER_METRICS.items() if name in self.metrics]
+        if shown:
+            lines.append("**Measured on unseen test classes** (attribute oracle, model card): "
+                         + " · ".join(f"{label} {value:.2f}" for label, value in shown))
         if self.notice:
             lines.insert(0, f"⚠️ {self.notice}")
         return "\n\n".join(lines)
@@ -95,25 +109,27 @@ def build_random_pipeline(
     if text_encoder is None:
         text_encoder = TextEncoder(CharTokenizer(), CharCnnRnnEncoder(CharCnnRnnConfig(**TINY_TEXT_ENCODER_CONFIG)))
     generator = GanClsGenerator(text_embed_dim=text_encoder.embedding_dim, ngf=ngf, resolution=resolution)
+    first_text_layer, output_conv = output_layers(generator)
     # Untrained, the text would barely move the images; a wider projection makes its effect visible.
-    torch.nn.init.normal_(generator.text_projection[0].weight, std=1.0)
+    torch.nn.init.normal_(first_text_layer.weight, std=1.0)
     noise, text = torch.randn(64, generator.config.noise_dim), torch.randn(64, text_encoder.embedding_dim)
+    standing_batch_norm_(generator, [(noise, text)])
     with torch.no_grad():
-        for module in generator.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.momentum = None  # cumulative average over the calibration batch
-        generator.train()(noise, text)
         # DCGAN's N(0, 0.02) output layer keeps tanh near 0 (flat grey); unit variance before tanh shows patterns.
-        pre_tanh = generator.eval().net[:-1](torch.cat([noise, generator.text_projection(text)], 1))
-        generator.net[-2].weight /= pre_tanh.std()
+        pre_tanh = []
+        hook = output_conv.register_forward_hook(lambda module, inputs, output: pre_tanh.append(output))
+        generator(noise, text)
+        hook.remove()
+        output_conv.weight /= pre_tanh[0].std()
     return GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=generator)
 
 
-def read_model_card(folder: Path) -> tuple[str | None, list[str]]:
-    """The "Training data" section and the ``widget`` example prompts of ``folder/README.md`` (None, [] if absent)."""
+def read_model_card(folder: Path) -> tuple[str | None, list[str], dict[str, float]]:
+    """The "Training data" section, the ``widget`` example prompts and the evaluation metrics of
+    ``folder/README.md`` (None, [], {} if absent)."""
     readme = folder / "README.md"
     if not readme.is_file():
-        return None, []
+        return None, [], {}
     card = ModelCard.load(readme)
     section = re.search(r"^## Training data\s*\n(.*?)(?=^## |\Z)", card.text, flags=re.M | re.S)
     trained_on = section.group(1).strip() if section else None
@@ -121,7 +137,8 @@ def read_model_card(folder: Path) -> tuple[str | None, list[str]]:
         trained_on = ", ".join(f"`{name}`" for name in card.data.datasets)
     widget = card.data.to_dict().get("widget") or []
     examples = [entry["text"] for entry in widget if isinstance(entry, dict) and entry.get("text")]
-    return trained_on, examples
+    metrics = {result.metric_type: float(result.metric_value) for result in (card.data.eval_results or [])}
+    return trained_on, examples, metrics
 
 
 def load_model(name_or_path: str | None, default_folder: Path = DEFAULT_MODEL_FOLDER) -> LoadedModel:
@@ -153,13 +170,14 @@ def _load_pretrained(name_or_path: str) -> LoadedModel:
     pipeline = GanClsPipeline.from_pretrained(name_or_path)
     local = Path(name_or_path).is_dir()
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    trained_on, examples = read_model_card(Path(name_or_path) if local else Path(pipeline.config._name_or_path))
+    trained_on, examples, metrics = read_model_card(Path(name_or_path) if local else Path(pipeline.config._name_or_path))
     return LoadedModel(
         pipeline=pipeline.to("cuda" if torch.cuda.is_available() else "cpu"),
         name=Path(name_or_path).resolve().name if local else name_or_path,
         source=f"local folder `{Path(name_or_path).resolve()}`" if local else f"Hugging Face Hub ({endpoint})",
         trained_on=trained_on or "not stated (the model has no model card with a “Training data” section).",
         examples=examples if len(examples) >= 2 else list(EXAMPLE_PROMPTS),  # the Interpolate tab needs two
+        metrics=metrics,
     )
 
 
@@ -205,7 +223,7 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     )
     if len(visible) != len(text):
         notices.append(f"Removed {len(text) - len(visible)} control or invisible formatting character(s).")
-    unknown = sorted({ch for ch in visible if not ch.isspace() and _unreadable(tokenizer, ch)})
+    unknown = unreadable_characters(tokenizer, visible)
     if unknown:
         visible = "".join(ch for ch in visible if ch not in unknown)
     text = " ".join(visible.split())
@@ -222,11 +240,6 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
         notices.append(f"The prompt was cut to {limit} characters, as many as the model reads.")
         text = text[:limit].rstrip()
     return text, notices
-
-
-def _unreadable(tokenizer, ch: str) -> bool:
-    tokens = tokenizer.tokenize(ch)
-    return not tokens or tokens == [tokenizer.unk_token]
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import importlib.resources
 import io
 import json
 import math
@@ -53,6 +55,7 @@ from .data.synthetic import ATTRIBUTE_VALUES, map_in_order, render_random_flower
 from .data.transforms import pil_to_uint8, resize_center_crop
 from .hardware import cpu_has_fast_bf16
 from .hub import (
+    CheckpointError,
     ModelCardInfo,
     SafetensorsOnlyMixin,
     check_before_loading,
@@ -69,7 +72,7 @@ from .pipeline import GanClsPipeline
 
 __all__ = [
     "ORACLE_ATTRIBUTES", "AttributeOracle", "attribute_targets", "evaluate_pipeline", "example_captions", "frechet_distance",
-    "headline_metrics", "load_joint_image_encoder", "load_or_train_oracle", "mean_pairwise_distance", "oracle_accuracy", "oracle_training_set",
+    "GeneratorScorer", "HEADLINE_METRICS", "LOWER_IS_BETTER", "headline_metrics", "load_joint_image_encoder", "load_oracle", "load_or_train_oracle", "mean_pairwise_distance", "oracle_accuracy", "oracle_training_set",
     "r_precision", "results_markdown", "save_sample_grid", "text_image_agreement", "train_attribute_oracle", "update_model_card",
 ]
 
@@ -214,6 +217,36 @@ def oracle_training_set(num_images: int, seed: int = 0, render_resolution: int =
     return images, [attributes for _, attributes in rows]
 
 
+SHIPPED_ORACLE_SHA256 = "ef868fabcd5abf660bfcf898cfd3045b90972da2eb615450636ccfbf9fb4bdfc"
+"""SHA-256 of the shipped oracle's weights file: a damaged or swapped file is refused, not silently used."""
+
+
+def shipped_oracle_folder() -> Path:
+    """The attribute oracle v2 shipped inside the package (`t2i/assets/attribute_oracle/`), as a filesystem path."""
+    return Path(str(importlib.resources.files("t2i") / "assets" / "attribute_oracle"))
+
+
+def load_oracle(oracle_dir: str | os.PathLike | None = None) -> tuple[AttributeOracle, Path]:
+    """The attribute oracle from `oracle_dir`, or the one shipped with t2i (checked against its SHA-256).
+
+    Loaded through the same safetensors-only checks as every model (`CheckpointError` for a pickled, corrupt or
+    mismatched folder). Raises `FileNotFoundError` when `oracle_dir` holds no oracle: train one with
+    `python -m t2i.evaluation --train_oracle --oracle_dir DIR`.
+    """
+    folder = Path(oracle_dir) if oracle_dir is not None else shipped_oracle_folder()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder}: no attribute oracle here (config.json); train one with "
+                                f"`python -m t2i.evaluation --train_oracle --oracle_dir {folder}` (about an hour on one core)")
+    if oracle_dir is None:
+        weights = folder / "diffusion_pytorch_model.safetensors"
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+        if digest != SHIPPED_ORACLE_SHA256:
+            raise CheckpointError(f"{weights}: SHA-256 {digest} is not the shipped oracle's {SHIPPED_ORACLE_SHA256}; "
+                                  "reinstall t2i, or give --oracle_dir")
+    check_before_loading(AttributeOracle, folder)
+    return AttributeOracle.from_pretrained(folder).eval().requires_grad_(False), folder
+
+
 def load_or_train_oracle(
     oracle_dir: str | os.PathLike | None = None,
     *,
@@ -237,6 +270,8 @@ def load_or_train_oracle(
     if (oracle_dir / "config.json").is_file():
         check_before_loading(AttributeOracle, oracle_dir)
         return AttributeOracle.from_pretrained(oracle_dir).eval().requires_grad_(False), oracle_dir
+    if progress:
+        print(f"Rendering {num_images} flowers for the attribute oracle, then {steps} training steps (tqdm shows the ETA)", flush=True)
     images, attributes = oracle_training_set(num_images, seed, render_resolution)
     oracle = train_attribute_oracle(images, attributes, steps=steps, seed=seed, progress=progress)
     partial = oracle_dir.with_name(oracle_dir.name + ".partial")  # renamed when complete: a kill never leaves half a model
@@ -476,11 +511,25 @@ def save_sample_grid(pipeline: GanClsPipeline, prompts: Sequence[str], path: str
     return Path(path)
 
 
+HEADLINE_METRICS = (
+    *(f"text_image_agreement_{name}" for name in ORACLE_ATTRIBUTES), "text_image_agreement_all", "text_image_agreement_mean",
+    "oracle_frechet_distance", "oracle_frechet_distance_over_real", "diversity_over_real", "r_precision", "fid_inception_v3",
+)
+"""Names `headline_metrics` may return."""
+LOWER_IS_BETTER = frozenset({"oracle_frechet_distance", "oracle_frechet_distance_over_real", "fid_inception_v3"})
+
+
 def headline_metrics(results: dict) -> dict[str, float]:
-    """The few numbers a model card's metadata carries (flat names, one value each)."""
+    """The few numbers a model card's metadata carries (flat names, one value each; see `HEADLINE_METRICS`).
+
+    `text_image_agreement_mean` is the mean of the per-attribute agreements: a graded summary that moves with
+    every attribute, where `_all` (every stated attribute right) stays near 0 until all of them are learnt.
+    """
     agreement = results["agreement_generated"]
     metrics = {f"text_image_agreement_{name}": agreement[name] for name in ORACLE_ATTRIBUTES if not math.isnan(agreement[name])}
     metrics["text_image_agreement_all"] = agreement["all"]
+    per_attribute = [metrics[f"text_image_agreement_{name}"] for name in ORACLE_ATTRIBUTES if f"text_image_agreement_{name}" in metrics]
+    metrics["text_image_agreement_mean"] = sum(per_attribute) / len(per_attribute) if per_attribute else float("nan")
     metrics["oracle_frechet_distance"] = results["frechet_distance"]["generated_vs_real_test"]
     metrics["oracle_frechet_distance_over_real"] = results["frechet_distance"]["ratio"]
     metrics["diversity_over_real"] = results["diversity"]["ratio"]
@@ -489,6 +538,32 @@ def headline_metrics(results: dict) -> dict[str, float]:
     if results.get("fid_inception") is not None:
         metrics["fid_inception_v3"] = results["fid_inception"]
     return metrics
+
+
+class GeneratorScorer:
+    """Scores a generator during training on a fixed set of test captions (`evaluate_pipeline` with fewer samples).
+
+    The captions, seeds and reference images are the same at every call, so scores of different steps compare
+    the generators alone. The generator is put back in the mode it was in.
+    """
+
+    def __init__(self, text_encoder, test_dataset: Dataset, train_dataset: Dataset, oracle: AttributeOracle,
+                 num_samples: int = 500, seed: int = 0, diversity_seeds: int = 4):
+        _check_attributes(test_dataset)
+        self.text_encoder, self.test_dataset, self.train_dataset, self.oracle = text_encoder, test_dataset, train_dataset, oracle
+        self.num_samples, self.seed, self.diversity_seeds = num_samples, seed, diversity_seeds
+
+    def __call__(self, generator) -> dict[str, float]:
+        """`headline_metrics` of `generator` (a `GanClsGenerator`, on any device)."""
+        was_training = generator.training
+        try:
+            pipeline = GanClsPipeline(tokenizer=self.text_encoder.tokenizer, text_encoder=self.text_encoder.model, generator=generator)
+            pipeline.set_progress_bar_config(disable=True)
+            results = evaluate_pipeline(pipeline, self.test_dataset, self.train_dataset, self.oracle, num_samples=self.num_samples,
+                                        seed=self.seed, diversity_seeds=self.diversity_seeds)
+        finally:
+            generator.train(was_training)
+        return headline_metrics(results)
 
 
 def update_model_card(folder: str | os.PathLike, results: dict, dataset: str, split: str) -> Path:
@@ -535,8 +610,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train_split", default="train", help="split the oracle trains on and the real-vs-real reference")
     parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--oracle_dir", default=None, help="saved oracle (trained and saved there if missing)")
-    parser.add_argument("--oracle_steps", type=int, default=6000)
+    parser.add_argument("--oracle_dir", default=None, help="a saved attribute oracle (default: the one shipped with t2i)")
+    parser.add_argument("--train_oracle", action="store_true",
+                        help="train the oracle (20k renders, about an hour on one core) into --oracle_dir (default: the HF cache) first")
+    parser.add_argument("--oracle_steps", type=int, default=6000, help="training steps with --train_oracle")
+    parser.add_argument("--oracle_images", type=int, default=20000, help="rendered training images with --train_oracle")
     parser.add_argument("--inception_weights", default=None, help="Inception-v3 FID weights file (pt_inception-2015-12-05-6726825d.pth)")
     parser.add_argument("--out", default=None, help="results JSON; a markdown table is written next to it (.md)")
     parser.add_argument("--sample_grid", default=None, help="also save a PNG grid: 8 test captions × 8 seeds")
@@ -554,7 +632,10 @@ def main(argv: list[str] | None = None) -> dict:
     train_dataset = load_captioned_dataset(args.dataset, args.train_split)
     _check_attributes(test_dataset)
     pipeline = GanClsPipeline.from_pretrained(args.model)
-    oracle, oracle_dir = load_or_train_oracle(args.oracle_dir, steps=args.oracle_steps)
+    if args.train_oracle:
+        oracle, oracle_dir = load_or_train_oracle(args.oracle_dir, num_images=args.oracle_images, steps=args.oracle_steps)
+    else:
+        oracle, oracle_dir = load_oracle(args.oracle_dir)
     results = evaluate_pipeline(
         pipeline, test_dataset, train_dataset, oracle, num_samples=args.num_samples, seed=args.seed,
         joint_image_encoder=load_joint_image_encoder(args.model), inception_weights=args.inception_weights,
@@ -576,4 +657,9 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    try:
+        main()
+    except (FileNotFoundError, CheckpointError) as error:  # a missing set or model, a refused file: say it, no traceback
+        sys.exit(f"error: {error}")

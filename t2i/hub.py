@@ -5,6 +5,8 @@ safetensors files and configs whose shapes disagree with the stored tensors, so 
 that names the file and the problem instead of a stack trace from deep inside a loader.
 """
 
+import importlib.resources
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,11 +17,18 @@ from diffusers.models.modeling_utils import ModelMixin
 from huggingface_hub import EvalResult, ModelCard, ModelCardData, snapshot_download
 from huggingface_hub.errors import HFValidationError, HfHubHTTPError, LocalEntryNotFoundError
 from safetensors import safe_open
+from safetensors.torch import load_file
 from transformers import PreTrainedModel
+
+logger = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
-MODEL_CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
+# The repository's top-level model_card.md, shipped inside the package (t2i/assets/model_card.md links to it), so an
+# installed t2i renders the same card as a checkout.
+MODEL_CARD_TEMPLATE = Path(str(importlib.resources.files("t2i") / "assets" / "model_card.md"))
+# What DataParallel / DistributedDataParallel (`module.`) and torch.compile (`_orig_mod.`) put before every key.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 class CheckpointError(ValueError):
@@ -68,41 +77,83 @@ def check_weight_files(folder: Path) -> list[Path]:
     return safetensors_files
 
 
+def _build_from_config(model_class: type, folder: Path) -> torch.nn.Module:
+    if issubclass(model_class, ModelMixin):
+        return model_class.from_config(model_class.load_config(folder))
+    return model_class._from_config(model_class.config_class.from_pretrained(folder))
+
+
 def _expected_shapes(model_class: type, folder: Path) -> dict[str, tuple[int, ...]]:
     # Build the model on the meta device: shapes without memory or initialisation cost.
-    if issubclass(model_class, ModelMixin):
-        config = model_class.load_config(folder)
-        with torch.device("meta"):
-            model = model_class.from_config(config)
-    else:
-        config = model_class.config_class.from_pretrained(folder)
-        with torch.device("meta"):
-            model = model_class._from_config(config)
+    with torch.device("meta"):
+        model = _build_from_config(model_class, folder)
     return {name: tuple(t.shape) for name, t in model.state_dict().items()}
 
 
-def check_component_folder(model_class: type, folder: str | os.PathLike) -> None:
-    """Check one model folder before loading: safetensors only, intact files, config shapes equal weight shapes."""
+def _wrapper_prefix(stored: set[str], expected: set[str]) -> str | None:
+    for prefix in WRAPPER_PREFIXES:
+        if stored and all(key.startswith(prefix) for key in stored) and {key[len(prefix):] for key in stored} == expected:
+            return prefix
+    return None
+
+
+def check_component_folder(model_class: type, folder: str | os.PathLike) -> str | None:
+    """Check one model folder before loading: safetensors only, intact files, config shapes equal weight shapes, and
+    the stored tensor names equal the model's.
+
+    Returns the wrapper prefix (``"module."`` or ``"_orig_mod."``) when every stored name carries the same one and
+    is otherwise right (a DDP-wrapped or compiled model saved as is), else None. Raises `CheckpointError` for any
+    other difference, naming the file and the first missing and unexpected tensors: loading would leave those
+    weights random (diffusers and transformers only log "newly initialized").
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such model folder")
     safetensors_files = check_weight_files(folder)
     if not safetensors_files or not issubclass(model_class, (ModelMixin, PreTrainedModel)):
-        return
+        return None
     try:
         expected = _expected_shapes(model_class, folder)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{folder / 'config.json'}: invalid {model_class.__name__} config ({error})") from error
+    stored_keys: set[str] = set()
+    for file in safetensors_files:
+        with safe_open(file, framework="pt") as handle:
+            stored_keys.update(handle.keys())
+    prefix = _wrapper_prefix(stored_keys, set(expected))
+    if prefix is not None:
+        logger.warning("%s: every tensor name starts with %r (a wrapped model saved as is); loading without the prefix", folder, prefix)
+    elif stored_keys != set(expected):
+        missing, unexpected = sorted(set(expected) - stored_keys), sorted(stored_keys - set(expected))
+        files = ", ".join(str(f) for f in safetensors_files)
+        raise CheckpointError(
+            f"{files}: the stored tensors do not match the {model_class.__name__} that {folder / 'config.json'} describes: "
+            f"{len(missing)} missing (first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]}). "
+            "Loading it would leave weights random."
+        )
     for file in safetensors_files:
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():
                 stored = tuple(handle.get_slice(key).get_shape())
+                key = key[len(prefix):] if prefix else key
                 if key in expected and expected[key] != stored:
                     raise CheckpointError(
                         f"{file}: tensor {key!r} has shape {list(stored)}, but {folder / 'config.json'} "
                         f"describes a {model_class.__name__} that needs {list(expected[key])}. "
                         "The config and the weights come from different models."
                     )
+    return prefix
+
+
+def load_without_prefix(model_class: type, folder: Path, prefix: str) -> torch.nn.Module:
+    """Build ``model_class`` from ``folder``'s config and load its safetensors weights with ``prefix`` removed from
+    every name (strictly: every tensor must be used). The model is returned in eval mode, as ``from_pretrained`` does."""
+    model = _build_from_config(model_class, folder)
+    state = {}
+    for file in sorted(folder.glob("*.safetensors")):
+        state.update({key[len(prefix):]: tensor for key, tensor in load_file(file).items()})
+    model.load_state_dict(state, strict=True)
+    return model.eval()
 
 
 def own_aligned_memory_(module: torch.nn.Module) -> torch.nn.Module:
@@ -128,15 +179,18 @@ class SafetensorsOnlyMixin:
         subfolder = kwargs.pop("subfolder", None)
         hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
         folder = resolve_pretrained_folder(pretrained_model_name_or_path, subfolder, **hub_kwargs) / (subfolder or "")
-        check_component_folder(cls, folder)
+        prefix = check_component_folder(cls, folder)
+        if prefix is not None:
+            return own_aligned_memory_(load_without_prefix(cls, folder, prefix))
         kwargs["use_safetensors"] = True
         return own_aligned_memory_(super().from_pretrained(str(folder), *args, **kwargs))
 
 
-def check_before_loading(model_class: type, folder: str | os.PathLike) -> None:
-    """``check_component_folder``, unless ``model_class`` runs it in its own ``from_pretrained``."""
+def check_before_loading(model_class: type, folder: str | os.PathLike) -> str | None:
+    """``check_component_folder``, unless ``model_class`` runs it in its own ``from_pretrained`` (then None)."""
     if not issubclass(model_class, SafetensorsOnlyMixin):
-        check_component_folder(model_class, folder)
+        return check_component_folder(model_class, folder)
+    return None
 
 
 @dataclass

@@ -106,10 +106,12 @@ def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> to
     return F.cross_entropy(class_logits, labels)
 
 
-@torch.no_grad()
-def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    """ema ← decay·ema + (1 − decay)·model for parameters; buffers (BatchNorm statistics) are copied."""
-    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-        ema_param.lerp_(param, 1.0 - decay)
-    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
-        ema_buffer.copy_(buffer)
+def conditioning_augmentation_kl(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """StackGAN's regulariser (Zhang et al., ICCV 2017): KL(N(μ, diag σ²) ‖ N(0, I)) per code dimension,
+    ½ (μ² + σ² − 1 − log σ²), averaged over the batch and the C dimensions as in StackGAN's code (so its
+    coefficient 2 carries over). Inputs [B, C]; 0 exactly when μ = 0 and σ = 1, otherwise > 0.
+
+    It keeps each caption's code distribution wide and centred, so nearby captions, interpolations and short
+    prompts map into a region the generator was trained on.
+    """
+    return 0.5 * (mean.square() + log_variance.exp() - 1.0 - log_variance).mean()

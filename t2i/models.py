@@ -1,4 +1,19 @@
-"""GAN-CLS generator and matching-aware discriminator (Reed et al., ICML 2016), as diffusers models."""
+"""GAN-CLS generator and matching-aware discriminator (Reed et al., ICML 2016), as diffusers models.
+
+Two generator designs share one class, chosen by config (``fusion``):
+
+- ``"input"`` (Reed 2016): the projected text is concatenated with the noise once, at the input, and four
+  transposed convolutions up-sample it;
+- ``"affine"`` (model v3): every up-block is nearest up-sampling and a 3×3 convolution (no transposed
+  convolutions, so no checkerboard: Odena et al., 2016), followed by BatchNorm without its own scale and shift
+  and a per-channel scale and shift predicted from [noise; text code] (conditional BatchNorm, as in DF-GAN's
+  deep fusion, Tao et al., CVPR 2022). Text reaches every resolution, so centre colour and petal count do not
+  have to survive four layers that never see it.
+
+Either can put StackGAN's conditioning augmentation (Zhang et al., ICCV 2017) in front: the text code is drawn
+from N(μ(e), diag σ(e)²) and a KL term keeps that distribution near N(0, I), so the generator is trained on a
+neighbourhood of every caption rather than on isolated points.
+"""
 
 import math
 from collections.abc import Iterable
@@ -26,7 +41,7 @@ def dcgan_init_(module: nn.Module) -> None:
             nn.init.normal_(m.weight, 0.0, 0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and m.affine:
             nn.init.normal_(m.weight, 1.0, 0.02)
             nn.init.zeros_(m.bias)
 
@@ -52,6 +67,9 @@ def standing_batch_norm_(module: nn.Module, batches: Iterable[tuple[torch.Tensor
     module.eval()
 
 
+FUSIONS = ("input", "affine")
+
+
 def _text_projection(text_embed_dim: int, text_proj_dim: int, batch_norm: bool) -> nn.Sequential:
     # Reed et al. compress the sentence embedding before it meets image features in both G and D.
     layers: list[nn.Module] = [nn.Linear(text_embed_dim, text_proj_dim)]
@@ -63,8 +81,52 @@ def _text_projection(text_embed_dim: int, text_proj_dim: int, batch_norm: bool) 
     return nn.Sequential(*layers, nn.LeakyReLU(0.2, inplace=True))
 
 
+class ConditioningAugmentation(nn.Module):
+    """StackGAN's conditioning augmentation (Zhang et al., ICCV 2017): e → (μ, log σ²) → c = μ + σ·ε.
+
+    ``forward(text_embeds [B, D], noise [B, C] or None)`` returns (c [B, C], μ, log σ²). With ``noise=None`` it
+    returns c = μ, the distribution's mean (used for sampling, so an image depends only on its seed and text).
+    """
+
+    def __init__(self, text_embed_dim: int, code_dim: int):
+        super().__init__()
+        self.to_moments = nn.Linear(text_embed_dim, 2 * code_dim)
+
+    def forward(self, text_embeds: torch.Tensor, noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_variance = self.to_moments(text_embeds).chunk(2, dim=1)
+        log_variance = log_variance.clamp(-10, 10)  # keeps exp() finite in bf16 and early training
+        code = mean if noise is None else mean + (0.5 * log_variance).exp() * noise.to(mean.dtype)
+        return code, mean, log_variance
+
+
+class TextAffineUpBlock(nn.Module):
+    """×2 nearest up-sampling, 3×3 convolution, BatchNorm, then (1 + γ(c))·h + β(c) and ReLU.
+
+    γ and β are per-channel and linear in the condition c ([noise; text code]); they start at zero, so a new block
+    is a plain up-sampling convolution and learns how much to follow the text.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        self.norm = nn.BatchNorm2d(out_channels, affine=False)
+        self.affine = nn.Linear(condition_dim, 2 * out_channels)
+
+    def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        hidden = self.norm(self.conv(nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest")))
+        scale, shift = self.affine(condition)[:, :, None, None].chunk(2, dim=1)
+        return torch.relu(hidden * (1 + scale) + shift)
+
+
 class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
-    """DCGAN generator conditioned on a text embedding: [z ; φ(e)] → up-convolutions → tanh image."""
+    """Text-conditioned generator: noise [B, noise_dim] and a sentence embedding [B, text_embed_dim] → image.
+
+    ``fusion="input"`` is Reed et al.'s DCGAN generator ([z ; φ(e)] → transposed convolutions), ``"affine"`` puts
+    the text into every up-block (see the module docstring). ``conditioning_augmentation`` replaces the text
+    projection φ by StackGAN's sampled code; ``normalize_text`` L2-normalises embeddings first, so a short prompt
+    (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale.
+    Every config saved before these options existed loads unchanged (the defaults are Reed's design).
+    """
 
     @register_to_config
     def __init__(
@@ -76,10 +138,20 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         resolution: int = 64,
         out_channels: int = 3,
         text_batch_norm: bool = False,
+        fusion: str = "input",
+        conditioning_augmentation: bool = False,
+        normalize_text: bool = False,
     ):
         super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if conditioning_augmentation and text_batch_norm:
+            raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
-        self.text_projection = _text_projection(text_embed_dim, text_proj_dim, text_batch_norm)
+        if conditioning_augmentation:
+            self.ca_net = ConditioningAugmentation(text_embed_dim, text_proj_dim)
+        else:
+            self.text_projection = _text_projection(text_embed_dim, text_proj_dim, text_batch_norm)
         width = ngf * 2 ** (num_up - 1)
         # DCGAN's "project and reshape": on a 1×1 input the first 4×4 transposed convolution is a matrix product,
         # and as a Linear layer it runs several times faster on CPU.
@@ -89,16 +161,58 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             nn.BatchNorm2d(width),
             nn.ReLU(True),
         ]
-        for _ in range(num_up - 1):
-            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
-            width //= 2
-        layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
+        if fusion == "input":
+            for _ in range(num_up - 1):
+                layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+                width //= 2
+            layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
+            self.net = nn.Sequential(*layers)
+        else:
+            self.stem = nn.Sequential(*layers)
+            widths = [width // 2**i for i in range(num_up + 1)]  # the last block at full resolution has ngf / 2
+            self.up_blocks = nn.ModuleList(
+                TextAffineUpBlock(widths[i], max(widths[i + 1], 8), noise_dim + text_proj_dim) for i in range(num_up)
+            )
+            self.to_rgb = nn.Sequential(nn.Conv2d(max(widths[-1], 8), out_channels, 3, 1, 1), nn.Tanh())
         dcgan_init_(self)
+        for block in getattr(self, "up_blocks", []):
+            nn.init.zeros_(block.affine.weight)
+            nn.init.zeros_(block.affine.bias)
 
-    def forward(self, noise: torch.Tensor, text_embeds: torch.Tensor) -> torch.Tensor:
-        """Map noise [B, noise_dim] and text embeddings [B, text_embed_dim] to images [B, C, R, R] in [-1, 1]."""
-        return self.net(torch.cat([noise, self.text_projection(text_embeds)], dim=1))
+    def text_code(self, text_embeds: torch.Tensor, code_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The text code the generator is conditioned on, [B, text_proj_dim], and with conditioning augmentation
+        its mean and log-variance (``None`` otherwise). ``code_noise`` [B, text_proj_dim] is CA's ε (mean if None)."""
+        if self.config.normalize_text:
+            text_embeds = nn.functional.normalize(text_embeds, dim=1)
+        if self.config.conditioning_augmentation:
+            return self.ca_net(text_embeds, code_noise)
+        return self.text_projection(text_embeds), None, None
+
+    def forward(self, noise: torch.Tensor, text_embeds: torch.Tensor, code_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Map noise [B, noise_dim] and text embeddings [B, text_embed_dim] to images [B, C, R, R] in [-1, 1].
+
+        ``code_noise`` [B, text_proj_dim] is conditioning augmentation's ε, drawn by the caller in training; without
+        it the text code is its mean (ignored without conditioning augmentation).
+        """
+        code, _, _ = self.text_code(text_embeds, code_noise)
+        return self.generate_from_code(noise, code)
+
+    def generate_from_code(self, noise: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        """Images [B, C, R, R] in [-1, 1] from noise [B, noise_dim] and a text code [B, text_proj_dim]."""
+        condition = torch.cat([noise, code], dim=1)
+        if self.config.fusion == "input":
+            return self.net(condition)
+        hidden = self.stem(condition)
+        for block in self.up_blocks:
+            hidden = block(hidden, condition)
+        return self.to_rgb(hidden)
+
+
+def output_layers(generator: GanClsGenerator) -> tuple[nn.Module, nn.Module]:
+    """The generator's first layer that sees the text and its last convolution (for initialising stand-in models)."""
+    first = generator.ca_net.to_moments if generator.config.conditioning_augmentation else generator.text_projection[0]
+    last = generator.net[-2] if generator.config.fusion == "input" else generator.to_rgb[0]
+    return first, last
 
 
 @dataclass
@@ -127,6 +241,8 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     text embedding is replicated over that map, concatenated, and a 1×1 then a 4×4 convolution give the logit.
     With ``"projection"`` (Miyato & Koyama, 2018) the logit is a text-free 4×4 convolution of the map plus the
     inner product of the projected text with the map's pooled features, so matching is one direct term.
+    ``projection_scales`` > 1 adds the same term on the 8×8 (and 16×16, ...) maps before it: the match is also
+    judged where centre colour and petal count are still spatial details, not only on the pooled 4×4 map.
     """
 
     @register_to_config
@@ -140,11 +256,15 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         num_classes: int = 0,
         text_batch_norm: bool = False,
         conditioning: str = "concat",
+        projection_scales: int = 1,
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning must be one of {CONDITIONINGS}, got {conditioning!r}")
         num_down = _num_up_blocks(resolution)
+        if not 1 <= projection_scales <= num_down or (projection_scales > 1 and conditioning != "projection"):
+            raise ValueError(f"projection_scales must be in [1, {num_down}], and > 1 only with conditioning='projection'; "
+                             f"got {projection_scales} with {conditioning!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         width = ndf
         for _ in range(num_down - 1):
@@ -160,6 +280,10 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             )
         else:
             self.text_to_features = nn.Linear(text_proj_dim, width, bias=False)
+            if projection_scales > 1:  # finer maps first in the encoder, so scale k has width / 2^k channels
+                self.finer_text_to_features = nn.ModuleList(
+                    nn.Linear(text_proj_dim, width // 2**k, bias=False) for k in range(1, projection_scales)
+                )
         self.to_logit = nn.Conv2d(width, 1, 4, 1, 0)
         # TAC-GAN's auxiliary classifier reads the text-free image features.
         self.class_head = nn.Conv2d(width, num_classes, 4, 1, 0) if num_classes > 0 else None
@@ -171,7 +295,12 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         Scoring several captions per image in one call (GAN-CLS's right and wrong text) encodes each image once,
         and keeps every discriminator evaluation a single ``forward``, which DistributedDataParallel requires.
         """
-        features = self.image_encoder(images)
+        scales = []  # the encoder's output at every resolution, R/2 .. 4
+        features = images
+        for layer in self.image_encoder:
+            features = layer(features)
+            if isinstance(layer, nn.LeakyReLU):
+                scales.append(features)
         repeats, remainder = divmod(text_embeds.shape[0], features.shape[0])
         if remainder or repeats < 1:
             raise ValueError(f"{text_embeds.shape[0]} text embeddings for {features.shape[0]} images: need a multiple")
@@ -181,6 +310,10 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             logits = self.to_logit(self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))).flatten()
         else:
             matching = (self.text_to_features(text) * features.sum(dim=(2, 3)).repeat(repeats, 1)).sum(dim=1)
+            for k, text_to_features in enumerate(getattr(self, "finer_text_to_features", []), start=1):
+                # Mean × 16: the same scale as the 4×4 sum, whatever the map's size.
+                pooled = scales[-1 - k].mean(dim=(2, 3)) * 16
+                matching = matching + (text_to_features(text) * pooled.repeat(repeats, 1)).sum(dim=1)
             logits = self.to_logit(features).flatten().repeat(repeats) + matching
         class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None
         return DiscriminatorOutput(logits=logits, image_features=features, class_logits=class_logits)

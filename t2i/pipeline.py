@@ -23,7 +23,7 @@ from .hub import (
     resolve_pretrained_folder,
 )
 from .models import GanClsGenerator
-from .text_encoders import encode_text, text_embedding_dim
+from .text_encoders import check_readable, encode_text, text_embedding_dim
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 
@@ -34,6 +34,11 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     a_unit, b_unit = a / a.norm(dim=-1, keepdim=True), b / b.norm(dim=-1, keepdim=True)
     omega = torch.arccos((a_unit * b_unit).sum(-1, keepdim=True).clamp(-1 + 1e-7, 1 - 1e-7))
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Generator output [B, C, H, W] in [-1, 1] (any float dtype) → float32 in [0, 1], the pipeline's "pt" output."""
+    return (images.float() / 2 + 0.5).clamp(0, 1)
 
 
 class GanClsPipeline(DiffusionPipeline):
@@ -72,12 +77,18 @@ class GanClsPipeline(DiffusionPipeline):
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str | list[str]) -> torch.Tensor:
-        """Embed one caption or a list of captions into [B, D]; empty or whitespace-only captions are refused."""
+        """Embed one caption or a list of captions into [B, D].
+
+        Raises:
+            ValueError: not a string or list of strings; an empty or whitespace-only caption; or a caption with no
+                character the tokenizer can read (e.g. "玫瑰花" for the char-CNN-RNN), named in the message.
+        """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
         if any(not p.strip() for p in prompts):
             raise ValueError("prompt is empty: describe the flower, e.g. 'a flower with five red petals'")
+        check_readable(self.tokenizer, prompts)
         return encode_text(self.tokenizer, self.text_encoder, prompts).to(self.generator.dtype)
 
     def prepare_latents(
@@ -97,7 +108,7 @@ class GanClsPipeline(DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         images = self.generator(noise.to(device), text_embeds.to(device))
-        images = (images.float() / 2 + 0.5).clamp(0, 1)
+        images = to_unit_range(images)
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
@@ -208,4 +219,4 @@ class GanClsPipeline(DiffusionPipeline):
         render_model_card(model_card).save(Path(save_directory) / "README.md")
 
 
-__all__ = ["GanClsPipeline"]
+__all__ = ["GanClsPipeline", "to_unit_range"]

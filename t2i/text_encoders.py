@@ -8,6 +8,7 @@ frozen pair for training code that only needs embeddings.
 import hashlib
 import json
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,7 @@ from transformers import (
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from transformers.utils import ModelOutput
 
-from .hub import SafetensorsOnlyMixin, check_before_loading, own_aligned_memory_, resolve_pretrained_folder
+from .hub import SafetensorsOnlyMixin, check_before_loading, load_without_prefix, own_aligned_memory_, resolve_pretrained_folder
 
 # Reed et al.'s alphabet (icml2016 util), in their order: '-' appears twice and, as in their lookup table,
 # maps to its last position. The last character is a space.
@@ -169,6 +170,28 @@ def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
 
 
 @torch.no_grad()
+def unreadable_characters(tokenizer: PreTrainedTokenizer, text: str) -> list[str]:
+    """The distinct non-space characters of ``text`` that ``tokenizer`` turns into nothing or its unknown token, sorted.
+
+    Reed's char tokenizer reads lower-case English letters, digits and punctuation, so "玫瑰花" or "🌸" are
+    unreadable to it; a sub-word tokenizer may read far more.
+    """
+    unknown = getattr(tokenizer, "unk_token", None)
+    return sorted(ch for ch in set(text) if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown]))
+
+
+def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str]) -> None:
+    """Raise ``ValueError`` for the first text with no character ``tokenizer`` can read (it would be embedded from an
+    empty token sequence), naming the characters it cannot read."""
+    for text in texts:
+        unreadable = unreadable_characters(tokenizer, text)
+        if not any(not ch.isspace() and ch not in unreadable for ch in text):
+            raise ValueError(
+                f"prompt {text[:50]!r} has no characters this model can read (it reads English letters, digits and "
+                f"punctuation); it cannot read {''.join(unreadable[:20])!r}. Describe the flower in English."
+            )
+
+
 def encode_text(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, texts: list[str]) -> torch.Tensor:
     """Embed a batch of captions into float32 [B, D] on the text encoder's device.
 
@@ -204,15 +227,22 @@ def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokeni
     """Load a frozen (tokenizer, text model) pair from a Hub id or folder, safetensors only.
 
     CLIP checkpoints load as ``CLIPTextModelWithProjection`` (the text tower only); a char-CNN-RNN folder loads as
-    ``CharCnnRnnEncoder``; anything else as the ``AutoModel`` class of its config.
+    ``CharCnnRnnEncoder``; anything else as the ``AutoModel`` class of its config. A saved t2i pipeline (a folder
+    with ``model_index.json``, e.g. ``pretrained``) gives its own ``tokenizer/`` and ``text_encoder/``.
     """
     folder = resolve_pretrained_folder(_resolve_text_encoder_path(name_or_path), **hub_kwargs)
+    tokenizer_folder = folder
+    if (folder / "model_index.json").is_file():
+        folder, tokenizer_folder = folder / "text_encoder", folder / "tokenizer"
     config = AutoConfig.from_pretrained(folder)
     is_clip = config.model_type in ("clip", "clip_text_model")
     model_class = CLIPTextModelWithProjection if is_clip else MODEL_MAPPING[type(config)]
-    check_before_loading(model_class, folder)
-    tokenizer = AutoTokenizer.from_pretrained(folder)
-    model = own_aligned_memory_(model_class.from_pretrained(folder, use_safetensors=True))
+    prefix = check_before_loading(model_class, folder)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    if prefix is not None:  # a wrapped model saved as is (its folder passed every other check)
+        model = own_aligned_memory_(load_without_prefix(model_class, Path(folder), prefix))
+    else:
+        model = own_aligned_memory_(model_class.from_pretrained(folder, use_safetensors=True))
     return tokenizer, model.eval().requires_grad_(False)
 
 

@@ -30,6 +30,9 @@ import torch  # noqa: E402
 from t2i import GanClsPipeline  # noqa: E402
 from t2i.app_utils import TINY_TEXT_ENCODER_CONFIG, build_random_pipeline  # noqa: E402
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
 def make_tiny_pipeline(seed: int = 0, resolution: int = 64) -> GanClsPipeline:
     """A seeded random pipeline small enough for unit tests (tiny char-CNN-RNN, ngf = 8)."""
     return build_random_pipeline(seed=seed, resolution=resolution)

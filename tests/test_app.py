@@ -360,3 +360,46 @@ def test_the_app_leaves_a_core_to_the_server(monkeypatch):
         assert torch.get_num_threads() == (threads if torch.cuda.is_available() else 2)
     finally:
         torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The page's rough edges (newcomer issue, items 8-12)
+
+
+def test_api_schema_says_int_for_whole_number_inputs(client):
+    info = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert info["/generate"]["parameters"][1]["type"]["type"] == "integer"  # num_images
+    assert info["/interpolate"]["parameters"][2]["type"]["type"] == "integer"  # num_steps
+    assert info["/interpolate_noise"]["parameters"][3]["type"]["type"] == "integer"
+
+
+def test_galleries_are_sized_to_their_content(app_url):
+    components = httpx.get(f"{app_url}config", timeout=30).json()["components"]
+    galleries = {c["props"].get("elem_id"): c["props"] for c in components if c["type"] == "gallery"}
+    assert galleries["generate-gallery"]["height"] == "auto" and galleries["strip-gallery"]["height"] == "auto"
+
+
+def test_header_shows_the_dataset_name_and_the_cards_numbers(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from t2i import ModelCardInfo
+
+    info = ModelCardInfo(model_id="m", dataset_name="synth", synthetic_data=True,
+                         metrics={"text_image_agreement_petal_color": 0.91, "text_image_agreement_center_color": 0.62,
+                                  "text_image_agreement_petal_count_word": 0.47, "oracle_frechet_distance_over_real": 1.8})
+    make_tiny_pipeline().save_with_model_card(tmp_path, info)
+    header = load_model(str(tmp_path)).description()
+    assert "`synth`" in header and "/tmp" not in header.split("**Trained on:**")[1].split("\n")[0]
+    assert "petal colour 0.91 · centre colour 0.62 · count bin 0.47 · FD / real-vs-real 1.80" in header
+    assert "numbers below" not in header
+    assert ModelCard.load(tmp_path / "README.md").data.eval_results  # the numbers come from the card's metadata
+
+
+def test_a_refused_input_logs_one_line_and_no_traceback(app_url, capfd, caplog):
+    client = Client(app_url, verbose=False)
+    with caplog.at_level("INFO", logger="t2i.app"), pytest.raises(AppError):
+        client.predict("🌸", 1, 0, api_name="/generate")
+    time.sleep(0.5)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    assert [r for r in caplog.records if r.name == "t2i.app" and "refused input" in r.getMessage()]

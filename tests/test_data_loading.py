@@ -67,3 +67,75 @@ def test_imagefolder_with_metadata(tmp_path, caption_kind):
 def test_missing_column_is_named(tiny_synthetic_dataset):
     with pytest.raises(ValueError, match="'text' not found"):
         load_captioned_dataset(tiny_synthetic_dataset, split="test", caption_column="text")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stale caches: every load must read what is on disk now (Hardening, item 8).
+
+
+def _file_names(folder, split: str) -> list[str]:
+    return sorted(load_captioned_dataset(folder, split=split)["file_name"])
+
+
+def _expected_file_names(folder, split: str) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return sorted(n for f in sorted((folder / "data").glob(f"{split}-*.parquet")) for n in pq.read_table(f, columns=["file_name"])["file_name"].to_pylist())
+
+
+def test_two_folders_with_one_name_load_their_own_rows(tmp_path):
+    from t2i.data import generate_synthetic_dataset
+
+    small = generate_synthetic_dataset(tmp_path / "a" / "ds", num_images=40, seed=1, resolution=64, num_proc=1)
+    large = generate_synthetic_dataset(tmp_path / "b" / "ds", num_images=90, seed=2, resolution=64, num_proc=1)
+    for folder in (small, large, small):  # in both orders: neither may be served from the other's cache
+        for split in ("train", "test"):
+            assert _file_names(folder, split) == _expected_file_names(folder, split)
+    assert len(load_captioned_dataset(large, "train")) + len(load_captioned_dataset(large, "test")) == 90
+    # Plain `datasets.load_dataset` reads the folder's own rows too: the card carries no `configs:` block that
+    # would key its cache on the folder's name alone.
+    assert len(datasets.load_dataset(str(large), split="train")) == len(_expected_file_names(large, "train"))
+    assert "configs:" not in (large / "README.md").read_text()
+
+
+def test_a_folder_rebuilt_in_place_loads_the_new_rows(tmp_path):
+    from t2i.data import generate_synthetic_dataset
+
+    folder = generate_synthetic_dataset(tmp_path / "ds", num_images=40, seed=1, resolution=64, num_proc=1)
+    first = load_captioned_dataset(folder, "train")
+    first_captions = first["captions"]
+    for num_images, seed in ((60, 1), (60, 5)):  # another size, then the same size with another seed
+        generate_synthetic_dataset(folder, num_images=num_images, seed=seed, resolution=64, num_proc=1)
+        rebuilt = load_captioned_dataset(folder, "train")
+        assert sorted(rebuilt["file_name"]) == _expected_file_names(folder, "train")
+        assert rebuilt["captions"] != first_captions
+        first_captions = rebuilt["captions"]
+
+
+def test_local_fingerprint_follows_every_file(tmp_path):
+    import os
+
+    from t2i.data.loading import local_files_fingerprint
+
+    (tmp_path / "data").mkdir()
+    shard = tmp_path / "data" / "train-00000-of-00001.parquet"
+    shard.write_bytes(b"x" * 10)
+    first = local_files_fingerprint(tmp_path)
+    assert local_files_fingerprint(tmp_path) == first
+    shard.write_bytes(b"y" * 11)  # size
+    second = local_files_fingerprint(tmp_path)
+    os.utime(shard, ns=(1, 1))  # modification time only
+    third = local_files_fingerprint(tmp_path)
+    (tmp_path / "data" / "test-00000-of-00001.parquet").write_bytes(b"")  # a new file
+    assert len({first, second, third, local_files_fingerprint(tmp_path)}) == 4
+
+
+@pytest.mark.parametrize("name", ["data/synthetic-flowers", "./missing", "/no/such/folder", "a/b/c"])
+def test_a_missing_folder_is_a_clear_error_not_a_hub_lookup(name, monkeypatch):
+    import time
+
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: a refused connection, at once
+    started = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=r"python -m t2i\.data synth --out"):
+        load_captioned_dataset(name, split="train")
+    assert time.monotonic() - started < 30

@@ -150,3 +150,104 @@ def test_cli_prints_the_report(raw, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "kept 5 images in train" in printed and CORRUPT in printed
     assert (tmp_path / "cli" / "data" / "train-00000-of-00001.parquet").exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Caption encodings and image modes (Hardening, items 6 and 7)
+
+CAPTION_ENCODINGS = {
+    "utf-8": "a café-coloured flower".encode("utf-8"),
+    "utf-8 with BOM": b"\xef\xbb\xbf" + "a café-coloured flower".encode("utf-8"),
+    "utf-16 with BOM": "a café-coloured flower".encode("utf-16"),
+    "latin-1 / cp1252": "a café-coloured flower".encode("latin-1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CAPTION_ENCODINGS))
+def test_caption_files_in_any_encoding_reach_the_dataset_as_written(kind, tmp_path):
+    images, captions = make_raw_layout(tmp_path)
+    (captions / "text_c10" / "class_00001" / "image_00001.txt").write_bytes(CAPTION_ENCODINGS[kind])
+    splits, report = read_oxford_raw(images, captions)
+    row = next(r for r in splits["train"] if r["file_name"] == "image_00001.jpg")
+    assert row["captions"] == ["a café-coloured flower"]
+    assert not any("\ufffd" in c for rows in splits.values() for r in rows for c in r["captions"])
+    recoded = {encoding: len(names) for encoding, names in report.recoded.items()}
+    expected = {"utf-8": {}, "utf-8 with BOM": {}, "utf-16 with BOM": {"utf-16-le": 1}, "latin-1 / cp1252": {"cp1252": 1}}[kind]
+    assert recoded == expected
+    if expected:
+        assert "not UTF-8" in report.summary() or "as cp1252" in report.summary()
+
+
+def test_invisible_and_replacement_characters_are_removed_and_counted(tmp_path):
+    images, captions = make_raw_layout(tmp_path)
+    (captions / "text_c10" / "class_00001" / "image_00002.txt").write_text("a red\u200b flower\ufffd\u202e\n", encoding="utf-8")
+    splits, report = read_oxford_raw(images, captions)
+    row = next(r for r in splits["train"] if r["file_name"] == "image_00002.jpg")
+    assert row["captions"] == ["a red flower"]
+    assert set(report.characters_removed) == {"replacement characters (U+FFFD)", "invisible formatting characters"}
+    assert "removed invisible formatting characters from 1 caption file(s)" in report.summary()
+
+
+def _mode_image(mode: str) -> tuple[Image.Image, np.ndarray]:
+    """An image in `mode` and the 8-bit RGB values a faithful conversion gives."""
+    gray = np.array([[0, 64], [128, 255]], dtype=np.uint8)
+    if mode == "I;16":
+        return Image.fromarray((gray.astype(np.uint16) * 257)), np.repeat(gray[..., None], 3, axis=2)
+    if mode == "I":
+        return Image.fromarray(gray.astype(np.int32) * 257, "I"), np.repeat(gray[..., None], 3, axis=2)
+    if mode == "F":
+        return Image.fromarray(gray.astype(np.float32) / 255, "F"), np.repeat(gray[..., None], 3, axis=2)
+    rgb = np.array([[[200, 30, 40], [20, 180, 60]], [[10, 20, 220], [250, 250, 250]]], dtype=np.uint8)
+    image = Image.fromarray(rgb, "RGB")
+    if mode in ("1", "L"):
+        image = image.convert(mode)
+        return image, np.asarray(image.convert("RGB"))
+    if mode == "P":
+        image = image.quantize(colors=4)
+        return image, rgb
+    if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+        base = {"RGBA": "RGBA", "RGBa": "RGBA", "LA": "LA", "La": "LA", "PA": "RGBA"}[mode]
+        opaque = image.convert(base)
+        if mode in ("RGBa", "La"):
+            return opaque.convert(mode), np.asarray(opaque.convert("RGB"))  # fully opaque: premultiplying changes nothing
+        if mode == "PA":
+            return image.quantize(colors=4).convert("PA"), rgb
+        return opaque, np.asarray(opaque.convert("RGB"))
+    converted = image.convert(mode)  # CMYK, YCbCr, LAB, HSV, RGBX: a round trip through the mode
+    return converted, np.asarray(converted.convert("RGB"))
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "P", "RGBA", "RGBa", "LA", "La", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX", "I;16", "I", "F"])
+def test_every_pillow_mode_becomes_faithful_8_bit_rgb(mode):
+    from t2i.data.transforms import to_rgb8
+
+    image, expected = _mode_image(mode)
+    assert image.mode == mode
+    converted = to_rgb8(image)
+    assert converted.mode == "RGB"
+    np.testing.assert_allclose(np.asarray(converted, dtype=int), expected.astype(int), atol=3)
+
+
+def test_images_without_a_faithful_mapping_are_refused_with_a_reason():
+    from t2i.data.transforms import UnsupportedImageError, to_rgb8
+
+    with pytest.raises(UnsupportedImageError, match="values up to 1e\\+06"):
+        to_rgb8(Image.fromarray(np.full((2, 2), 1e6, dtype=np.float32), "F"))
+    with pytest.raises(UnsupportedImageError, match="no faithful 8-bit mapping"):
+        to_rgb8(Image.fromarray(np.full((2, 2), -5, dtype=np.int32), "I"))
+
+
+def test_16_bit_images_keep_their_values_in_the_builder_and_the_transforms(tmp_path):
+    from t2i.data.oxford import checked_rgb_image
+    from t2i.data.transforms import pil_to_uint8, resize_center_crop
+
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512: all above 255 but the first
+    buffer = io.BytesIO()
+    Image.fromarray(ramp).save(buffer, format="PNG")
+    data, mode = checked_rgb_image(buffer.getvalue())
+    assert mode.startswith("I")
+    built = np.asarray(Image.open(io.BytesIO(data)), dtype=int)[..., 0]
+    np.testing.assert_allclose(built, ramp / 257, atol=4)  # JPEG q95 of a smooth ramp: a few levels
+    assert built.max() < 255 and built.min() < 10  # Pillow's own conversion would make all but one pixel white
+    tensor = pil_to_uint8(resize_center_crop(Image.open(io.BytesIO(buffer.getvalue())), 8))
+    np.testing.assert_allclose(tensor[0].numpy().astype(int), np.round(ramp / 257), atol=2)

@@ -173,3 +173,68 @@ def test_push_to_hub_uploads_exactly_the_pipeline_and_card(tiny_pipeline, monkey
     assert upload["commit_message"] == "Upload GanClsPipeline"
     expected = tiny_pipeline("a red flower", generator=seeded(2), output_type="pt").images
     assert torch.equal(upload["pipeline"]("a red flower", generator=seeded(2), output_type="pt").images, expected)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Missing, extra or renamed tensors (Hardening, item 1): refused by name, never loaded as random weights.
+
+
+def _saved_components(root: Path) -> dict[str, tuple[Path, object]]:
+    """Every kind of component t2i loads, saved: {name: (weights file, loader)}."""
+    from t2i.evaluation import AttributeOracle, load_joint_image_encoder, load_oracle
+    from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder
+
+    from conftest import make_tiny_pipeline
+
+    make_tiny_pipeline().save_pretrained(root / "pipeline")
+    torch.manual_seed(0)
+    JointImageEncoder(embed_dim=32, channels=(8, 8, 8, 8)).save_pretrained(root / "pipeline" / JOINT_IMAGE_ENCODER_FOLDER)
+    AttributeOracle(channels=(8, 8, 8, 8), feature_dim=16).save_pretrained(root / "oracle")
+    return {
+        "generator": (root / "pipeline" / "generator" / "diffusion_pytorch_model.safetensors", lambda: GanClsPipeline.from_pretrained(root / "pipeline")),
+        "text_encoder": (root / "pipeline" / "text_encoder" / "model.safetensors", lambda: GanClsPipeline.from_pretrained(root / "pipeline")),
+        "joint_image_encoder": (root / "pipeline" / JOINT_IMAGE_ENCODER_FOLDER / "diffusion_pytorch_model.safetensors",
+                                lambda: load_joint_image_encoder(root / "pipeline")),
+        "oracle": (root / "oracle" / "diffusion_pytorch_model.safetensors", lambda: load_oracle(root / "oracle")[0]),
+    }
+
+
+COMPONENTS = ["generator", "text_encoder", "joint_image_encoder", "oracle"]
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("damage", ["missing", "extra", "renamed"])
+def test_a_component_with_other_tensor_names_is_refused_by_name(component, damage, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights, load = _saved_components(tmp_path)[component]
+    state = load_file(weights)
+    first = sorted(state)[0]
+    if damage == "missing":
+        state.pop(first)
+    elif damage == "extra":
+        state["surplus.weight"] = torch.zeros(2)
+    else:
+        state[first.replace(".", "_renamed.", 1)] = state.pop(first)
+    save_file(state, weights)
+    with pytest.raises(CheckpointError, match="stored tensors do not match") as error:
+        load()
+    message = str(error.value)
+    assert str(weights) in message
+    assert (first in message) if damage != "extra" else ("surplus.weight" in message)
+
+
+@pytest.mark.parametrize("component", COMPONENTS)
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod."])
+def test_a_wrapped_model_saved_as_is_loads_without_its_prefix(component, prefix, tmp_path, caplog):
+    from safetensors.torch import load_file, save_file
+
+    weights, load = _saved_components(tmp_path)[component]
+    original = load_file(weights)
+    save_file({prefix + key: tensor for key, tensor in original.items()}, weights)
+    with caplog.at_level("WARNING"):
+        loaded = load()
+    assert f"every tensor name starts with {prefix!r}" in caplog.text
+    module = {"generator": lambda m: m.generator, "text_encoder": lambda m: m.text_encoder}.get(component, lambda m: m)(loaded)
+    state = module.state_dict()
+    assert state.keys() == original.keys() and all(torch.equal(state[k], original[k]) for k in original)

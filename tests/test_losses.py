@@ -13,8 +13,8 @@ from t2i.losses import (
     matching_aware_gradient_penalty,
     mode_seeking_loss,
     text_image_matching_loss,
-    update_ema,
 )
+from t2i.training import update_ema
 
 
 def log_sigmoid(x):
@@ -119,3 +119,15 @@ def test_text_image_matching_loss_by_hand():
     assert text_image_matching_loss(images, texts).item() == pytest.approx(expected, rel=1e-5)
     swapped = text_image_matching_loss(images, texts.flip(0))  # every image now closest to the other caption
     assert swapped.item() == pytest.approx(-math.log(1 / (math.exp(10) + 1)), rel=1e-5)
+
+
+def test_conditioning_augmentation_kl_by_hand():
+    from t2i.losses import conditioning_augmentation_kl
+
+    # μ = 0, σ = 1 is the prior itself.
+    assert conditioning_augmentation_kl(torch.zeros(3, 4), torch.zeros(3, 4)).item() == 0.0
+    # One element μ = 2, log σ² = 0 → ½·4 = 2; one element μ = 0, log σ² = log 4 → ½(4 − 1 − log 4); mean over 2 × 2.
+    mean = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
+    log_variance = torch.tensor([[0.0, math.log(4.0)], [0.0, 0.0]])
+    expected = (2.0 + 0.5 * (4.0 - 1.0 - math.log(4.0))) / 4
+    assert conditioning_augmentation_kl(mean, log_variance).item() == pytest.approx(expected)

@@ -99,3 +99,95 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
     assert torch.allclose(plain[:4], plain[4:]) and torch.allclose(plain[:4], discriminator.to_logit(output.image_features).flatten())
     with pytest.raises(ValueError, match="conditioning must be one of"):
         GanClsDiscriminator(conditioning="attention")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Model v3: text in every generator block, conditioning augmentation, multi-scale matching
+
+
+@pytest.mark.parametrize("resolution", [64, 128])
+@pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True}])
+def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_path):
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution, fusion="affine", **options)
+    noise, text = torch.randn(3, 100), torch.randn(3, 24)
+    generator.train()(noise, text)  # running statistics for eval mode
+    images = generator.eval()(noise, text)
+    assert images.shape == (3, 3, resolution, resolution) and images.abs().max() <= 1
+    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in generator.modules())  # no checkerboard source
+    assert len(generator.up_blocks) == (4 if resolution == 64 else 5)
+    generator.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    public = lambda config: {k: v for k, v in config.items() if not k.startswith("_")}  # noqa: E731
+    assert reloaded.config.fusion == "affine" and public(reloaded.config) == public(generator.config)
+    assert torch.equal(reloaded.eval()(noise, text), images)
+
+
+def test_every_affine_block_follows_the_text():
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=24, ngf=8, fusion="affine").eval()
+    noise, text = torch.randn(2, 100), torch.randn(2, 24)
+    # A new block starts as a plain up-sampling convolution (γ = β = 0) ...
+    block = generator.up_blocks[-1]
+    assert torch.count_nonzero(block.affine.weight) == 0 and torch.count_nonzero(block.affine.bias) == 0
+    before = generator(noise, text)
+    # ... and a scale predicted from the text in the last block alone changes the image with the text.
+    torch.nn.init.normal_(block.affine.weight, std=0.5)
+    after_a, after_b = generator(noise, text), generator(noise, text.flip(0))
+    assert not torch.allclose(before, after_a)
+    assert not torch.allclose(after_a[0], after_b[0])
+
+
+def test_conditioning_augmentation_samples_around_its_mean():
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=24, text_proj_dim=16, ngf=8, fusion="affine", conditioning_augmentation=True)
+    text = torch.randn(4, 24)
+    code, mean, log_variance = generator.text_code(text)
+    assert torch.equal(code, mean) and mean.shape == log_variance.shape == (4, 16)  # no ε: the mean
+    eps = torch.randn(4, 16)
+    sampled, _, _ = generator.text_code(text, eps)
+    assert torch.allclose(sampled, mean + (0.5 * log_variance).exp() * eps)
+    with pytest.raises(ValueError, match="cannot have text_batch_norm"):
+        GanClsGenerator(conditioning_augmentation=True, text_batch_norm=True)
+    with pytest.raises(ValueError, match="fusion must be one of"):
+        GanClsGenerator(fusion="attention")
+
+
+def test_normalize_text_puts_short_and_long_prompts_on_one_scale():
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=24, ngf=8, fusion="affine", normalize_text=True).eval()
+    noise, text = torch.randn(2, 100), torch.randn(2, 24)
+    assert torch.allclose(generator(noise, text), generator(noise, 0.75 * text), atol=1e-6)
+
+
+def test_checkpoints_saved_before_model_v3_load_as_reed_generators(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=24, ngf=8, text_batch_norm=True).eval()
+    generator.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    for key in ("fusion", "conditioning_augmentation", "normalize_text"):  # as written by earlier versions
+        config.pop(key)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    reloaded = GanClsGenerator.from_pretrained(tmp_path).eval()
+    assert reloaded.config.fusion == "input" and not reloaded.config.conditioning_augmentation
+    noise, text = torch.randn(2, 100), torch.randn(2, 24)
+    assert torch.equal(reloaded(noise, text), generator(noise, text))
+
+
+def test_multi_scale_projection_judges_the_match_on_the_8x8_map_too():
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, conditioning="projection", projection_scales=2).eval()
+    assert discriminator.finer_text_to_features[0].out_features == 32  # the 8×8 map has ndf·4 channels
+    images, right, wrong = torch.randn(4, 3, 64, 64), torch.randn(4, 24), torch.randn(4, 24)
+    torch.nn.init.zeros_(discriminator.text_to_features.weight)  # the 4×4 term is switched off ...
+    logits = discriminator(images, torch.cat([right, wrong])).logits
+    assert not torch.allclose(logits[:4], logits[4:])  # ... and the text still matters, through the 8×8 term
+    torch.nn.init.zeros_(discriminator.finer_text_to_features[0].weight)
+    logits = discriminator(images, torch.cat([right, wrong])).logits
+    assert torch.allclose(logits[:4], logits[4:])
+    with pytest.raises(ValueError, match="projection_scales"):
+        GanClsDiscriminator(conditioning="concat", projection_scales=2)
+    with pytest.raises(ValueError, match="projection_scales"):
+        GanClsDiscriminator(conditioning="projection", projection_scales=5)

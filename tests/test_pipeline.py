@@ -112,7 +112,8 @@ def test_bad_arguments_get_clear_errors(tiny_pipeline, call, message):
 
 
 def test_odd_and_huge_prompts_work(tiny_pipeline):
-    prompts = ["😀🌸 flower", "זהו פרח אדום", "red\x00\x07 petals\u202e", "petals " * 2000]
+    # (A prompt with nothing readable, such as "זהו פרח אדום" alone, is refused: see the test below.)
+    prompts = ["😀🌸 flower", "זהו פרח red", "red\x00\x07 petals\u202e", "petals " * 2000]
     images = tiny_pipeline(prompts, generator=seeded(), output_type="np").images
     assert images.shape == (4, 64, 64, 3) and np.isfinite(images).all()
 
@@ -128,3 +129,30 @@ def test_runs_on_cuda_with_the_cpu_seed(tiny_pipeline):
     cuda = tiny_pipeline.to("cuda")("a red flower", generator=seeded(4), output_type="pt").images
     assert cuda.device.type == "cuda"
     assert torch.allclose(cuda.cpu(), cpu, atol=1e-3)
+
+
+@pytest.mark.parametrize("prompt", ["玫瑰花", "🌸🌸🌸", "\u200b\u200d", "وردة حمراء", "Ωραίο λουλούδι", "\u0301\u0301"])
+def test_prompts_the_tokenizer_cannot_read_are_refused_by_name(tiny_pipeline, prompt):
+    with pytest.raises(ValueError, match="no characters this model can read") as error:
+        tiny_pipeline(prompt)
+    assert repr(sorted(set(prompt) - {" "})[0])[1:-1] in str(error.value)  # the message names what it cannot read
+    with pytest.raises(ValueError, match="no characters this model can read"):
+        tiny_pipeline.encode_prompt(["a red flower", prompt])  # in a batch too
+
+
+def test_prompts_with_some_readable_text_still_generate(tiny_pipeline):
+    from t2i.app_utils import clean_prompt
+
+    images = tiny_pipeline("a rose 🌸", output_type="np").images
+    assert images.shape == (1, 64, 64, 3)
+    # The app's rule is the library's: it drops what the library cannot read and keeps the rest.
+    assert clean_prompt("a rose 🌸", tiny_pipeline.tokenizer)[0] == "a rose"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_same_seed_gives_the_same_image_on_cuda(tiny_pipeline):
+    pipeline = tiny_pipeline.to("cuda")
+    first = pipeline("a red flower", num_images_per_prompt=3, generator=seeded(7), output_type="pt").images
+    second = pipeline("a red flower", num_images_per_prompt=3, generator=seeded(7), output_type="pt").images
+    assert torch.equal(first, second)
+    assert not torch.equal(first, pipeline("a red flower", num_images_per_prompt=3, generator=seeded(8), output_type="pt").images)

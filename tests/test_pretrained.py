@@ -66,3 +66,53 @@ def test_app_serves_the_default_model():
     assert loaded.notice is None and loaded.name == "pretrained"
     assert loaded.examples == [entry["text"] for entry in ModelCard.load(PRETRAINED / "README.md").data.widget]
     assert "synthetic" in loaded.trained_on.lower()
+
+
+def test_training_defaults_are_the_shipped_models_recipe():
+    """`train_accelerate.py` with no model flags trains what pretrained/ is (newcomer issue, item 3)."""
+    import json
+
+    import train_accelerate
+
+    args = train_accelerate.parse_args(["--dataset_name", str(PRETRAINED)])
+    config = json.loads((PRETRAINED / "generator" / "config.json").read_text())
+    assert args.recipe == train_accelerate.DEFAULT_RECIPE
+    for flag, key in (("fusion", "fusion"), ("conditioning_augmentation", "conditioning_augmentation"),
+                      ("normalize_text", "normalize_text"), ("ngf", "ngf"), ("noise_dim", "noise_dim"),
+                      ("text_proj_dim", "text_proj_dim"), ("resolution", "resolution")):
+        assert getattr(args, flag) == config[key], flag
+    assert config["text_batch_norm"] == (args.text_batch_norm and not args.conditioning_augmentation)
+    command = json.loads((PRETRAINED / "training_summary.json").read_text())["training_command"]
+    assert f"--recipe {args.recipe}" in command and "--use_ema" not in command
+    assert "--text_encoder_path pretrained" in command  # the shipped text encoder: the command runs in any checkout
+
+
+@pytest.fixture(scope="module")
+def real_reference():
+    from t2i.robustness import real_image_statistics
+
+    return real_image_statistics(64, num_images=128)
+
+
+def test_free_text_prompts_do_not_collapse(pipeline, real_reference):
+    """Short and unusual prompts give varied, smooth, non-empty flowers (Model v3 issue)."""
+    from t2i.robustness import free_text_prompts, free_text_report
+
+    prompts = free_text_prompts()
+    assert len(prompts) >= 30
+    report = free_text_report(pipeline, prompts, real_reference)
+    failing = [(r["prompt"], round(r["spread"], 1), round(r["roughness"], 1), round(r["flower_share"], 2))
+               for r in report["prompts"] if not r["passes"]]
+    assert not failing, (failing, real_reference)
+
+
+def test_interpolation_middle_frames_are_no_worse_than_the_ends(pipeline):
+    from t2i.data import augment_batch
+    from t2i.evaluation import load_oracle, oracle_training_set
+    from t2i.robustness import interpolation_report
+
+    oracle = load_oracle()[0]
+    real, _ = oracle_training_set(128, seed=54321, num_proc=1)
+    report = interpolation_report(pipeline, oracle=oracle, real_features=oracle.predict(augment_batch(real, 64, train=False))[1])
+    failing = [(r["prompt_a"], r["prompt_b"], r["seed"]) for r in report["strips"] if not r["passes"]]
+    assert not failing, failing

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_accelerate
+from t2i.training import list_checkpoints
 from t2i import GanClsPipeline
 from t2i.evaluation import load_joint_image_encoder
 from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
@@ -53,7 +54,7 @@ def run(args, output_dir, check=True, **popen_kwargs) -> subprocess.CompletedPro
 
 def final_state(output_dir: Path) -> dict[str, torch.Tensor]:
     """The saved pipeline's generator (EMA) and the last checkpoint's generator and discriminator."""
-    last = train_accelerate.list_checkpoints(output_dir)[-1]
+    last = list_checkpoints(output_dir)[-1]
     state = {f"ema.{k}": v for k, v in load_file(output_dir / "generator" / "diffusion_pytorch_model.safetensors").items()}
     state.update({f"g.{k}": v for k, v in load_file(last / "model.safetensors").items()})
     state.update({f"d.{k}": v for k, v in load_file(last / "model_1.safetensors").items()})
@@ -82,7 +83,7 @@ def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
     card = (uninterrupted_run / "README.md").read_text()
     assert "accelerate launch train_accelerate.py --dataset_name" in card and f"| steps | {STEPS} |" in card
     assert "not on Oxford-102" in card  # the synthetic set is named as such
-    assert [p.name for p in train_accelerate.list_checkpoints(uninterrupted_run)][-1] == f"checkpoint-{STEPS}"
+    assert [p.name for p in list_checkpoints(uninterrupted_run)][-1] == f"checkpoint-{STEPS}"
     assert sorted((uninterrupted_run / "samples").glob("*.png"))  # validation grids
     summary = json.loads((uninterrupted_run / "training_summary.json").read_text())
     assert set(summary["final_losses"]) >= {"loss_d", "loss_g"}
@@ -113,7 +114,7 @@ def test_killed_and_resumed_run_matches_an_uninterrupted_one(train_args, uninter
     assert kills == 3
     assert not (tmp_path / "model_index.json").exists()  # it never got to the end
 
-    last_checkpoint = train_accelerate.list_checkpoints(tmp_path)[-1]
+    last_checkpoint = list_checkpoints(tmp_path)[-1]
     seconds_before = json.loads((last_checkpoint / "training_state.json").read_text())["train_seconds"]
     run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
 
@@ -135,7 +136,7 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(train_args,
 
     assert process.returncode != 0
     assert "File too large" in output or "failed writing" in output.lower()
-    survivors = train_accelerate.list_checkpoints(tmp_path)
+    survivors = list_checkpoints(tmp_path)
     assert survivors and survivors[-1].name in ("checkpoint-6", "checkpoint-9")
     assert not list(tmp_path.glob(".checkpoint-*.partial"))
     for name in ("model.safetensors", "model_1.safetensors", "ema_generator.safetensors"):
@@ -181,12 +182,38 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--matching_loss_weight", "1", "--text_encoder_path", "."], "--matching_loss_weight needs a joint embedding's image encoder"),
         (["--mode_seeking_weight", "-1"], "must be ≥ 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),
+        # Combinations that could only fail after data and encoder loading (Hardening, item 5)
+        (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),
+        (["--train_batch_size", "1", "--no-text_batch_norm", "--mode_seeking_weight", "0.5"], "--train_batch_size 2 or more"),
+        (["--projection_scales", "2", "--conditioning", "concat"], "--projection_scales 2 needs --conditioning projection"),
+        (["--projection_scales", "7"], "--projection_scales must be between 1 and 4"),
+        (["--evaluation_metric", "beauty"], "--evaluation_metric 'beauty': choose one of"),
+        (["--evaluation_steps", "0"], "--evaluation_steps must be ≥ 1"),
+        (["--max_train_minutes", "0"], "--max_train_minutes must be > 0"),
+        (["--diff_augment", "color"], "invalid choice: 'color'"),
+        (["--fusion", "attention"], "invalid choice: 'attention'"),
+        (["--recipe", "stackgan"], "invalid choice: 'stackgan'"),
     ],
 )
 def test_bad_flags_fail_before_any_work(flags, message, tiny_synthetic_dataset, capsys):
     with pytest.raises(SystemExit):
         train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), *flags])
     assert message in capsys.readouterr().err
+
+
+def test_a_batch_of_one_trains_when_nothing_needs_batch_statistics(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
+    result = run(["--dataset_name", str(tiny_synthetic_dataset), "--text_encoder_path", str(tiny_text_encoder), "--ngf", "8",
+                  "--ndf", "8", "--train_batch_size", "1", "--no-text_batch_norm", "--mode_seeking_weight", "0",
+                  "--max_train_steps", "2", "--report_to", "none", "--cache_dir", str(tmp_path / "cache")], tmp_path / "out")
+    assert "generator weights identical on all 1 rank(s): True" in result.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_few_training_steps_on_cuda_in_bf16(train_args, tmp_path):
+    result = run([*train_args, "--max_train_steps", "4", "--mixed_precision", "bf16", "--channels_last"], tmp_path)
+    assert "generator weights identical on all 1 rank(s): True" in result.stdout
+    state = load_file(tmp_path / "generator" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
 
 
 def test_bad_dataset_paths_fail_before_any_work(capsys, tmp_path):
@@ -270,7 +297,97 @@ def test_conditioning_flags_train_a_loadable_pipeline(tiny_synthetic_dataset, tm
     run(args, tmp_path / "out")
     pipeline = GanClsPipeline.from_pretrained(tmp_path / "out")
     assert pipeline.generator.config.text_batch_norm is True
-    discriminator = load_file(train_accelerate.list_checkpoints(tmp_path / "out")[-1] / "model_1.safetensors")
+    discriminator = load_file(list_checkpoints(tmp_path / "out")[-1] / "model_1.safetensors")
     assert "text_to_features.weight" in discriminator and not any(k.startswith("joint.") for k in discriminator)
     images = pipeline("a flower with five red petals", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert images.shape == (2, 64, 64, 3) and not np.allclose(images[0], images[1])
+
+
+def test_evaluation_steps_keep_the_best_generator_not_the_last(train_args, tmp_path):
+    import re
+
+    result = run([*train_args, "--max_train_steps", "8", "--evaluation_steps", "2", "--evaluation_samples", "40",
+                  "--evaluation_metric", "text_image_agreement_mean"], tmp_path)
+    log = result.stdout + result.stderr
+    scores = {int(step): float(value) for step, value in re.findall(r"step (\d+): text_image_agreement_mean = ([0-9.]+)", log)}
+    assert sorted(scores) == [2, 4, 6, 8]
+    best_step = max(scores, key=lambda step: (scores[step], -step))  # the first of equal scores stays the best
+    record = json.loads((tmp_path / "best_generator" / "evaluation.json").read_text())
+    assert record["step"] == best_step and record["metric"] == "text_image_agreement_mean"
+    assert record["value"] == pytest.approx(scores[best_step], abs=1e-4)
+    # The pipeline folder ends with the best generator's weights, and the checkpoints carry the record for a resume.
+    saved = load_file(tmp_path / "generator" / "diffusion_pytorch_model.safetensors")
+    best = load_file(tmp_path / "best_generator" / "diffusion_pytorch_model.safetensors")
+    assert_identical(saved, best)
+    assert json.loads((list_checkpoints(tmp_path)[-1] / "training_state.json").read_text())["best"]["step"] == best_step
+    assert f"Saving the best generator: step {best_step}" in log
+
+
+def test_max_train_minutes_stops_at_a_saved_step(train_args, tmp_path):
+    result = run([*train_args, "--max_train_steps", "100000", "--max_train_minutes", "0.001"], tmp_path)
+    steps = json.loads((tmp_path / "training_summary.json").read_text())["training_steps"]
+    assert 1 <= steps < 100 and (tmp_path / f"checkpoint-{steps}").is_dir()
+    assert "generator weights identical on all 1 rank(s): True" in result.stdout
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Resume across launches that differ, and kills around the text-encoder phase (Hardening, items 3 and 4)
+
+
+def _launch(num_processes: int, args: list[str], output_dir: Path) -> subprocess.CompletedProcess:
+    accelerate = Path(sys.executable).parent / "accelerate"
+    layout = ["--multi_gpu", "--num_processes", str(num_processes)] if num_processes > 1 else ["--num_processes", "1"]
+    command = [str(accelerate), "launch", *layout, "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), SCRIPT, *args, "--output_dir", str(output_dir)]
+    return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
+
+
+@pytest.mark.parametrize("first, second", [(1, 2), (2, 1)])
+def test_resuming_with_another_process_count_is_refused_before_any_work(first, second, train_args, tmp_path):
+    args = [*train_args, "--max_train_steps", "3"]
+    assert _launch(first, args, tmp_path).returncode == 0
+    state = json.loads((list_checkpoints(tmp_path)[-1] / "training_state.json").read_text())
+    assert state["num_processes"] == first and state["per_process_batch_size"] == 16
+    resumed = _launch(second, [*train_args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"], tmp_path)
+    assert resumed.returncode != 0
+    assert f"written by {first} process(es)" in resumed.stderr and f"accelerate launch --num_processes {first}" in resumed.stderr
+    assert "steps/epoch" not in resumed.stdout  # refused before the data was loaded, on every rank, without a hang
+    assert "Connection closed" not in resumed.stderr
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]  # nothing lost
+
+
+def test_a_missing_per_process_file_is_named(train_args, tmp_path):
+    assert _launch(1, [*train_args, "--max_train_steps", "3"], tmp_path).returncode == 0
+    rng_file = list_checkpoints(tmp_path)[-1] / "t2i_rng_0.safetensors"
+    rng_file.rename(rng_file.with_name("t2i_rng_7.safetensors"))  # still one file: the process count looks right
+    resumed = run([*train_args, "--max_train_steps", "6", "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert resumed.returncode != 0 and f"{rng_file}: this process's random-state file is missing" in resumed.stderr
+
+
+@pytest.fixture(scope="module")
+def char_cnn_rnn_args(tiny_synthetic_dataset, tmp_path_factory) -> list[str]:
+    cache = tmp_path_factory.mktemp("char_cnn_rnn_cache")
+    return [
+        "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn", "--text_encoder_steps", "30",
+        "--char_cnn_rnn_config", json.dumps(TINY_TEXT_ENCODER_CONFIG), "--text_encoder_batch_size", "8", "--cache_dir", str(cache),
+        "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", "6", "--checkpointing_steps", "3",
+        "--report_to", "none", "--seed", "5",
+    ]
+
+
+def test_kills_inside_and_right_after_the_text_encoder_phase_change_nothing(char_cnn_rnn_args, tmp_path):
+    uninterrupted = tmp_path / "uninterrupted"
+    run(char_cnn_rnn_args, uninterrupted)
+    resumed = tmp_path / "resumed"
+    log = tmp_path / "stderr.log"
+    training_text_encoder = lambda: "joint embedding" in log.read_text() if log.exists() else False  # noqa: E731  (its tqdm bar)
+    text_encoder_saved = lambda: (resumed / "char_cnn_rnn" / "joint_embedding_metrics.json").is_file()  # noqa: E731
+    for ready in (training_text_encoder, text_encoder_saved):  # inside the phase, then right after it (no GAN checkpoint yet)
+        with open(log, "w") as stderr:
+            process = subprocess.Popen([sys.executable, SCRIPT, *char_cnn_rnn_args, "--resume_from_checkpoint", "latest",
+                                        "--output_dir", str(resumed)], stdout=subprocess.DEVNULL, stderr=stderr)
+            assert _kill_when(process, ready, 0.0)
+    assert text_encoder_saved() and not list_checkpoints(resumed)
+    run([*char_cnn_rnn_args, "--resume_from_checkpoint", "latest"], resumed)
+    for name in ("generator/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "checkpoint-6/model_1.safetensors"):
+        assert_identical(load_file(resumed / name), load_file(uninterrupted / name))

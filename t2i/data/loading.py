@@ -7,6 +7,7 @@ Datasets are written as parquet shards under `data/` plus a dataset card, the la
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
@@ -16,10 +17,13 @@ from pathlib import Path
 import pyarrow.compute as pc
 import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
+from datasets import config as datasets_config
 
 logger = logging.getLogger(__name__)
 
 ROWS_PER_SHARD = 2000  # ~20-100 MB per shard at 128-500 px: quick to stream, well under the Hub's limits
+# Split names `datasets` and the Hub find in shard names by themselves (data/{split}-00000-of-00001.parquet).
+_AUTO_DETECTED_SPLITS = {"train", "test", "validation"}
 
 
 def captioned_features(class_names: Sequence[str], extra: Mapping | None = None) -> Features:
@@ -74,11 +78,14 @@ def save_captioned_dataset(
         "task_categories": ["text-to-image"],
         "tags": list(tags),
         "size_categories": [_size_category(sum(len(rows) for rows in splits.values()))],
-        "configs": [{
+    }
+    if not set(splits) <= _AUTO_DETECTED_SPLITS:
+        # A `configs:` block makes `datasets` key its cache on the folder's name alone, so a plain
+        # `load_dataset(folder)` would serve stale rows after a rebuild: written only for split names it can't detect.
+        header["configs"] = [{
             "config_name": "default",
             "data_files": [{"split": split, "path": f"data/{split}-*"} for split in splits],
-        }],
-    }
+        }]
     readme = f"---\n{yaml.safe_dump(header, sort_keys=False)}---\n\n{card}"
     (out / "README.md").write_text(readme, encoding="utf-8")
     logger.info("wrote %s", ", ".join(f"{len(rows)} {split}" for split, rows in splits.items()))
@@ -107,8 +114,16 @@ def load_captioned_dataset(
     `name_or_path` is a Hub dataset id, a local folder of parquet files (like `python -m t2i.data synth`
     writes), a `save_to_disk` folder, or an imagefolder with `metadata.jsonl`. `caption_column` may hold
     one string or a list of strings per image. Other columns (`label`, ...) are kept.
+
+    A local folder is always read as it is on disk now: its cache is keyed by `local_files_fingerprint`.
+
+    Raises:
+        FileNotFoundError: `name_or_path` is neither a local folder nor a Hub dataset that can be reached. A name
+            that can only be a path (starts with ".", "/" or "~", or has more than one "/") is never sent to the Hub.
     """
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        _check_hub_dataset(os.fspath(name_or_path))
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):
@@ -116,9 +131,44 @@ def load_captioned_dataset(
                 raise ValueError(f"split {split!r} not in {path} (has {list(loaded)})")
             loaded = loaded[split]
         dataset = loaded
-    else:  # parquet folders, imagefolders and Hub ids all go through the packaged builders
+    elif path.is_dir():  # parquet folders and imagefolders go through the packaged builders
+        # `datasets` keys a local folder's cache on its name and its card's data_files patterns, not on the files
+        # (with a `configs:` block), so a rebuilt folder or another folder of the same name would load old rows.
+        # Keyed here on every file's path, size and mtime, a cache can only ever hold what is on disk now.
+        base = Path(cache_dir or datasets_config.HF_DATASETS_CACHE)
+        dataset = load_dataset(str(path.resolve()), split=split, cache_dir=str(base / "t2i_local" / local_files_fingerprint(path)))
+    else:  # a Hub id: revisions key the cache
         dataset = load_dataset(str(name_or_path), split=split, cache_dir=cache_dir)
     return normalize_captioned_dataset(dataset, image_column, caption_column)
+
+
+def _check_hub_dataset(name: str) -> None:
+    # Without this, a mistyped or not-yet-built folder is sent to the Hub, retried for over a minute, and ends in
+    # a ConnectionError traceback that never says the folder is missing.
+    make_it = f"Make the synthetic set with `python -m t2i.data synth --out {name}`, or give a Hub dataset id (org/name)."
+    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+        raise FileNotFoundError(f"{name}: no such dataset folder. {make_it}")
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return  # offline mode: `datasets` looks in its own cache
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().dataset_info(name, revision="main", timeout=10)  # the revision route: mirrors like olah serve it
+    except (HfHubHTTPError, ValueError) as error:  # not found, gated, or not a valid repo id
+        raise FileNotFoundError(f"{name}: no such local folder, and not a Hub dataset ({type(error).__name__}). {make_it}") from error
+    except Exception as error:  # connection refused, DNS failure, time-out (httpx errors are not OSErrors)
+        raise FileNotFoundError(f"{name}: no such local folder, and the Hub could not be reached ({error.__class__.__name__}). {make_it}") from error
+
+
+def local_files_fingerprint(folder: str | os.PathLike) -> str:
+    """SHA-256 over every file under `folder`: its absolute path, size in bytes and modification time (ns)."""
+    digest = hashlib.sha256()
+    root = Path(folder).resolve()
+    for file in sorted(p for p in root.rglob("*") if p.is_file() and ".cache" not in p.relative_to(root).parts):
+        stat = file.stat()
+        digest.update(f"{file}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def normalize_captioned_dataset(dataset: Dataset, image_column: str = "image", caption_column: str = "captions") -> Dataset:

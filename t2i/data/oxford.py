@@ -16,9 +16,11 @@ printed report, and inconsistent split files are refused with an error naming th
 
 from __future__ import annotations
 
+import codecs
 import io
 import re
 import tarfile
+import unicodedata
 import warnings
 import zipfile
 from collections import defaultdict
@@ -30,6 +32,7 @@ from pathlib import Path
 from PIL import Image, ImageFile
 
 from .loading import captioned_features, save_captioned_dataset
+from .transforms import to_rgb8
 
 # The standard names of the 102 classes, in label order (class_00001 is "pink primrose").
 OXFORD_102_CLASS_NAMES: tuple[str, ...] = (
@@ -73,6 +76,8 @@ class BuildReport:
     skipped: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     converted: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))
     empty_captions_removed: int = 0
+    recoded: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # encoding -> caption files
+    characters_removed: dict[str, list[str]] = field(default_factory=lambda: defaultdict(list))  # kind -> caption files
 
     def summary(self) -> str:
         """Human-readable account of every row kept, skipped or changed."""
@@ -81,6 +86,8 @@ class BuildReport:
         lines += [f"converted {len(names)} from {mode} to RGB: {_examples(names)}" for mode, names in self.converted.items()]
         if self.empty_captions_removed:
             lines.append(f"removed {self.empty_captions_removed} empty caption lines")
+        lines += [f"read {len(names)} caption file(s) as {encoding} (not UTF-8): {_examples(names)}" for encoding, names in self.recoded.items()]
+        lines += [f"removed {kind} from {len(names)} caption file(s): {_examples(names)}" for kind, names in self.characters_removed.items()]
         return "\n".join(lines)
 
     def warn(self) -> None:
@@ -91,6 +98,10 @@ class BuildReport:
             warnings.warn(f"converted {len(names)} {mode} image(s) to RGB: {_examples(names)}", stacklevel=3)
         if self.empty_captions_removed:
             warnings.warn(f"removed {self.empty_captions_removed} empty caption line(s)", stacklevel=3)
+        for encoding, names in self.recoded.items():
+            warnings.warn(f"read {len(names)} caption file(s) as {encoding}, not UTF-8: {_examples(names)}", stacklevel=3)
+        for kind, names in self.characters_removed.items():
+            warnings.warn(f"removed {kind} from {len(names)} caption file(s): {_examples(names)}", stacklevel=3)
 
 
 def _examples(names: list[str], limit: int = 5) -> str:
@@ -132,8 +143,9 @@ def _strict_image_loading() -> Iterator[None]:
 def checked_rgb_image(data: bytes) -> tuple[bytes, str | None] | None:
     """(bytes of an RGB image, original mode if it was converted) or None if the image does not decode.
 
-    RGB files are kept byte for byte; grayscale, palette, CMYK or alpha images are converted (alpha
-    composited on white) and re-encoded as JPEG quality 95.
+    RGB files are kept byte for byte; every other mode goes through `to_rgb8` (the training transforms' own
+    conversion: alpha composited on white, 16-bit values scaled) and is re-encoded as JPEG quality 95. An image
+    whose values have no faithful 8-bit mapping counts as not decodable.
     """
     try:
         with _strict_image_loading(), Image.open(io.BytesIO(data)) as image:
@@ -141,13 +153,41 @@ def checked_rgb_image(data: bytes) -> tuple[bytes, str | None] | None:
             if image.mode == "RGB":
                 return data, None
             mode = image.mode
-            if "A" in image.getbands() or "transparency" in image.info:
-                image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA"))
             buffer = io.BytesIO()
-            image.convert("RGB").save(buffer, format="JPEG", quality=95)
+            to_rgb8(image).save(buffer, format="JPEG", quality=95)
             return buffer.getvalue(), mode
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):  # UnsupportedImageError is a ValueError
         return None
+
+
+def decode_caption_file(raw: bytes) -> tuple[str, str | None, list[str]]:
+    """The text a person wrote in a caption file: (text, the encoding if not UTF-8, the kinds of characters removed).
+
+    A byte-order mark picks UTF-8 or UTF-16; otherwise strict UTF-8, then cp1252 (what Windows editors write for
+    "café"), then Latin-1, which decodes any bytes. The text is NFC-normalised; replacement characters (U+FFFD, a
+    sign of an earlier lossy conversion), invisible formatting characters (zero-width, bidi controls, BOMs) and
+    control characters other than line breaks and tabs are removed and named, never kept silently.
+    """
+    for bom, encoding in ((codecs.BOM_UTF8, "utf-8"), (codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if raw.startswith(bom):
+            text, used = raw[len(bom):].decode(encoding, "replace"), (None if encoding == "utf-8" else encoding)
+            break
+    else:
+        for encoding in ("utf-8", "cp1252", "latin-1"):
+            try:
+                text, used = raw.decode(encoding), (None if encoding == "utf-8" else encoding)
+                break
+            except UnicodeDecodeError:
+                continue
+    text = unicodedata.normalize("NFC", text)
+    removed = []
+    for kind, unwanted in (("replacement characters (U+FFFD)", lambda ch: ch == "\ufffd"),
+                           ("invisible formatting characters", lambda ch: unicodedata.category(ch) == "Cf"),
+                           ("control characters", lambda ch: unicodedata.category(ch) == "Cc" and ch not in "\n\r\t")):
+        if any(unwanted(ch) for ch in text):
+            text = "".join(ch for ch in text if not unwanted(ch))
+            removed.append(kind)
+    return text, used, removed
 
 
 def _read_split_file(path: str, data: bytes) -> set[int]:
@@ -208,7 +248,12 @@ def read_oxford_raw(images: str | Path, captions: str | Path) -> tuple[dict[str,
             report.skipped[NO_CAPTION_FILE].append(image_paths[name][0])
             continue
         class_id, raw = caption_files[name]
-        lines = raw.decode("utf-8", "replace").splitlines()
+        text, encoding, removed = decode_caption_file(raw)
+        if encoding:
+            report.recoded[encoding].append(caption_paths[name][0])
+        for kind in removed:
+            report.characters_removed[kind].append(caption_paths[name][0])
+        lines = text.splitlines()
         texts = [line.strip() for line in lines if line.strip()]
         report.empty_captions_removed += len(lines) - len(texts)
         if not texts:
@@ -237,6 +282,7 @@ def read_oxford_raw(images: str | Path, captions: str | Path) -> tuple[dict[str,
         })
     report.kept = {split: len(rows) for split, rows in splits.items()}
     report.skipped, report.converted = dict(report.skipped), dict(report.converted)
+    report.recoded, report.characters_removed = dict(report.recoded), dict(report.characters_removed)
     return splits, report
 
 

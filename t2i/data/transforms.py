@@ -36,11 +36,54 @@ def open_image(value: Image.Image | dict) -> Image.Image:
     return Image.open(io.BytesIO(value["bytes"]) if value.get("bytes") else value["path"])
 
 
+class UnsupportedImageError(ValueError):
+    """An image whose pixel values cannot be mapped to 8-bit RGB without guessing (the message says why)."""
+
+
+def to_rgb8(image: Image.Image) -> Image.Image:
+    """A faithful 8-bit RGB copy of any image Pillow opens.
+
+    - 1, L, P, RGB, RGBX, CMYK, YCbCr, LAB, HSV: Pillow's conversions (LAB and HSV colorimetric);
+    - anything with transparency (RGBA, LA, PA, P with a transparent colour, premultiplied RGBa / La): composited
+      on white;
+    - 16-bit grayscale (I;16 and its byte orders): scaled from 0–65535 to 0–255 (Pillow's own conversion clips
+      everything above 255 to white);
+    - 32-bit integer (I) and float (F) grayscale: values in 0–255 are kept; 0–65535 (integer) and 0–1 (float)
+      are scaled; any other range is refused.
+
+    Raises:
+        UnsupportedImageError: a 32-bit image whose value range is not one of those.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
+        image = image.convert({"La": "LA", "RGBa": "RGBA"}[mode])
+    if "A" in image.getbands() or "transparency" in image.info:
+        return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA")).convert("RGB")
+    if mode.startswith("I;16"):
+        values = np.asarray(image, dtype=np.float64)
+        return Image.fromarray(np.round(values / 257).astype(np.uint8), "L").convert("RGB")
+    if mode in ("I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        if low < 0 or not np.isfinite(values).all():
+            raise UnsupportedImageError(f"{mode} image with values from {low:g} to {high:g}: no faithful 8-bit mapping")
+        if mode == "F" and high <= 1.0:
+            values = values * 255
+        elif high > 255 and (mode == "F" or high > 65535):
+            raise UnsupportedImageError(f"{mode} image with values up to {high:g}: no faithful 8-bit mapping")
+        elif high > 255:
+            values = values / 257
+        return Image.fromarray(np.round(values).astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
+
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
     """RGB image with its shorter side resized to `size`, centre-cropped to size x size."""
-    if image.format == "JPEG":  # not yet decoded: let libjpeg decode at a reduced scale, much faster
+    if image.format == "JPEG" and image.mode in ("RGB", "L", "YCbCr"):  # not yet decoded: libjpeg decodes at a reduced scale
         image.draft("RGB", (size, size))
-    image = image.convert("RGB")
+    image = to_rgb8(image)
     scale = size / min(image.size)
     width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
     image = image.resize((width, height), Image.BICUBIC, reducing_gap=3.0)

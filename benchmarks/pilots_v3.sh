@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Model v3 pilots (on the t2i-v2 recipe, whose flags are all explicit below): each generator design trained for the same wall time (not the same steps: the designs differ in
+# cost per step), with two seeds, the same data, text encoder, discriminator and losses, then scored the same way.
+#
+#   bash benchmarks/pilots_v3.sh DATASET TEXT_ENCODER OUT_DIR [MINUTES]
+#
+# DATASET: the synthetic set (python -m t2i.data synth). TEXT_ENCODER: a trained char-CNN-RNN folder with a
+# joint_image_encoder/ (e.g. pretrained/text_encoder + tokenizer + joint_image_encoder copied into one folder).
+# MINUTES (default 8) of training per run, one thread each (OMP_NUM_THREADS=1), bf16 on CPUs with AMX.
+# Finished runs (a training_summary.json) are skipped, so the script can be stopped and restarted.
+# Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.robustness
+# for the free-text and interpolation checks of each run.
+set -euo pipefail
+DATASET=$1 TEXT_ENCODER=$2 OUT=$3 MINUTES=${4:-8}
+mkdir -p "$OUT"
+COMMON=(--recipe t2i-v2 --dataset_name "$DATASET" --text_encoder_path "$TEXT_ENCODER" --resolution 64 --ngf 32 --ndf 32 --train_batch_size 64
+        --max_train_steps 100000 --max_train_minutes "$MINUTES" --mixed_precision "${MIXED_PRECISION:-bf16}" --channels_last
+        --checkpointing_steps 100000 --validation_epochs 1000 --report_to none --cache_dir "$OUT/embedding_cache"
+        --text_batch_norm --conditioning projection --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5)
+ROWS=(
+  "reed_g|Reed's generator (text at the input, transposed convolutions)|--fusion input"
+  "affine|text affine in every block|--fusion affine"
+  "affine_ca|text affine in every block + conditioning augmentation + L2-normalised text|--fusion affine --conditioning_augmentation --normalize_text"
+)
+for seed in 0 1; do
+  for row in "${ROWS[@]}"; do
+    IFS='|' read -r name _ flags <<< "$row"
+    run="$OUT/$name-s$seed"
+    [ -f "$run/training_summary.json" ] && continue
+    # shellcheck disable=SC2086
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python train_accelerate.py "${COMMON[@]}" $flags --seed "$seed" --output_dir "$run" > "$run.log" 2>&1
+  done
+done

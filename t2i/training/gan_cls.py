@@ -1,0 +1,187 @@
+"""One GAN-CLS / GAN-INT-CLS training step (Reed et al., ICML 2016, Algorithm 1), with an explicit objective.
+
+    objective = GanClsObjective(gan_int=True, mode_seeking_weight=0.5, diff_augment=("translation", "cutout"))
+    losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, objective, rng)
+
+Reed's algorithm is the spine of `train_step`: fakes from the right text (and, for GAN-INT, from interpolated
+text), one discriminator update on (real, right), (real, wrong) and (fake, right), then one generator update.
+Every optional term is a field of `GanClsObjective` whose default switches it off, so the signature says what a
+step depends on and the defaults are the paper.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..diffaugment import DIFF_AUGMENT_POLICIES, diff_augment
+from ..losses import (
+    LOSS_TYPES,
+    auxiliary_class_loss,
+    conditioning_augmentation_kl,
+    discriminator_adversarial_loss,
+    feature_matching_loss,
+    generator_adversarial_loss,
+    interpolate_text_embeddings,
+    matching_aware_gradient_penalty,
+    mode_seeking_loss,
+    text_image_matching_loss,
+)
+
+
+@dataclass(frozen=True)
+class GanClsObjective:
+    """What one step optimises. The defaults are Reed et al.'s GAN-INT-CLS (BCE, β = 0.5); each other field adds
+    one published term or switch (all off by default).
+
+    Attributes:
+        loss: "bce" (Reed) or "hinge" (DF-GAN).
+        gan_int: GAN-INT generator terms on interpolated text embeddings.
+        int_beta: the interpolation weight β in β·e₁ + (1 − β)·e₂, in [0, 1].
+        label_smoothing: one-sided label smoothing of the real target, in [0, 1).
+        feature_matching_weight: Salimans et al.'s feature matching, ≥ 0.
+        ma_gp: DF-GAN's matching-aware gradient penalty (k = 2, p = 6).
+        aux_class_weight: TAC-GAN's auxiliary class loss (needs labels and a D class head), ≥ 0.
+        matching_loss_weight: AttnGAN-style text-image matching through a frozen joint embedding θ, ≥ 0.
+        mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
+        kl_weight: StackGAN's KL term for a generator with conditioning augmentation (Zhang et al. use 2), ≥ 0.
+        diff_augment: DiffAugment policies applied to every image D sees (subset of ``DIFF_AUGMENT_POLICIES``).
+    """
+
+    loss: str = "bce"
+    gan_int: bool = True
+    int_beta: float = 0.5
+    label_smoothing: float = 0.0
+    feature_matching_weight: float = 0.0
+    ma_gp: bool = False
+    aux_class_weight: float = 0.0
+    matching_loss_weight: float = 0.0
+    mode_seeking_weight: float = 0.0
+    kl_weight: float = 0.0
+    diff_augment: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.loss not in LOSS_TYPES:
+            raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
+        if not 0.0 <= self.int_beta <= 1.0:
+            raise ValueError(f"int_beta must be in [0, 1], got {self.int_beta}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight")
+        for name in weights:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
+        if set(self.diff_augment) - set(DIFF_AUGMENT_POLICIES):
+            raise ValueError(f"diff_augment must be a subset of {DIFF_AUGMENT_POLICIES}, got {self.diff_augment}")
+
+
+def train_step(
+    accelerator,
+    generator,
+    discriminator,
+    optimizer_g: torch.optim.Optimizer,
+    optimizer_d: torch.optim.Optimizer,
+    batch: dict[str, torch.Tensor],
+    objective: GanClsObjective,
+    rng: torch.Generator,
+    joint_image_encoder: torch.nn.Module | None = None,
+) -> dict[str, float]:
+    """One discriminator update then one generator update; returns the losses for logging.
+
+    Args:
+        accelerator: the ``accelerate.Accelerator`` that prepared the models (autocast, backward).
+        generator, discriminator: prepared ``GanClsGenerator`` / ``GanClsDiscriminator``.
+        batch: ``pixel_values`` [B, 3, R, R] in [-1, 1], ``text_embeds`` and ``wrong_text_embeds`` [B, D], and
+            ``labels`` [B] for the auxiliary class loss.
+        objective: the terms to optimise.
+        rng: a CPU ``torch.Generator``; all the step's randomness (noise, conditioning augmentation's ε,
+            DiffAugment) is drawn from it, so a saved generator state resumes the run exactly.
+        joint_image_encoder: frozen θ, needed for ``objective.matching_loss_weight``.
+    """
+    real, right, wrong = batch["pixel_values"], batch["text_embeds"], batch["wrong_text_embeds"]
+    batch_size, device = real.shape[0], real.device
+    model = accelerator.unwrap_model(generator)
+
+    # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B interpolations of each caption with another
+    # caption of the batch; for mode seeking, second images of the first B/2 captions with other noise.
+    text_for_g = right
+    if objective.gan_int:
+        text_for_g = torch.cat([right, interpolate_text_embeddings(right, right.roll(1, dims=0), objective.int_beta)])
+    num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
+    half = batch_size // 2
+    if objective.mode_seeking_weight > 0:
+        text_for_g = torch.cat([text_for_g, right[:half]])
+    noise = torch.randn(text_for_g.shape[0], model.config.noise_dim, generator=rng).to(device)
+    code_noise = None
+    if model.config.conditioning_augmentation:
+        code_noise = torch.randn(text_for_g.shape[0], model.config.text_proj_dim, generator=rng).to(device)
+
+    def augment(images: torch.Tensor) -> torch.Tensor:
+        return diff_augment(images, objective.diff_augment, rng) if objective.diff_augment else images
+
+    with accelerator.autocast():
+        fake = generator(noise, text_for_g, code_noise)
+
+    # Discriminator: (real, right) → real; (real, wrong) and (fake, right) → fake.
+    real_seen = augment(real)
+    if objective.ma_gp:
+        real_seen, right = real_seen.detach().requires_grad_(True), right.detach().requires_grad_(True)
+    with accelerator.autocast():
+        real_out = discriminator(real_seen, torch.cat([right, wrong]))
+        fake_out = discriminator(augment(fake[:batch_size].detach()), right.detach())
+        real_right, real_wrong = real_out.logits.float().split(batch_size)
+        loss_d = discriminator_adversarial_loss(real_right, real_wrong, fake_out.logits.float(), objective.loss, objective.label_smoothing)
+        if objective.ma_gp:
+            loss_d = loss_d + matching_aware_gradient_penalty(real_right, real_seen, right)
+        if objective.aux_class_weight > 0:
+            class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
+            class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
+            loss_d = loss_d + objective.aux_class_weight * class_loss_d
+    optimizer_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_d)
+    optimizer_d.step()
+
+    # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
+    with accelerator.autocast():
+        g_out = discriminator(augment(fake[:num_judged]), text_for_g[:num_judged].detach())
+        # With GAN-INT the logits hold the GAN-CLS and the interpolated fakes: their mean weighs both terms equally.
+        loss_g = generator_adversarial_loss(g_out.logits.float(), objective.loss)
+        if objective.feature_matching_weight > 0:
+            fake_features = g_out.image_features[:batch_size].float()
+            loss_g = loss_g + objective.feature_matching_weight * feature_matching_loss(real_out.image_features.float(), fake_features)
+        if objective.aux_class_weight > 0:
+            loss_g = loss_g + objective.aux_class_weight * auxiliary_class_loss(g_out.class_logits[:batch_size].float(), batch["labels"])
+        if objective.matching_loss_weight > 0:
+            image_embeds = joint_image_encoder(fake[:batch_size]).float()
+            loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
+        if objective.mode_seeking_weight > 0:
+            loss_g = loss_g + objective.mode_seeking_weight * mode_seeking_loss(
+                fake[:half].float(), fake[num_judged:].float(), noise[:half], noise[num_judged : num_judged + half]
+            )
+        if objective.kl_weight > 0 and model.config.conditioning_augmentation:
+            # The moments are recomputed for the right captions alone (one small linear layer): the KL term is
+            # StackGAN's, on the training captions' distributions.
+            _, mean, log_variance = model.text_code(right)
+            loss_g = loss_g + objective.kl_weight * conditioning_augmentation_kl(mean.float(), log_variance.float())
+    optimizer_g.zero_grad(set_to_none=True)
+    optimizer_d.zero_grad(set_to_none=True)
+    accelerator.backward(loss_g)
+    optimizer_g.step()
+
+    return {
+        "loss_d": loss_d.detach().item(),
+        "loss_g": loss_g.detach().item(),
+        "d_real_right": torch.sigmoid(real_right.detach()).mean().item(),
+        "d_real_wrong": torch.sigmoid(real_wrong.detach()).mean().item(),
+        "d_fake": torch.sigmoid(fake_out.logits.detach()).mean().item(),
+    }
+
+
+@torch.no_grad()
+def update_ema(ema_model: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay·ema + (1 − decay)·model for parameters; buffers (BatchNorm statistics) are copied."""
+    for ema_param, param in zip(ema_model.parameters(), model.parameters()):
+        ema_param.lerp_(param, 1.0 - decay)
+    for ema_buffer, buffer in zip(ema_model.buffers(), model.buffers()):
+        ema_buffer.copy_(buffer)
