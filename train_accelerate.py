@@ -26,21 +26,20 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import ProjectConfiguration, set_seed
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo, TextEncoder
+from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
 from t2i.data import TensorBatchLoader, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
+from t2i.diffaugment import DIFF_AUGMENT_POLICIES
 from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_joint_image_encoder, load_oracle
 from t2i.hardware import cpu_has_fast_bf16
-from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, train_joint_embedding
-from t2i.diffaugment import DIFF_AUGMENT_POLICIES
+from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
 from t2i.losses import LOSS_TYPES
 from t2i.models import CONDITIONINGS, FUSIONS, standing_batch_norm_
 from t2i.pipeline import to_unit_range
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig
+from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
 from t2i.training import GanClsObjective, check_resumable, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint, train_step, update_ema
-from t2i.text_distillation import distill_text_encoder
-from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, CharCnnRnnEncoder, build_char_cnn_rnn
 
 logger = get_logger(__name__)
 
@@ -238,86 +237,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Text encoder and validation
 
 
-def distill_teacher(accelerator, args, train_dataset, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
-    """A char-CNN-RNN trained to reproduce ``--text_encoder_teacher``'s embeddings of the training captions."""
-    teacher = TextEncoder.from_pretrained(args.text_encoder_teacher)
-    targets = load_or_build_caption_embeddings(train_dataset, teacher, cache_dir=args.cache_dir)
-    test_targets = load_or_build_caption_embeddings(test_dataset, teacher, cache_dir=args.cache_dir) if test_dataset is not None else None
-    result = distill_text_encoder(
-        train_dataset["captions"],
-        targets,
-        build_char_cnn_rnn(**{**args.char_cnn_rnn_config, "embed_dim": targets.dim}),
-        steps=args.text_encoder_steps,
-        learning_rate=args.text_encoder_learning_rate or 1e-3,
-        seed=args.seed,
-        device=accelerator.device,
-        progress=True,
-        test_captions=test_dataset["captions"] if test_dataset is not None else None,
-        test_teacher_embeddings=test_targets,
-    )
-    logger.info(f"char-CNN-RNN distilled from {args.text_encoder_teacher}: {result.metrics}")
-    return result.text_encoder, {f"distillation_{k}": v for k, v in result.metrics.items()}
-
-
-def text_encoder_folder(args) -> Path:
-    """Where the char-CNN-RNN and its joint embedding's θ are: ``--text_encoder_path``, or trained into the output."""
-    return Path(args.text_encoder_path or Path(args.output_dir) / "char_cnn_rnn")
-
-
-def prepare_text_encoder(accelerator, args, train_dataset, train_images, test_dataset) -> tuple[TextEncoder, dict[str, float]]:
-    """The frozen text encoder: loaded, or a char-CNN-RNN trained on the main process, with Reed's joint-embedding
-    loss or distilled from ``--text_encoder_teacher`` (then θ alone is fitted to it, for R-precision)."""
-    if args.text_encoder_path is not None:  # a folder of an earlier run keeps its joint-embedding metrics
-        folder = Path(args.text_encoder_path)
-        metrics_file, summary_file = folder / "joint_embedding_metrics.json", folder / "training_summary.json"
-        if metrics_file.is_file():
-            metrics = {f"text_encoder_{k}": v for k, v in json.loads(metrics_file.read_text()).items()}
-        elif summary_file.is_file():  # a saved pipeline (e.g. pretrained): its card recorded the encoder's metrics
-            metrics = {k: v for k, v in json.loads(summary_file.read_text()).get("metrics", {}).items() if k.startswith("text_encoder_")}
-        else:
-            metrics = {}
-        return TextEncoder.from_pretrained(args.text_encoder_path), metrics
-    if args.text_encoder != "char-cnn-rnn":
-        return TextEncoder.from_pretrained(args.text_encoder), {}
-
-    trained_dir = text_encoder_folder(args)  # reused on resume, so a restart never retrains it
-    metrics_file = trained_dir / "joint_embedding_metrics.json"
-    if accelerator.is_main_process and not metrics_file.exists():
-        set_seed(args.seed)  # the text-encoder phase's own stream: a restart after a kill inside it redraws the same
-        if args.text_encoder_teacher is not None:
-            text_encoder, metrics = distill_teacher(accelerator, args, train_dataset, test_dataset)
-        else:
-            text_encoder, metrics = build_char_cnn_rnn(**args.char_cnn_rnn_config), {}
-        result = train_joint_embedding(
-            train_images,
-            train_dataset["captions"],
-            torch.tensor(train_dataset["label"]),
-            text_encoder,
-            resolution=args.resolution,
-            steps=args.text_encoder_steps,
-            batch_size=args.text_encoder_batch_size,
-            learning_rate=args.text_encoder_learning_rate or 3e-3,
-            train_text_encoder=args.text_encoder_teacher is None,
-            seed=args.seed,
-            device=accelerator.device,
-            progress=True,
-            test_images=images_to_uint8(test_dataset, train_images.shape[-1]) if test_dataset is not None else None,
-            test_captions=test_dataset["captions"] if test_dataset is not None else None,
-            test_labels=torch.tensor(test_dataset["label"]) if test_dataset is not None else None,
-        )
-        partial = trained_dir.with_name(trained_dir.name + ".partial")
-        shutil.rmtree(partial, ignore_errors=True)
-        result.text_encoder.save_pretrained(partial)
-        result.image_encoder.save_pretrained(partial / JOINT_IMAGE_ENCODER_FOLDER)  # for R-precision in t2i.evaluation
-        (partial / "joint_embedding_metrics.json").write_text(json.dumps({**metrics, **result.metrics}, indent=2))
-        shutil.rmtree(trained_dir, ignore_errors=True)
-        os.replace(partial, trained_dir)
-        logger.info(f"char-CNN-RNN joint embedding: {result.metrics}")
-    accelerator.wait_for_everyone()
-    metrics = json.loads(metrics_file.read_text())
-    return TextEncoder.from_pretrained(trained_dir), {f"text_encoder_{k}": v for k, v in metrics.items()}
-
-
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
     """Give the EMA generator BatchNorm statistics of its own averaged weights.
 
@@ -381,18 +300,6 @@ def evaluate_and_keep_best(accelerator, scorer: GeneratorScorer, generator, ema_
     return best
 
 
-def _text_encoder_description(args, text_encoder: TextEncoder, text_metrics: dict[str, float]) -> str:
-    if args.text_encoder_path is None and args.text_encoder_teacher is not None:
-        return f"char-CNN-RNN (trained here, distilled from {args.text_encoder_teacher})"
-    if args.text_encoder_path is None:
-        return "char-CNN-RNN (trained here, DS-SJE)" if args.text_encoder == "char-cnn-rnn" else args.text_encoder
-    objective = "distilled from a sentence encoder" if "text_encoder_distillation_steps" in text_metrics else "DS-SJE"
-    kind = f"char-CNN-RNN ({objective})" if isinstance(text_encoder.model, CharCnnRnnEncoder) else type(text_encoder.model).__name__
-    source = Path(args.text_encoder_path)
-    origin = f"the text encoder of the pipeline {source.name}" if (source / "model_index.json").is_file() else source.name
-    return f"{kind}, {text_encoder.embedding_dim}-d, trained beforehand ({origin})"
-
-
 def _hardware(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} × {torch.cuda.get_device_name(accelerator.device)}"
@@ -437,14 +344,19 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError):
         test_dataset = None
     train_images = images_to_uint8(train_dataset, load_size_for(args.resolution))
-    text_encoder, text_metrics = prepare_text_encoder(accelerator, args, train_dataset, train_images, test_dataset)
+    text_spec = TextEncoderSpec(
+        name=args.text_encoder, path=args.text_encoder_path, teacher=args.text_encoder_teacher, steps=args.text_encoder_steps,
+        batch_size=args.text_encoder_batch_size, learning_rate=args.text_encoder_learning_rate, char_cnn_rnn_config=args.char_cnn_rnn_config,
+    )
+    text_encoder, text_metrics = prepare_text_encoder(text_spec, accelerator, args.output_dir, train_dataset, train_images, test_dataset,
+                                                      args.resolution, args.seed, args.cache_dir)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
     validation_embeds = text_encoder.encode(args.validation_prompts)
     joint_image_encoder = None
     if args.matching_loss_weight > 0:  # θ of the text encoder's joint embedding, frozen
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        joint_image_encoder = load_joint_image_encoder(text_encoder_folder(args)).to(accelerator.device, memory_format=memory_format)
+        joint_image_encoder = load_joint_image_encoder(text_spec.folder(args.output_dir)).to(accelerator.device, memory_format=memory_format)
     scorer = None
     if args.evaluation_steps is not None:
         if test_dataset is None or "attributes" not in test_dataset.column_names:
@@ -594,7 +506,7 @@ def main(argv: list[str] | None = None) -> None:
             dataset_description=f"{len(train_dataset)} training images (split '{args.train_split}')"
                                 + (", a local folder." if os.path.isdir(args.dataset_name) else "."),
             synthetic_data="attributes" in train_dataset.column_names,
-            text_encoder=_text_encoder_description(args, text_encoder, text_metrics),
+            text_encoder=text_spec.description(text_encoder, text_metrics),
             resolution=args.resolution,
             training_command="accelerate launch " + shlex.join(["train_accelerate.py", *(argv if argv is not None else sys.argv[1:])]),
             training_steps=global_step,
@@ -606,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
             widget_prompts=list(args.validation_prompts),
         )
         pipeline.save_with_model_card(args.output_dir, card)
-        trained_image_encoder = text_encoder_folder(args) / JOINT_IMAGE_ENCODER_FOLDER
+        trained_image_encoder = text_spec.folder(args.output_dir) / JOINT_IMAGE_ENCODER_FOLDER
         if trained_image_encoder.is_dir():  # θ travels with the pipeline so evaluation can compute R-precision
             shutil.copytree(trained_image_encoder, Path(args.output_dir) / JOINT_IMAGE_ENCODER_FOLDER, dirs_exist_ok=True)
         (Path(args.output_dir) / "training_summary.json").write_text(json.dumps({"final_losses": losses, **card.__dict__}, indent=2, default=str))

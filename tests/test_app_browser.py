@@ -75,10 +75,19 @@ def test_generate_and_interpolate_in_chromium(app_url, tmp_path):
         page.get_by_role("button").filter(has_text="Randomise").click()
         expect(page.get_by_label("Seed", exact=True)).not_to_have_value("123")
 
-        # Bad input: a visible message, and the app keeps working.
+        # Bad input: a visible message, the previous result is cleared (never shown under the error), and the app
+        # keeps working.
         page.get_by_label("Describe a flower").fill("   ")
         page.locator("#generate-button").click()
         expect(page.get_by_text("the prompt is empty").first).to_be_visible()
+        expect(page.locator("#generate-summary")).not_to_contain_text("5 image(s) from seed 123")
+        expect(page.locator("#generate-gallery img")).to_have_count(0)
+
+        # 16 images: the gallery grows to show both rows whole (nothing cropped at its bottom).
+        generate(page, "a flower with many thin yellow petals", 16, 7)
+        gallery_bottom = page.locator("#generate-gallery").evaluate("e => e.getBoundingClientRect().bottom")
+        last_image_bottom = page.locator("#generate-gallery img").last.evaluate("e => e.getBoundingClientRect().bottom")
+        assert last_image_bottom <= gallery_bottom + 1
 
         # Two prompts, noise fixed: a strip of 8 images, downloadable as one PNG and as a GIF.
         page.get_by_role("tab").filter(has_text="Interpolate").first.click()
