@@ -63,9 +63,10 @@ RECIPES = {
     "t2i-v2": {"fusion": "input", "conditioning_augmentation": False, "normalize_text": False, "text_batch_norm": True,
                "conditioning": "projection", "projection_scales": 1, "mode_seeking_weight": 0.5, "diff_augment": [],
                "ngf": 32, "ndf": 32},
-    # Model v3: text affine in every G block, conditioning augmentation on L2-normalised text, a two-scale projection D,
-    # DiffAugment (translation, cutout) and mode seeking (docs/results.md, "Model v3").
-    "t2i-v3": {"fusion": "affine", "conditioning_augmentation": True, "normalize_text": True, "text_batch_norm": True,
+    # Model v3: text affine in every G block on L2-normalised text with text BatchNorm, a two-scale projection D,
+    # DiffAugment (translation, cutout) and mode seeking (docs/results.md, "Model v3"). Conditioning augmentation
+    # measured worse in the pilots (its sampled code drowned the text) and stays an option.
+    "t2i-v3": {"fusion": "affine", "conditioning_augmentation": False, "normalize_text": True, "text_batch_norm": True,
                "conditioning": "projection", "projection_scales": 2, "mode_seeking_weight": 0.5,
                "diff_augment": ["translation", "cutout"], "ngf": 32, "ndf": 32},
 }
@@ -113,7 +114,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--conditioning_augmentation", action=argparse.BooleanOptionalAction, default=False,
                        help="StackGAN's conditioning augmentation: G's text code is sampled from N(μ(e), σ(e)²), with --kl_weight")
     model.add_argument("--normalize_text", action=argparse.BooleanOptionalAction, default=False,
-                       help="L2-normalise sentence embeddings before G and D project them")
+                       help="L2-normalise sentence embeddings before G projects them (short prompts and captions on one scale)")
     model.add_argument("--projection_scales", type=int, default=1,
                        help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
 
@@ -237,6 +238,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Text encoder and validation
 
 
+MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
+               "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight")
+
+
+def model_flags(args: argparse.Namespace) -> dict:
+    """The flags that shape G and D (a checkpoint resumes only with the same ones); ``aux_class_weight`` adds D's class head."""
+    return {name: getattr(args, name) for name in MODEL_FLAGS}
+
+
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
     """Give the EMA generator BatchNorm statistics of its own averaged weights.
 
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
         if checkpoints:
             resume_from = checkpoints[-1]
-            check_resumable(resume_from, accelerator.num_processes, accelerator.process_index, args.train_batch_size)
+            check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_flags(args))
 
     # Data: decoded once into a uint8 tensor, captions embedded once (cached across runs).
     train_dataset = load_captioned_dataset(args.dataset_name, args.train_split, args.image_column, args.caption_column)
@@ -427,6 +437,13 @@ def main(argv: list[str] | None = None) -> None:
         seconds_before_resume = training_state.get("train_seconds", 0.0)  # so the model card's wall time covers every run
         gan_seconds_before_resume = training_state.get("gan_seconds", 0.0)
         best = training_state.get("best")
+        published = Path(args.output_dir) / BEST_GENERATOR_FOLDER / "evaluation.json"
+        if accelerator.is_main_process and published.is_file() and json.loads(published.read_text())["step"] != (best or {}).get("step"):
+            # Published after this checkpoint by the killed run: its step is replayed and scored again from here.
+            logger.warning(f"{published.parent} comes from step {json.loads(published.read_text())['step']}, after {resume_from}: "
+                           "removed, the steps from the checkpoint on are evaluated again")
+            shutil.rmtree(published.parent)
+            best = None
         loader.generator.set_state(rng_state["loader_epoch_start"])
         noise_rng.set_state(rng_state["noise"])
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
@@ -466,6 +483,7 @@ def main(argv: list[str] | None = None) -> None:
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                 training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1,
                                   "num_processes": accelerator.num_processes, "per_process_batch_size": args.train_batch_size,
+                                  "model_config": model_flags(args),
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
                                   "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
@@ -495,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
             recalibrate_ema(ema_generator, embeddings, args.train_batch_size, args.seed, accelerator.device)
         final_generator = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
         final_generator = final_generator.to(memory_format=torch.contiguous_format).cpu()
-        if best is not None:  # the best-scoring generator, not the last
+        if best is not None and (Path(args.output_dir) / BEST_GENERATOR_FOLDER).is_dir():  # the best-scoring generator, not the last
             final_generator = GanClsGenerator.from_pretrained(Path(args.output_dir) / BEST_GENERATOR_FOLDER)
             accelerator.print(f"Saving the best generator: step {best['step']}, {best['metric']} = {best['value']:.4f}")
         pipeline = GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=final_generator)

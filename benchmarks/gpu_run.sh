@@ -14,7 +14,7 @@
 # folder), evaluation.json/.md, robustness.json, samples.png, interpolation.png and summary.json with every figure.
 set -euo pipefail
 OUT=${1:?usage: gpu_run.sh OUT_DIR [--smoke]}
-SMOKE=0; [ "${2:-}" = "--smoke" ] && SMOKE=1
+SMOKE=0; if [ "${2:-}" = "--smoke" ]; then SMOKE=1; fi
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -48,15 +48,19 @@ tail -1 "$OUT/cuda_tests.log"
 # 3. Training speed: the full GAN-INT-CLS step, ngf = ndf = 64, 64 px, bf16, with and without torch.compile.
 if [ "$SMOKE" = 1 ]; then BATCHES="8"; SPEED=(--ngf 8 --ndf 8 --steps 2 --warmup 1 --num_images 64); PRECISION=no
 else BATCHES=${SPEED_BATCHES:-"64 256 1024 4096"}; SPEED=(--steps 30 --warmup 10); PRECISION=bf16; fi
-[ "$HAS_CUDA" = 1 ] || PRECISION=no
+if [ "$HAS_CUDA" != 1 ]; then PRECISION=no; fi
 for recipe in reed v3; do
-  flags=(); [ "$recipe" = v3 ] && flags=(--fusion affine --conditioning_augmentation --text_batch_norm --conditioning projection
-                                         --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5)
+  flags=()
+  if [ "$recipe" = v3 ]; then  # the t2i-v3 recipe's model and objective
+    flags=(--fusion affine --text_batch_norm --conditioning projection --projection_scales 2 --diff_augment translation cutout
+           --mode_seeking_weight 0.5)
+  fi
   for batch in $BATCHES; do
     for compile in 0 1; do
-      [ "$compile" = 1 ] && [ "$HAS_CUDA" = 0 ] && continue  # compiling on a CPU runner costs minutes and measures nothing
-      name="train_speed_${recipe}_b${batch}$([ "$compile" = 1 ] && echo _compile)"
-      extra=(); [ "$compile" = 1 ] && extra=(--torch_compile)
+      if [ "$compile" = 1 ] && [ "$HAS_CUDA" = 0 ]; then continue; fi  # compiling on a CPU costs minutes, measures nothing
+      suffix=""; extra=()
+      if [ "$compile" = 1 ]; then suffix=_compile; extra=(--torch_compile); fi
+      name="train_speed_${recipe}_b${batch}${suffix}"
       stage "$name"
       python benchmarks/train_speed.py "${SPEED[@]}" --batch_size "$batch" --mixed_precision "$PRECISION" --channels_last \
         "${flags[@]}" "${extra[@]}" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1 || echo "$name failed (see $name.log)"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Model v3 pilots (on the t2i-v2 recipe, whose flags are all explicit below): each generator design trained for the same wall time (not the same steps: the designs differ in
-# cost per step), with two seeds, the same data, text encoder, discriminator and losses, then scored the same way.
+# Model v3 pilots: each generator design trained for the same wall time (not the same steps: the designs differ
+# in cost per step), with two seeds, the same data, text encoder, discriminator and losses (on the t2i-v2 recipe,
+# with the flags below), then scored the same way by benchmarks/pilots_report.py.
 #
 #   bash benchmarks/pilots_v3.sh DATASET TEXT_ENCODER OUT_DIR [MINUTES]
 #
@@ -21,6 +22,7 @@ ROWS=(
   "reed_g|Reed's generator (text at the input, transposed convolutions)|--fusion input"
   "affine|text affine in every block|--fusion affine"
   "affine_ca|text affine in every block + conditioning augmentation + L2-normalised text|--fusion affine --conditioning_augmentation --normalize_text"
+  "affine_norm|text affine in every block + L2-normalised text (the t2i-v3 recipe)|--fusion affine --normalize_text"
 )
 for seed in 0 1; do
   for row in "${ROWS[@]}"; do

@@ -83,11 +83,13 @@ def _build_from_config(model_class: type, folder: Path) -> torch.nn.Module:
     return model_class._from_config(model_class.config_class.from_pretrained(folder))
 
 
-def _expected_shapes(model_class: type, folder: Path) -> dict[str, tuple[int, ...]]:
+def _expected_shapes(model_class: type, folder: Path) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """The model's state-dict shapes, and the names of its non-persistent buffers (which files may still hold)."""
     # Build the model on the meta device: shapes without memory or initialisation cost.
     with torch.device("meta"):
         model = _build_from_config(model_class, folder)
-    return {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    state = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    return state, {name for name, _ in model.named_buffers()} - set(state)
 
 
 def _wrapper_prefix(stored: set[str], expected: set[str]) -> str | None:
@@ -113,24 +115,32 @@ def check_component_folder(model_class: type, folder: str | os.PathLike) -> str 
     if not safetensors_files or not issubclass(model_class, (ModelMixin, PreTrainedModel)):
         return None
     try:
-        expected = _expected_shapes(model_class, folder)
+        expected, non_persistent = _expected_shapes(model_class, folder)
     except (ValueError, TypeError) as error:
         raise CheckpointError(f"{folder / 'config.json'}: invalid {model_class.__name__} config ({error})") from error
     stored_keys: set[str] = set()
     for file in safetensors_files:
         with safe_open(file, framework="pt") as handle:
             stored_keys.update(handle.keys())
-    prefix = _wrapper_prefix(stored_keys, set(expected))
+    prefix = _wrapper_prefix(stored_keys - non_persistent, set(expected))
     if prefix is not None:
         logger.warning("%s: every tensor name starts with %r (a wrapped model saved as is); loading without the prefix", folder, prefix)
-    elif stored_keys != set(expected):
-        missing, unexpected = sorted(set(expected) - stored_keys), sorted(stored_keys - set(expected))
-        files = ", ".join(str(f) for f in safetensors_files)
-        raise CheckpointError(
-            f"{files}: the stored tensors do not match the {model_class.__name__} that {folder / 'config.json'} describes: "
-            f"{len(missing)} missing (first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]}). "
-            "Loading it would leave weights random."
-        )
+    else:
+        # t2i's own models must match exactly. A third-party transformers checkpoint may legitimately hold more (a head,
+        # CLIP's vision tower) and name its tensors with the model's base prefix, which transformers resolves itself.
+        own = issubclass(model_class, SafetensorsOnlyMixin)
+        base = f"{getattr(model_class, 'base_model_prefix', '')}." if not own else None
+        names = {key[len(base):] if base and base != "." and key.startswith(base) else key for key in stored_keys}
+        missing, unexpected = sorted(set(expected) - names), sorted(names - set(expected) - non_persistent)
+        if missing or (unexpected and own):
+            files = ", ".join(str(f) for f in safetensors_files)
+            raise CheckpointError(
+                f"{files}: the stored tensors do not match the {model_class.__name__} that {folder / 'config.json'} describes: "
+                f"{len(missing)} missing (first: {missing[:3]}), {len(unexpected)} unexpected (first: {unexpected[:3]}). "
+                "Loading it would leave weights random."
+            )
+        if unexpected:
+            logger.info("%s: %d stored tensors the %s does not use (e.g. %s)", folder, len(unexpected), model_class.__name__, unexpected[:3])
     for file in safetensors_files:
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():

@@ -169,11 +169,12 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             self.net = nn.Sequential(*layers)
         else:
             self.stem = nn.Sequential(*layers)
-            widths = [width // 2**i for i in range(num_up + 1)]  # the last block at full resolution has ngf / 2
+            # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
+            widths = [width] + [max(width // 2**i, 8) for i in range(1, num_up + 1)]
             self.up_blocks = nn.ModuleList(
-                TextAffineUpBlock(widths[i], max(widths[i + 1], 8), noise_dim + text_proj_dim) for i in range(num_up)
+                TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim) for i in range(num_up)
             )
-            self.to_rgb = nn.Sequential(nn.Conv2d(max(widths[-1], 8), out_channels, 3, 1, 1), nn.Tanh())
+            self.to_rgb = nn.Sequential(nn.Conv2d(widths[-1], out_channels, 3, 1, 1), nn.Tanh())
         dcgan_init_(self)
         for block in getattr(self, "up_blocks", []):
             nn.init.zeros_(block.affine.weight)

@@ -391,3 +391,10 @@ def test_kills_inside_and_right_after_the_text_encoder_phase_change_nothing(char
     run([*char_cnn_rnn_args, "--resume_from_checkpoint", "latest"], resumed)
     for name in ("generator/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "checkpoint-6/model_1.safetensors"):
         assert_identical(load_file(resumed / name), load_file(uninterrupted / name))
+
+
+def test_resuming_with_another_model_is_refused_before_any_work(train_args, tmp_path):
+    run([*train_args, "--max_train_steps", "3"], tmp_path)
+    resumed = run([*train_args, "--max_train_steps", "6", "--ngf", "16", "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert resumed.returncode != 0 and "holds another model: ngf 8 (now 16)" in resumed.stderr
+    assert "steps/epoch" not in resumed.stdout

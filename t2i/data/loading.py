@@ -148,14 +148,20 @@ def _check_hub_dataset(name: str) -> None:
     make_it = f"Make the synthetic set with `python -m t2i.data synth --out {name}`, or give a Hub dataset id (org/name)."
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         raise FileNotFoundError(f"{name}: no such dataset folder. {make_it}")
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return  # offline mode: `datasets` looks in its own cache
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
 
+    if constants.HF_HUB_OFFLINE or datasets_config.HF_DATASETS_OFFLINE:
+        return  # offline mode: `datasets` looks in its own cache
     try:
         HfApi().dataset_info(name, revision="main", timeout=10)  # the revision route: mirrors like olah serve it
-    except (HfHubHTTPError, ValueError) as error:  # not found, gated, or not a valid repo id
+    except HfHubHTTPError as error:
+        status = getattr(error.response, "status_code", None)
+        if status is not None and (status >= 500 or status == 429):  # the Hub is there but busy: let `datasets` try
+            logger.warning("the Hub answered %s for %s; trying `datasets` (and its cache) anyway", status, name)
+            return
+        raise FileNotFoundError(f"{name}: no such local folder, and not a Hub dataset ({type(error).__name__}). {make_it}") from error
+    except ValueError as error:  # not a valid repo id
         raise FileNotFoundError(f"{name}: no such local folder, and not a Hub dataset ({type(error).__name__}). {make_it}") from error
     except Exception as error:  # connection refused, DNS failure, time-out (httpx errors are not OSErrors)
         raise FileNotFoundError(f"{name}: no such local folder, and the Hub could not be reached ({error.__class__.__name__}). {make_it}") from error

@@ -87,17 +87,18 @@ def save_checkpoint(
     return final
 
 
-def check_resumable(checkpoint: Path, num_processes: int, process_index: int, per_process_batch_size: int) -> None:
+def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size: int, model_config: dict | None = None) -> None:
     """Refuse, before any work, a checkpoint this launch cannot continue exactly.
 
     A run's random streams are per process and its batches are global, so a checkpoint continues only with the
     process count and per-process batch size it was written with (``training_state.json`` records both; for older
-    checkpoints the count is that of their ``t2i_rng_*.safetensors`` files). Every process runs this check and
-    raises the same error, so none is left waiting for the others.
+    checkpoints the count is that of their ``t2i_rng_*.safetensors`` files), and with the model it holds
+    (``model_config``: the flags that shape G and D, also recorded). Every process runs this check on every file,
+    and raises the same error, so none is left waiting for the others.
 
     Raises:
-        ValueError: another process count or batch size, with the command line that resumes the run.
-        FileNotFoundError: this process's random-state file is missing (named).
+        ValueError: another process count, batch size or model, with what resumes the run.
+        FileNotFoundError: a process's random-state file is missing (named).
     """
     state = json.loads((checkpoint / "training_state.json").read_text())
     saved_processes = state.get("num_processes", len(list(checkpoint.glob("t2i_rng_*.safetensors"))))
@@ -110,9 +111,17 @@ def check_resumable(checkpoint: Path, num_processes: int, process_index: int, pe
             f"`accelerate launch --num_processes {saved_processes} ... --train_batch_size {saved_batch or per_process_batch_size}`, "
             "or start a new run in another --output_dir."
         )
-    rng_file = checkpoint / f"t2i_rng_{process_index}.safetensors"
-    if not rng_file.is_file():
-        raise FileNotFoundError(f"{rng_file}: this process's random-state file is missing, so {checkpoint} cannot be resumed exactly")
+    saved_model = state.get("model_config")
+    if saved_model is not None and model_config is not None and saved_model != model_config:
+        changed = {k: (saved_model.get(k), model_config.get(k)) for k in saved_model.keys() | model_config.keys()
+                   if saved_model.get(k) != model_config.get(k)}
+        flags = " ".join(f"--{k} {v}" for k, (v, _) in sorted(changed.items()))
+        raise ValueError(f"{checkpoint} holds another model: {', '.join(f'{k} {a!r} (now {b!r})' for k, (a, b) in sorted(changed.items()))}. "
+                         f"Resume with the flags it was trained with ({flags}), or start a new run in another --output_dir.")
+    for rank in range(num_processes):
+        rng_file = checkpoint / f"t2i_rng_{rank}.safetensors"
+        if not rng_file.is_file():
+            raise FileNotFoundError(f"{rng_file}: this process's random-state file is missing, so {checkpoint} cannot be resumed exactly")
 
 
 def load_checkpoint(accelerator, checkpoint: Path, ema_generator: torch.nn.Module | None = None) -> tuple[dict, dict[str, torch.Tensor]]:

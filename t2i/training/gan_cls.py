@@ -115,7 +115,9 @@ def train_step(
     noise = torch.randn(text_for_g.shape[0], model.config.noise_dim, generator=rng).to(device)
     code_noise = None
     if model.config.conditioning_augmentation:
-        code_noise = torch.randn(text_for_g.shape[0], model.config.text_proj_dim, generator=rng).to(device)
+        code_noise = torch.randn(num_judged, model.config.text_proj_dim, generator=rng).to(device)
+        if objective.mode_seeking_weight > 0:  # the second images share their caption's ε: they differ by z alone
+            code_noise = torch.cat([code_noise, code_noise[:half]])
 
     def augment(images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, objective.diff_augment, rng) if objective.diff_augment else images
