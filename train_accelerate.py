@@ -201,6 +201,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
+    for name in ("kl_weight", "feature_matching_weight", "aux_class_weight"):
+        if getattr(args, name) < 0:
+            parser.error(f"--{name} must be ≥ 0, got {getattr(args, name)}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0.0 <= getattr(args, name) < 1.0:
+            parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
+    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "int_beta"):
+        if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
+    if not isinstance(args.char_cnn_rnn_config, dict):
+        parser.error(f"--char_cnn_rnn_config must be a JSON object, e.g. '{{\"rnn_type\": \"gru\"}}', got {args.char_cnn_rnn_config!r}")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
         parser.error("--matching_loss_weight and --mode_seeking_weight must be ≥ 0")
     if args.matching_loss_weight > 0 and (
@@ -214,7 +225,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "and without --text_encoder_path")
     if any(not p.strip() for p in args.validation_prompts):
         parser.error("--validation_prompts must not contain empty prompts")
-    if not os.path.exists(args.dataset_name) and not re.fullmatch(r"[\w.-]+/[\w.-]+", args.dataset_name):
+    path_like = args.dataset_name.startswith((".", "/", "~")) or args.dataset_name.count("/") > 1
+    if not os.path.exists(args.dataset_name) and (path_like or not re.fullmatch(r"[\w.-]+/[\w.-]+", args.dataset_name)):
         parser.error(f"--dataset_name {args.dataset_name!r}: no such folder or file, and not a Hub id of the form 'org/name'")
     if args.text_encoder_path is not None and not os.path.isdir(args.text_encoder_path):
         parser.error(f"--text_encoder_path {args.text_encoder_path!r}: no such folder")

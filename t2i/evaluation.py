@@ -419,17 +419,21 @@ def evaluate_pipeline(
     fd_real = frechet_distance(train_features, real_features[test_pick])
 
     # Diversity: per test class, one caption × `diversity_seeds` seeds against that many real images of the class.
-    generated_spread, real_spread = [], []
+    generated_spread, real_spread, counts = [], [], []
     for label in labels.unique().tolist():
         members = (labels == label).nonzero().flatten()
         if len(members) < 2:
             continue
         count = min(diversity_seeds, len(members))
+        counts.append(count)
         caption_embed = pipeline.encode_prompt([all_captions[int(members[0])][0]]).expand(count, -1)
         images = _generate(pipeline, caption_embed, [10_000_019 * (label + 1) + k for k in range(count)], batch_size)
         generated_spread.append(mean_pairwise_distance(oracle.predict(images)[1]))
         real_spread.append(mean_pairwise_distance(real_features[members[:count]]))
-    diversity_generated, diversity_real = sum(generated_spread) / len(generated_spread), sum(real_spread) / len(real_spread)
+    if counts:
+        diversity_generated, diversity_real = sum(generated_spread) / len(generated_spread), sum(real_spread) / len(real_spread)
+    else:  # no test class has two images (a tiny set): nothing to compare against
+        diversity_generated = diversity_real = float("nan")
 
     results = {
         "num_samples": num_samples,
@@ -440,7 +444,8 @@ def evaluate_pipeline(
         "frechet_distance": {"generated_vs_real_test": fd_generated, "real_train_vs_real_test": fd_real,
                              "ratio": fd_generated / fd_real, "sample_size": reference_size},
         "diversity": {"generated": diversity_generated, "real_same_class": diversity_real,
-                      "ratio": diversity_generated / diversity_real, "images_per_class": diversity_seeds},
+                      "ratio": diversity_generated / diversity_real if counts else float("nan"),
+                      "images_per_class": max(counts, default=0), "classes": len(counts)},
         "r_precision": None,
         "fid_inception": None,
     }
@@ -661,5 +666,5 @@ if __name__ == "__main__":
 
     try:
         main()
-    except (FileNotFoundError, CheckpointError) as error:  # a missing set or model, a refused file: say it, no traceback
+    except (FileNotFoundError, ValueError) as error:  # a missing set, split or model, a refused file: say it, no traceback
         sys.exit(f"error: {error}")

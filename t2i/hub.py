@@ -116,8 +116,12 @@ def check_component_folder(model_class: type, folder: str | os.PathLike) -> str 
         return None
     try:
         expected, non_persistent = _expected_shapes(model_class, folder)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, RuntimeError) as error:  # RuntimeError: e.g. a negative width
         raise CheckpointError(f"{folder / 'config.json'}: invalid {model_class.__name__} config ({error})") from error
+    if issubclass(model_class, ModelMixin):
+        saved_class = model_class.load_config(folder).get("_class_name")
+        if saved_class not in (None, model_class.__name__):
+            raise CheckpointError(f"{folder / 'config.json'}: a {saved_class} config where a {model_class.__name__} is expected")
     stored_keys: set[str] = set()
     for file in safetensors_files:
         with safe_open(file, framework="pt") as handle:
@@ -145,6 +149,10 @@ def check_component_folder(model_class: type, folder: str | os.PathLike) -> str 
         with safe_open(file, framework="pt") as handle:
             for key in handle.keys():
                 stored = tuple(handle.get_slice(key).get_shape())
+                if issubclass(model_class, SafetensorsOnlyMixin):  # t2i's own models are small: every value is checked
+                    tensor = handle.get_tensor(key)
+                    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        raise CheckpointError(f"{file}: tensor {key!r} holds NaN or infinite values")
                 key = key[len(prefix):] if prefix else key
                 if key in expected and expected[key] != stored:
                     raise CheckpointError(

@@ -86,8 +86,10 @@ class GanClsPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts or not all(isinstance(p, str) for p in prompts):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        if any(not p.strip() for p in prompts):
-            raise ValueError("prompt is empty: describe the flower, e.g. 'a flower with five red petals'")
+        empty = [i for i, p in enumerate(prompts) if not p.strip()]
+        if empty:
+            where = f" (item {empty[0]} of the list)" if len(prompts) > 1 else ""
+            raise ValueError(f"prompt is empty{where}: describe the flower, e.g. 'a flower with five red petals'")
         check_readable(self.tokenizer, prompts)
         return encode_text(self.tokenizer, self.text_encoder, prompts).to(self.generator.dtype)
 
@@ -138,11 +140,15 @@ class GanClsPipeline(DiffusionPipeline):
         """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
-        if not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
+        if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
+        if generator is not None and not isinstance(generator, (torch.Generator, list)):
+            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
+        if prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[1] != self.generator.config.text_embed_dim):
+            raise ValueError(f"prompt_embeds must have shape [B, {self.generator.config.text_embed_dim}], got {tuple(prompt_embeds.shape)}")
         # Looked up once: diffusers finds the execution device by walking every module (about 0.5 ms here).
         device = self._execution_device
-        text_embeds = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds
+        text_embeds = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds.to(self.generator.dtype)
         text_embeds = text_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if latents is None:
             latents = self.prepare_latents(text_embeds.shape[0], generator, device)
@@ -150,6 +156,8 @@ class GanClsPipeline(DiffusionPipeline):
             raise ValueError(
                 f"latents must have shape {(text_embeds.shape[0], self.generator.config.noise_dim)}, got {tuple(latents.shape)}"
             )
+        else:
+            latents = latents.to(self.generator.dtype)
         return self._render(latents, text_embeds, output_type, return_dict, device)
 
     def interpolate(

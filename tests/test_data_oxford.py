@@ -251,3 +251,21 @@ def test_16_bit_images_keep_their_values_in_the_builder_and_the_transforms(tmp_p
     assert built.max() < 255 and built.min() < 10  # Pillow's own conversion would make all but one pixel white
     tensor = pil_to_uint8(resize_center_crop(Image.open(io.BytesIO(buffer.getvalue())), 8))
     np.testing.assert_allclose(tensor[0].numpy().astype(int), np.round(ramp / 257), atol=2)
+
+
+def test_utf16_without_a_bom_and_odd_16_bit_images():
+    from t2i.data.oxford import decode_caption_file
+    from t2i.data.transforms import to_rgb8
+
+    assert decode_caption_file("“curly” — quotes".encode("utf-16-le"))[:2] == ("“curly” — quotes", "utf-16-le")
+    assert decode_caption_file("a red flower".encode("utf-16-be"))[:2] == ("a red flower", "utf-16-be")
+    buffer = io.BytesIO()
+    Image.fromarray(np.linspace(0, 65535, 4096).reshape(64, 64).astype(np.uint16)).save(buffer, "PNG", transparency=0)
+    converted = np.asarray(to_rgb8(Image.open(io.BytesIO(buffer.getvalue()))))
+    assert (converted == 255).mean() < 0.01 and abs(int(converted[32, 32, 0]) - 128) <= 2  # scaled; only the transparent pixel white
+    buffer = io.BytesIO()
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (10, 20, 30)
+    Image.fromarray(rgb).save(buffer, "PNG", transparency=(0, 0, 0))
+    converted = np.asarray(to_rgb8(Image.open(io.BytesIO(buffer.getvalue()))))
+    assert tuple(converted[0, 0]) == (10, 20, 30) and tuple(converted[1, 1]) == (255, 255, 255)  # RGB tRNS: on white

@@ -156,3 +156,18 @@ def test_the_same_seed_gives_the_same_image_on_cuda(tiny_pipeline):
     second = pipeline("a red flower", num_images_per_prompt=3, generator=seeded(7), output_type="pt").images
     assert torch.equal(first, second)
     assert not torch.equal(first, pipeline("a red flower", num_images_per_prompt=3, generator=seeded(8), output_type="pt").images)
+
+
+def test_bad_arguments_are_named(tiny_pipeline):
+    with pytest.raises(ValueError, match="num_images_per_prompt must be a positive integer"):
+        tiny_pipeline("a red flower", num_images_per_prompt=True)
+    with pytest.raises(ValueError, match="generator must be a torch.Generator"):
+        tiny_pipeline("a red flower", generator=0)
+    with pytest.raises(ValueError, match=r"prompt_embeds must have shape \[B, 32\]"):
+        tiny_pipeline(prompt_embeds=torch.zeros(2, 7))
+    with pytest.raises(ValueError, match=r"prompt is empty \(item 1 of the list\)"):
+        tiny_pipeline(["a red flower", "  "])
+    # float64 inputs are cast, not refused with a matrix-multiplication error
+    images = tiny_pipeline(prompt_embeds=torch.zeros(1, 32, dtype=torch.float64), latents=torch.zeros(1, 100, dtype=torch.float64),
+                           output_type="np").images
+    assert images.shape == (1, 64, 64, 3)

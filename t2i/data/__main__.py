@@ -9,6 +9,7 @@ Both accept `--push_to_hub USER/REPO [--private]` to upload the result as a Hub 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 import logging
 import time
 
@@ -38,7 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         command.add_argument("--out", required=True, help="output folder (parquet shards + README.md)")
         command.add_argument("--push_to_hub", "--push-to-hub", dest="push_to_hub", metavar="REPO", default=None)
         command.add_argument("--private", action="store_true", help="create the Hub repo as private")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Both splits need images; below 40 the seeded split may leave the test split empty.
+    if args.command == "synth" and args.num_images < 40:
+        parser.error(f"--num-images must be at least 40 (train and test splits both need images), got {args.num_images}")
+    if args.command == "synth" and (args.num_proc is not None and args.num_proc < 1):
+        parser.error(f"--num-proc must be ≥ 1, got {args.num_proc}")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        parser.error(f"--out {args.out!r} is a file, not a folder")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:

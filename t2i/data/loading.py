@@ -121,9 +121,14 @@ def load_captioned_dataset(
         FileNotFoundError: `name_or_path` is neither a local folder nor a Hub dataset that can be reached. A name
             that can only be a path (starts with ".", "/" or "~", or has more than one "/") is never sent to the Hub.
     """
+    if not os.fspath(name_or_path).strip():
+        raise ValueError("the dataset name is empty: give a folder (python -m t2i.data synth --out DIR) or a Hub id")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         _check_hub_dataset(os.fspath(name_or_path))
+    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+        raise FileNotFoundError(f"{name_or_path}: the folder is empty. Make the synthetic set there with "
+                                f"`python -m t2i.data synth --out {name_or_path}`.")
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):

@@ -163,7 +163,8 @@ def checked_rgb_image(data: bytes) -> tuple[bytes, str | None] | None:
 def decode_caption_file(raw: bytes) -> tuple[str, str | None, list[str]]:
     """The text a person wrote in a caption file: (text, the encoding if not UTF-8, the kinds of characters removed).
 
-    A byte-order mark picks UTF-8 or UTF-16; otherwise strict UTF-8, then cp1252 (what Windows editors write for
+    A byte-order mark picks UTF-8 or UTF-16 (so does the zero byte in every other position of BOM-less UTF-16);
+    otherwise strict UTF-8, then cp1252 (what Windows editors write for
     "café"), then Latin-1, which decodes any bytes. The text is NFC-normalised; replacement characters (U+FFFD, a
     sign of an earlier lossy conversion), invisible formatting characters (zero-width, bidi controls, BOMs) and
     control characters other than line breaks and tabs are removed and named, never kept silently.
@@ -173,7 +174,11 @@ def decode_caption_file(raw: bytes) -> tuple[str, str | None, list[str]]:
             text, used = raw[len(bom):].decode(encoding, "replace"), (None if encoding == "utf-8" else encoding)
             break
     else:
-        for encoding in ("utf-8", "cp1252", "latin-1"):
+        # UTF-16 without a byte-order mark: text in Latin script has a zero byte in every other position.
+        zeros_odd, zeros_even = raw[1::2].count(0), raw[0::2].count(0)
+        guesses = ["utf-16-le"] if len(raw) % 2 == 0 and zeros_odd > len(raw) // 4 > zeros_even else []
+        guesses += ["utf-16-be"] if len(raw) % 2 == 0 and zeros_even > len(raw) // 4 > zeros_odd else []
+        for encoding in (*guesses, "utf-8", "cp1252", "latin-1"):
             try:
                 text, used = raw.decode(encoding), (None if encoding == "utf-8" else encoding)
                 break

@@ -55,28 +55,36 @@ def to_rgb8(image: Image.Image) -> Image.Image:
         UnsupportedImageError: a 32-bit image whose value range is not one of those.
     """
     mode = image.mode
-    if mode == "RGB":
+    if mode == "RGB" and "transparency" not in image.info:
         return image
     if mode in ("La", "RGBa"):  # premultiplied alpha: un-premultiply first
         image = image.convert({"La": "LA", "RGBa": "RGBA"}[mode])
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        gray = _gray_to_uint8(image)
+        if "transparency" in image.info:  # a transparent grey value (PNG tRNS): white, like every other alpha
+            gray[np.asarray(image) == image.info["transparency"]] = 255
+        return Image.fromarray(gray, "L").convert("RGB")
     if "A" in image.getbands() or "transparency" in image.info:
         return Image.alpha_composite(Image.new("RGBA", image.size, "white"), image.convert("RGBA")).convert("RGB")
-    if mode.startswith("I;16"):
-        values = np.asarray(image, dtype=np.float64)
-        return Image.fromarray(np.round(values / 257).astype(np.uint8), "L").convert("RGB")
-    if mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
-        if low < 0 or not np.isfinite(values).all():
-            raise UnsupportedImageError(f"{mode} image with values from {low:g} to {high:g}: no faithful 8-bit mapping")
-        if mode == "F" and high <= 1.0:
-            values = values * 255
-        elif high > 255 and (mode == "F" or high > 65535):
-            raise UnsupportedImageError(f"{mode} image with values up to {high:g}: no faithful 8-bit mapping")
-        elif high > 255:
-            values = values / 257
-        return Image.fromarray(np.round(values).astype(np.uint8), "L").convert("RGB")
     return image.convert("RGB")
+
+
+def _gray_to_uint8(image: Image.Image) -> np.ndarray:
+    """8-bit values of a 16-bit, 32-bit integer or float grayscale image (see `to_rgb8`)."""
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return np.round(np.asarray(image, dtype=np.float64) / 257).astype(np.uint8)
+    values = np.asarray(image, dtype=np.float64)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if low < 0 or not np.isfinite(values).all():
+        raise UnsupportedImageError(f"{mode} image with values from {low:g} to {high:g}: no faithful 8-bit mapping")
+    if mode == "F" and high <= 1.001:  # 0–1 floats, allowing for rounding just above 1
+        values = np.clip(values, 0, 1) * 255
+    elif high > 255 and (mode == "F" or high > 65535):
+        raise UnsupportedImageError(f"{mode} image with values up to {high:g}: no faithful 8-bit mapping")
+    elif high > 255:
+        values = values / 257
+    return np.round(values).astype(np.uint8)
 
 
 def resize_center_crop(image: Image.Image, size: int) -> Image.Image:
