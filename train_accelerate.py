@@ -450,9 +450,10 @@ def main(argv: list[str] | None = None) -> None:
         gan_seconds_before_resume = training_state.get("gan_seconds", 0.0)
         best = training_state.get("best")
         published = Path(args.output_dir) / BEST_GENERATOR_FOLDER / "evaluation.json"
-        if accelerator.is_main_process and published.is_file() and json.loads(published.read_text())["step"] != (best or {}).get("step"):
+        published_step = json.loads(published.read_text())["step"] if accelerator.is_main_process and published.is_file() else None
+        if published_step is not None and published_step != (best or {}).get("step"):
             # Published after this checkpoint by the killed run: its step is replayed and scored again from here.
-            logger.warning(f"{published.parent} comes from step {json.loads(published.read_text())['step']}, after {resume_from}: "
+            logger.warning(f"{published.parent} comes from step {published_step}, after {resume_from}: "
                            "removed, the steps from the checkpoint on are evaluated again")
             shutil.rmtree(published.parent)
             best = None
