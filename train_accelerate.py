@@ -73,6 +73,18 @@ RECIPES = {
 DEFAULT_RECIPE = "t2i-v3"  # the recipe of the embedded default in pretrained/
 
 
+def _beta_or_random(value: str) -> float | None:
+    if value == "random":
+        return None
+    try:
+        beta = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1] or 'random', got {value!r}") from None
+    if not 0.0 <= beta <= 1.0:  # also refuses NaN
+        raise argparse.ArgumentTypeError(f"must be in [0, 1] or 'random', got {value}")
+    return beta
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line flags (names follow diffusers' example training scripts); bad values fail here, before any work."""
     parser = argparse.ArgumentParser(description="Train a GAN-CLS / GAN-INT-CLS text-to-image generator.")
@@ -121,7 +133,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective = parser.add_argument_group("objective")
     objective.add_argument("--loss", default="bce", choices=LOSS_TYPES, help="bce (Reed) or hinge (DF-GAN)")
     objective.add_argument("--gan_int", action=argparse.BooleanOptionalAction, default=True, help="GAN-INT generator terms")
-    objective.add_argument("--int_beta", type=float, default=0.5)
+    objective.add_argument("--int_beta", type=_beta_or_random, default=0.5,
+                           help="GAN-INT's interpolation weight β (Reed: 0.5), or 'random': flat-Dirichlet weights per row")
+    objective.add_argument("--int_captions", type=int, default=2,
+                           help="captions each GAN-INT embedding mixes (Reed: 2; more needs --int_beta random)")
+    objective.add_argument("--unconditional_weight", type=float, default=0.0,
+                           help="StackGAN++'s unconditional real/fake term for D and G, on every fake (needs --conditioning projection)")
     objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
     objective.add_argument("--feature_matching_weight", type=float, default=0.0)
     objective.add_argument("--ma_gp", action="store_true", help="DF-GAN matching-aware gradient penalty (k=2, p=6)")
@@ -192,8 +209,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
         parser.error(f"--projection_scales must be between 1 and {4 if args.resolution == 64 else 5} at {args.resolution} px")
-    if not 0.0 <= args.int_beta <= 1.0:
-        parser.error(f"--int_beta must be in [0, 1], got {args.int_beta}")
+    if args.int_captions < 2 or (args.int_captions > 2 and args.int_beta is not None):
+        parser.error(f"--int_captions {args.int_captions}: must be ≥ 2, and > 2 only with --int_beta random")
+    if args.unconditional_weight > 0 and args.conditioning != "projection":
+        parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.ema_decay < 1.0:
@@ -201,13 +220,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
-    for name in ("kl_weight", "feature_matching_weight", "aux_class_weight"):
+    for name in ("kl_weight", "feature_matching_weight", "aux_class_weight", "unconditional_weight"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be ≥ 0, got {getattr(args, name)}")
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(args, name) < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
-    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "int_beta"):
+    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     if not isinstance(args.char_cnn_rnn_config, dict):
@@ -419,7 +438,8 @@ def main(argv: list[str] | None = None) -> None:
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
     )
     objective = GanClsObjective(
-        loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, label_smoothing=args.label_smoothing,
+        loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, int_captions=args.int_captions,
+        unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
         kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),

@@ -44,15 +44,20 @@ def main() -> None:
     parser.add_argument("--pilots", required=True, help="the OUT_DIR of pilots_v3.sh")
     parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=1000)
     parser.add_argument("--out", default=None)
+    parser.add_argument("--previous", default=None,
+                        help="an earlier --out JSON of the same protocol: its runs are kept, not scored again")
     args = parser.parse_args()
+    previous = json.loads(Path(args.previous).read_text()) if args.previous else {"runs": {}, "num_samples": args.num_samples}
+    if previous["num_samples"] != args.num_samples:
+        parser.error(f"--previous was scored on {previous['num_samples']} samples, not {args.num_samples}")
     test, train = load_captioned_dataset(args.dataset, "test"), load_captioned_dataset(args.dataset, "train")
     oracle = load_oracle()[0]
     reference = real_image_statistics(64)
     real, _ = oracle_training_set(256, seed=54321, num_proc=1)
     real_features = oracle.predict(augment_batch(real, 64, train=False))[1]
-    runs = {}
+    runs = dict(previous["runs"])
     for folder in sorted(Path(args.pilots).glob("*-s[0-9]*")):
-        if (folder / "training_summary.json").is_file():
+        if (folder / "training_summary.json").is_file() and folder.name not in runs:
             runs[folder.name] = score(folder, test, train, oracle, reference, real_features, args.num_samples)
             print(folder.name, json.dumps(runs[folder.name]))
     by_design = defaultdict(list)

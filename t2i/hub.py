@@ -26,7 +26,13 @@ PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 HUB_KWARGS = ("cache_dir", "revision", "token", "local_files_only", "force_download")
 # The repository's top-level model_card.md, shipped inside the package (t2i/assets/model_card.md links to it), so an
 # installed t2i renders the same card as a checkout.
-MODEL_CARD_TEMPLATE = Path(str(importlib.resources.files("t2i") / "assets" / "model_card.md"))
+
+
+def model_card_template() -> Path:
+    """The packaged ``model_card.md`` (the repository's top-level template, shipped as package data)."""
+    # Looked up when needed, not at import: this module is also uploaded beside the weights as remote code
+    # (GanClsPipeline.save_with_model_card), where no t2i package is installed.
+    return Path(str(importlib.resources.files("t2i") / "assets" / "model_card.md"))
 # What DataParallel / DistributedDataParallel (`module.`) and torch.compile (`_orig_mod.`) put before every key.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
@@ -234,8 +240,9 @@ class ModelCardInfo:
     tags: list[str] = field(default_factory=lambda: ["text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i"])
 
 
-def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike = MODEL_CARD_TEMPLATE) -> ModelCard:
-    """Fill ``model_card.md`` (Jinja) with ``info``; metadata carries library, tags, datasets and eval results."""
+def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike | None = None, **extra: Any) -> ModelCard:
+    """Fill ``model_card.md`` (Jinja; default ``model_card_template()``) with ``info`` and ``extra`` template
+    variables; metadata carries library, tags, datasets and eval results."""
     eval_results = [
         EvalResult(
             task_type="text-to-image",
@@ -257,4 +264,4 @@ def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike = MO
         widget=[{"text": prompt} for prompt in info.widget_prompts] or None,
     )
     fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("license", "tags", "widget_prompts")}
-    return ModelCard.from_template(card_data, template_path=str(template_path), **fields)
+    return ModelCard.from_template(card_data, template_path=str(template_path or model_card_template()), **fields, **extra)

@@ -53,6 +53,45 @@ def interpolate_text_embeddings(text_embeds: torch.Tensor, other_text_embeds: to
     return beta * text_embeds + (1.0 - beta) * other_text_embeds
 
 
+def mix_text_embeddings(text_embeds: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """GAN-INT generalised to convex mixtures: row i is Σ_k weights[i, k] · text_embeds[i − k] (the batch rolled by
+    k), i.e. caption i mixed with the K − 1 captions before it. Inputs [B, D] and [B, K] (rows summing to 1);
+    returns [B, D]. K = 2 with rows (β, 1 − β) is Reed's ``interpolate_text_embeddings(e, e.roll(1, 0), β)``.
+
+    Short prompts ("a rose", "purple") embed near the centroid of the captions, where two-caption midpoints
+    rarely go; mixtures of several captions at random weights reach that interior of the caption set.
+    """
+    if weights.ndim != 2 or weights.shape[0] != text_embeds.shape[0]:
+        raise ValueError(f"weights must be [B, K] for {text_embeds.shape[0]} embeddings, got {list(weights.shape)}")
+    mixed = torch.zeros_like(text_embeds)
+    for k in range(weights.shape[1]):
+        mixed = mixed + weights[:, k : k + 1].to(text_embeds.dtype) * text_embeds.roll(k, dims=0)
+    return mixed
+
+
+def flat_dirichlet(num_rows: int, num_weights: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """[num_rows, num_weights] samples of the flat Dirichlet (uniform on the simplex): normalised Exp(1) draws.
+    With two weights, (β, 1 − β) with β ~ U(0, 1)."""
+    exponential = -torch.rand(num_rows, num_weights, generator=generator).clamp_min(1e-12).log()
+    return exponential / exponential.sum(dim=1, keepdim=True)
+
+
+def unconditional_discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor, loss_type: str = "bce") -> torch.Tensor:
+    """The text-free half of StackGAN++'s joint conditional-unconditional loss (Zhang et al., TPAMI 2018): real
+    images → real, generated → fake, whatever their text. Logits [B] each (``DiscriminatorOutput.unconditional_logits``).
+
+    GAN-CLS only asks whether an image is real *and* matches its text. For a text code away from every caption
+    (a mixture, a short prompt) no image matches well, and a generator can drift to the background; the
+    unconditional term keeps asking for a realistic flower there too.
+    """
+    if loss_type == "bce":
+        return (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+    if loss_type == "hinge":
+        return F.relu(1.0 - real_logits).mean() + F.relu(1.0 + fake_logits).mean()
+    raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+
+
 def matching_aware_gradient_penalty(
     real_logits: torch.Tensor,
     real_images: torch.Tensor,

@@ -224,12 +224,15 @@ class DiscriminatorOutput(BaseOutput):
         logits: [k·B] "real and matching" logits, one per (image, caption) pair.
         image_features: [B, C, 4, 4] text-free image features (for feature matching).
         class_logits: [B, num_classes] auxiliary class logits (TAC-GAN), or ``None`` without a class head.
+        unconditional_logits: [B] the text-free "real image" logits, one per image: the projection
+            discriminator's ψ(φ(x)) term, which ``logits`` contains (``None`` with concatenation).
     """
 
     logits: torch.Tensor
     # Defaults let BaseOutput be rebuilt from a dict, as accelerate's mixed-precision output casting does.
     image_features: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
+    unconditional_logits: torch.Tensor | None = None
 
 
 CONDITIONINGS = ("concat", "projection")
@@ -306,6 +309,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if remainder or repeats < 1:
             raise ValueError(f"{text_embeds.shape[0]} text embeddings for {features.shape[0]} images: need a multiple")
         text = self.text_projection(text_embeds)
+        unconditional_logits = None
         if self.config.conditioning == "concat":
             text = text[:, :, None, None].expand(-1, -1, *features.shape[-2:])
             logits = self.to_logit(self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))).flatten()
@@ -315,6 +319,8 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 # Mean × 16: the same scale as the 4×4 sum, whatever the map's size.
                 pooled = scales[-1 - k].mean(dim=(2, 3)) * 16
                 matching = matching + (text_to_features(text) * pooled.repeat(repeats, 1)).sum(dim=1)
-            logits = self.to_logit(features).flatten().repeat(repeats) + matching
+            unconditional_logits = self.to_logit(features).flatten()
+            logits = unconditional_logits.repeat(repeats) + matching
         class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None
-        return DiscriminatorOutput(logits=logits, image_features=features, class_logits=class_logits)
+        return DiscriminatorOutput(logits=logits, image_features=features, class_logits=class_logits,
+                                   unconditional_logits=unconditional_logits)

@@ -1,13 +1,15 @@
 """GanClsPipeline: caption → text embedding → one generator forward pass → images."""
 
+import ast
 import dataclasses
+import importlib
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import DiffusionPipeline, ImagePipelineOutput
+from diffusers import DiffusionPipeline, ImagePipelineOutput, ModelMixin
 from diffusers.pipelines.pipeline_loading_utils import _get_library_or_raise
 from diffusers.utils.torch_utils import randn_tensor
 from huggingface_hub import HfApi
@@ -22,10 +24,12 @@ from .hub import (
     render_model_card,
     resolve_pretrained_folder,
 )
-from .models import GanClsGenerator
 from .text_encoders import check_readable, encode_text, text_embedding_dim
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# This package's modules that save_with_model_card uploads for diffusers' trust_remote_code loading (each with the
+# modules it imports relatively), and the names they get there.
+REMOTE_CODE_MODULES = {"t2i.pipeline": "pipeline", "t2i.models": "models", "t2i.text_encoders": "text_encoders"}
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -51,7 +55,10 @@ class GanClsPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->generator"
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, generator: GanClsGenerator):
+    # `generator` is a GanClsGenerator, annotated by its diffusers base class: loaded as remote code (see
+    # save_with_model_card) models.py runs once per component that needs it, and diffusers' type check would
+    # compare against a class object of an earlier run.
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, generator: ModelMixin):
         super().__init__()
         if text_embedding_dim(text_encoder) != generator.config.text_embed_dim:
             raise CheckpointError(
@@ -62,17 +69,45 @@ class GanClsPipeline(DiffusionPipeline):
         self.register_modules(tokenizer=tokenizer, text_encoder=text_encoder, generator=generator.eval())
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, **kwargs) -> "GanClsPipeline":
-        """Load from a folder or Hub repo id, safetensors only, after checking every component's files."""
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None, **kwargs) -> "GanClsPipeline":
+        """Load from a folder or Hub repo id, safetensors only, after checking every component's files.
+
+        ``kwargs`` may hold the Hub download options (``revision``, ``token``, ``cache_dir``, ``local_files_only``)
+        and components to use instead of the saved ones (``tokenizer=...``). A folder that also carries the
+        remote code of ``save_with_model_card`` is loaded with this package's own classes: the code in the folder
+        is never run here.
+
+        Raises:
+            CheckpointError: no ``model_index.json``, or a component whose files are missing, corrupt, pickled or
+                hold the wrong tensors.
+            FileNotFoundError: neither a folder nor a Hub repo.
+            TypeError: an unknown keyword argument.
+        """
         folder = resolve_pretrained_folder(pretrained_model_name_or_path, **{k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs})
         index_file = folder / "model_index.json"
         if not index_file.is_file():
             raise CheckpointError(f"{folder} has no model_index.json: it is not a saved pipeline folder")
-        for name, spec in json.loads(index_file.read_text()).items():
-            if isinstance(spec, list) and spec[0] and name not in kwargs:
-                check_before_loading(getattr(_get_library_or_raise(spec[0]), spec[1]), folder / name)
-        pipeline = super().from_pretrained(str(folder), use_safetensors=True, **kwargs)
+        index = json.loads(index_file.read_text())
+        components = {}
+        for name in ("tokenizer", "text_encoder", "generator"):
+            if name in kwargs:
+                components[name] = kwargs.pop(name)
+                continue
+            if not isinstance(index.get(name), list) or len(index[name]) != 2:
+                raise CheckpointError(f"{index_file} names no [library, class] for the {name!r} component")
+            library, class_name = index[name]
+            if (folder / name / f"{library}.py").is_file() and f"t2i.{library}" in REMOTE_CODE_MODULES:
+                library = f"t2i.{library}"
+            model_class = getattr(_get_library_or_raise(library), class_name)
+            check_before_loading(model_class, folder / name)
+            components[name] = model_class.from_pretrained(str(folder / name), **({"use_safetensors": True} if name != "tokenizer" else {}))
+        if kwargs:
+            raise TypeError(f"GanClsPipeline.from_pretrained got unexpected arguments {sorted(kwargs)}")
+        pipeline = cls(**components)
+        if torch_dtype is not None:
+            pipeline.to(torch_dtype)
         own_aligned_memory_(pipeline.text_encoder)
+        pipeline.register_to_config(_name_or_path=str(folder))  # the local folder (a Hub snapshot for a repo id)
         return pipeline
 
     @torch.inference_mode()
@@ -216,15 +251,85 @@ class GanClsPipeline(DiffusionPipeline):
             self.save_with_model_card(folder, model_card or ModelCardInfo(model_id=repo_id))
             return api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message, create_pr=create_pr)
 
-    def save_with_model_card(self, save_directory: str | os.PathLike, model_card: ModelCardInfo) -> None:
-        """``save_pretrained`` plus README.md rendered from ``model_card.md``, filled with the pipeline's own facts."""
+    def save_with_model_card(self, save_directory: str | os.PathLike, model_card: ModelCardInfo, remote_code: bool = True) -> None:
+        """``save_pretrained`` plus README.md rendered from ``model_card.md``, filled with the pipeline's own facts.
+
+        With ``remote_code`` (the default, and what ``push_to_hub`` uploads) the folder also carries the pipeline's
+        and components' source, laid out for diffusers' custom-code loading, so that anyone can load it without t2i:
+        ``DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)``.
+        """
         self.save_pretrained(save_directory)
+        if remote_code:
+            self._write_remote_code(Path(save_directory))
         model_card = dataclasses.replace(
             model_card,
             resolution=model_card.resolution or self.generator.config.resolution,
             text_encoder=model_card.text_encoder or type(self.text_encoder).__name__,
         )
-        render_model_card(model_card).save(Path(save_directory) / "README.md")
+        render_model_card(model_card, remote_code=remote_code).save(Path(save_directory) / "README.md")
+
+    def _write_remote_code(self, folder: Path) -> None:
+        # diffusers' layout: model_index's `_class_name` is [module, class] with module.py at the top of the repo,
+        # and a custom component ["module", "Class"] loads from <component>/module.py. diffusers downloads only
+        # that one file of a component folder, so each file is self-contained (see self_contained_source).
+        index_file = folder / "model_index.json"
+        index = json.loads(index_file.read_text())
+        targets = {"_class_name": ("t2i.pipeline", folder)}
+        for name in ("tokenizer", "text_encoder", "generator"):
+            if index[name][0] in REMOTE_CODE_MODULES:
+                targets[name] = (index[name][0], folder / name)
+        for name, (module_name, target) in targets.items():
+            remote_name = REMOTE_CODE_MODULES[module_name]
+            (target / f"{remote_name}.py").write_text(self_contained_source(module_name), encoding="utf-8")
+            index[name] = [remote_name, "GanClsPipeline" if name == "_class_name" else index[name][1]]
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
-__all__ = ["GanClsPipeline", "to_unit_range"]
+def self_contained_source(module_name: str) -> str:
+    """The source of a t2i module with each relative import (``from .hub import X``) replaced by the imported
+    module's own source, recursively, so that it runs as one file without t2i installed.
+
+    Raises:
+        ValueError: a relative import this cannot inline (``from . import x``, ``import ... as``, or one below the
+            top level of a module), or two inlined modules defining the same top-level name.
+    """
+    defined: dict[str, str] = {}  # top-level name → the module that defines it
+    future: set[str] = set()
+    parts: list[str] = []
+
+    def inline(name: str) -> None:
+        module = importlib.import_module(name)
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        tree = ast.parse(source)
+        lines = source.splitlines(keepends=True)
+        dropped: set[int] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.level or node.module == "__future__"):
+                if node.level and (node.level != 1 or node.module is None or node not in tree.body
+                                   or any(alias.asname for alias in node.names)):
+                    raise ValueError(f"{name}, line {node.lineno}: cannot inline this relative import")
+                if node.module == "__future__":
+                    future.update(alias.name for alias in node.names)
+                else:
+                    dependency = f"{module.__package__}.{node.module}"
+                    if dependency not in done:
+                        inline(dependency)
+                dropped.update(range(node.lineno - 1, node.end_lineno))
+        for node in tree.body:
+            targets = [node] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else getattr(node, "targets", [])
+            for target in targets:
+                top = getattr(target, "name", getattr(target, "id", None))
+                if top not in (None, "__all__", "logger") and defined.setdefault(top, name) != name:
+                    raise ValueError(f"{top!r} is defined in both {defined[top]} and {name}: cannot inline them together")
+        done.add(name)
+        parts.append(f"# ---- {name} " + "-" * (100 - len(name)) + "\n"
+                     + "".join(line for i, line in enumerate(lines) if i not in dropped))
+
+    done: set[str] = set()
+    inline(module_name)
+    header = (f'"""{module_name} and the t2i modules it imports, in one file: generated by t2i '
+              '(GanClsPipeline.save_with_model_card) for diffusers\' trust_remote_code loading."""\n')
+    futures = "".join(f"from __future__ import {name}\n" for name in sorted(future))
+    return header + futures + "\n" + "\n\n".join(parts)
+
+__all__ = ["GanClsPipeline", "self_contained_source", "to_unit_range"]

@@ -157,7 +157,9 @@ AutoTokenizer.register(CharCnnRnnConfig, slow_tokenizer_class=CharTokenizer)
 
 def text_embedding_dim(text_encoder: PreTrainedModel) -> int:
     """Size D of the embeddings ``encode_text`` returns for this model."""
-    if isinstance(text_encoder, CharCnnRnnEncoder):
+    # By model type, not class: loaded as diffusers remote code, this module can run more than once, and a model
+    # loaded before the last run is an instance of an earlier CharCnnRnnEncoder class.
+    if text_encoder.config.model_type == CharCnnRnnConfig.model_type:
         return text_encoder.config.embed_dim
     if isinstance(text_encoder, CLIPTextModelWithProjection):
         return text_encoder.config.projection_dim

@@ -1,7 +1,11 @@
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
@@ -26,6 +30,48 @@ def test_pull_pipeline_from_loopback_hub(tiny_pipeline, loopback_hub, tmp_path):
     assert torch.equal(pulled("a red flower", generator=seeded(1), output_type="pt").images, expected)
     snapshot = Path(pulled.generator.config._name_or_path)
     assert Path(os.environ["HF_HOME"]) in snapshot.parents  # it really went through the Hub download cache
+
+
+# A fresh interpreter in which t2i cannot be imported: only diffusers and the code the repo carries.
+PLAIN_DIFFUSERS = """
+import sys
+sys.modules["t2i"] = None
+import numpy as np, torch
+from diffusers import DiffusionPipeline
+# revision="main": olah's offline mirror answers only the revisioned metadata route (its /api/models/{repo}
+# reads an upstream cache that a mirror does not have); the Hub answers both.
+pipeline = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=sys.argv[2] == "trust", revision="main")
+images = pipeline("a red flower", generator=torch.Generator().manual_seed(1), output_type="np").images
+np.save(sys.argv[3], images)
+print(type(pipeline).__module__, type(pipeline.generator).__name__)
+"""
+
+
+def test_plain_diffusers_loads_a_published_repo_with_its_remote_code(tiny_pipeline, loopback_hub, tmp_path):
+    """Newcomer issue, item 6: the card's `DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)` works."""
+    repo = "t2i-tests/remote-code"
+    tiny_pipeline.save_with_model_card(tmp_path / "saved", ModelCardInfo(model_id=repo))
+    loopback_hub.publish(tmp_path / "saved", repo)
+    card = (tmp_path / "saved" / "README.md").read_text()
+    assert f'DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)' in card
+
+    def plain_diffusers(trust: bool) -> subprocess.CompletedProcess:
+        args = [sys.executable, "-c", PLAIN_DIFFUSERS, repo, "trust" if trust else "no", str(tmp_path / "images.npy")]
+        return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # outside the checkout
+
+    refused = plain_diffusers(trust=False)
+    assert refused.returncode != 0 and "trust_remote_code=True" in refused.stderr
+    loaded = plain_diffusers(trust=True)
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "diffusers_modules" in loaded.stdout and "GanClsGenerator" in loaded.stdout
+    assert "Expected types" not in loaded.stderr
+    expected = tiny_pipeline("a red flower", generator=seeded(1), output_type="np").images
+    np.testing.assert_array_equal(np.load(tmp_path / "images.npy", allow_pickle=False), expected)
+
+    # t2i itself reads the same repo with its own classes, and never runs the repo's code.
+    pulled = GanClsPipeline.from_pretrained(repo)
+    assert type(pulled.generator) is GanClsGenerator and type(pulled).__module__ == "t2i.pipeline"
+    assert np.array_equal(pulled("a red flower", generator=seeded(1), output_type="np").images, expected)
 
 
 def test_pull_single_components_from_loopback_hub(tiny_pipeline, loopback_hub, tmp_path):
@@ -165,9 +211,10 @@ def test_push_to_hub_uploads_exactly_the_pipeline_and_card(tiny_pipeline, monkey
 
     (upload,) = uploads
     assert upload["files"] == [
-        "README.md", "generator/config.json", "generator/diffusion_pytorch_model.safetensors", "model_index.json",
-        "text_encoder/config.json", "text_encoder/model.safetensors", "tokenizer/tokenizer_config.json",
-    ]
+        "README.md", "generator/config.json", "generator/diffusion_pytorch_model.safetensors", "generator/models.py",
+        "model_index.json", "pipeline.py", "text_encoder/config.json", "text_encoder/model.safetensors",
+        "text_encoder/text_encoders.py", "tokenizer/text_encoders.py", "tokenizer/tokenizer_config.json",
+    ]  # the weights, configs and card, and the remote code for plain diffusers
     assert upload["card"].data.datasets == ["t2i/synthetic-captioned-flowers"]
     assert "| resolution | 64 |" in upload["card"].text and "CharCnnRnnEncoder" in upload["card"].text
     assert upload["commit_message"] == "Upload GanClsPipeline"

@@ -8,11 +8,14 @@ from t2i.losses import (
     auxiliary_class_loss,
     discriminator_adversarial_loss,
     feature_matching_loss,
+    flat_dirichlet,
     generator_adversarial_loss,
     interpolate_text_embeddings,
     matching_aware_gradient_penalty,
+    mix_text_embeddings,
     mode_seeking_loss,
     text_image_matching_loss,
+    unconditional_discriminator_loss,
 )
 from t2i.training import update_ema
 
@@ -54,6 +57,39 @@ def test_gan_int_interpolation():
     e1, e2 = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 4.0]])
     assert torch.equal(interpolate_text_embeddings(e1, e2), torch.tensor([[0.5, 2.0]]))
     assert torch.equal(interpolate_text_embeddings(e1, e2, beta=0.25), torch.tensor([[0.25, 3.0]]))
+
+
+def test_mixtures_of_captions_by_hand():
+    e = torch.tensor([[1.0, 0.0], [0.0, 2.0], [4.0, 4.0]])
+    # Two captions at (β, 1 − β) is Reed's interpolation with the batch rolled by one.
+    reed = mix_text_embeddings(e, torch.tensor([[0.25, 0.75]]).expand(3, 2))
+    assert torch.allclose(reed, interpolate_text_embeddings(e, e.roll(1, dims=0), beta=0.25))
+    # Row i mixes captions i, i − 1 and i − 2.
+    weights = torch.tensor([[0.5, 0.25, 0.25], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
+    expected = torch.tensor([[0.5 * 1 + 0.25 * 4 + 0.25 * 0, 0.25 * 4 + 0.25 * 2], [0.0, 2.0], [1.0, 0.0]])
+    assert torch.allclose(mix_text_embeddings(e, weights), expected)
+    with pytest.raises(ValueError, match=r"weights must be \[B, K\]"):
+        mix_text_embeddings(e, torch.ones(2, 2) / 2)
+
+
+def test_flat_dirichlet_is_uniform_on_the_simplex_and_seeded():
+    weights = flat_dirichlet(20000, 3, torch.Generator().manual_seed(0))
+    assert (weights >= 0).all() and torch.allclose(weights.sum(dim=1), torch.ones(20000))
+    assert torch.allclose(weights.mean(dim=0), torch.full((3,), 1 / 3), atol=0.01)
+    # Flat Dirichlet(1, 1, 1): each weight is Beta(1, 2), variance 1/18.
+    assert weights[:, 0].var().item() == pytest.approx(1 / 18, rel=0.05)
+    assert torch.equal(weights[:5], flat_dirichlet(5, 3, torch.Generator().manual_seed(0)))
+    beta = flat_dirichlet(20000, 2, torch.Generator().manual_seed(1))[:, 0]  # two captions: β ~ U(0, 1)
+    assert beta.var().item() == pytest.approx(1 / 12, rel=0.05)
+
+
+def test_unconditional_loss_by_hand():
+    real, fake = torch.tensor([2.0]), torch.tensor([0.5])
+    expected = -log_sigmoid(2.0) - log_sigmoid(-0.5)
+    assert unconditional_discriminator_loss(real, fake).item() == pytest.approx(expected, rel=1e-6)
+    assert unconditional_discriminator_loss(torch.tensor([0.5]), torch.tensor([-2.0]), "hinge").item() == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="loss_type"):
+        unconditional_discriminator_loss(real, fake, "wasserstein")
 
 
 def test_matching_aware_gradient_penalty_on_a_linear_discriminator():

@@ -97,6 +97,10 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
     torch.nn.init.zeros_(discriminator.text_to_features.weight)
     plain = discriminator(images, torch.cat([right, wrong])).logits
     assert torch.allclose(plain[:4], plain[4:]) and torch.allclose(plain[:4], discriminator.to_logit(output.image_features).flatten())
+    # ... which is the unconditional logit, one per image, whatever the text (StackGAN++'s text-free term)
+    assert output.unconditional_logits.shape == (4,)
+    assert torch.allclose(output.unconditional_logits, plain[:4])
+    assert GanClsDiscriminator(text_embed_dim=24, ndf=8)(images, right).unconditional_logits is None  # concat has none
     with pytest.raises(ValueError, match="conditioning must be one of"):
         GanClsDiscriminator(conditioning="attention")
 

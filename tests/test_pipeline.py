@@ -171,3 +171,27 @@ def test_bad_arguments_are_named(tiny_pipeline):
     images = tiny_pipeline(prompt_embeds=torch.zeros(1, 32, dtype=torch.float64), latents=torch.zeros(1, 100, dtype=torch.float64),
                            output_type="np").images
     assert images.shape == (1, 64, 64, 3)
+
+
+def test_self_contained_source_inlines_relative_imports(tmp_path, monkeypatch):
+    import ast
+
+    from t2i.pipeline import self_contained_source
+
+    source = self_contained_source("t2i.pipeline")
+    tree = ast.parse(source)
+    assert not [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+    defined = {n.name for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef))}
+    assert {"GanClsPipeline", "CharCnnRnnEncoder", "SafetensorsOnlyMixin", "check_readable"} <= defined
+
+    package = tmp_path / "clash"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("from .b import helper\n\n\ndef helper():\n    return 1\n")
+    (package / "b.py").write_text("def helper():\n    return 2\n")
+    (package / "c.py").write_text("def f():\n    from .b import helper\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match="'helper' is defined in both clash.b and clash.a"):
+        self_contained_source("clash.a")
+    with pytest.raises(ValueError, match="clash.c, line 2: cannot inline"):
+        self_contained_source("clash.c")

@@ -22,11 +22,13 @@ from ..losses import (
     conditioning_augmentation_kl,
     discriminator_adversarial_loss,
     feature_matching_loss,
+    flat_dirichlet,
     generator_adversarial_loss,
-    interpolate_text_embeddings,
     matching_aware_gradient_penalty,
+    mix_text_embeddings,
     mode_seeking_loss,
     text_image_matching_loss,
+    unconditional_discriminator_loss,
 )
 
 
@@ -38,7 +40,11 @@ class GanClsObjective:
     Attributes:
         loss: "bce" (Reed) or "hinge" (DF-GAN).
         gan_int: GAN-INT generator terms on interpolated text embeddings.
-        int_beta: the interpolation weight β in β·e₁ + (1 − β)·e₂, in [0, 1].
+        int_beta: the interpolation weight β in β·e₁ + (1 − β)·e₂, in [0, 1]; ``None`` draws the weights of each
+            row from the flat Dirichlet (β ~ U(0, 1) for two captions).
+        int_captions: how many captions of the batch each GAN-INT embedding mixes (2 is Reed's; more reach the
+            interior of the caption set, where short prompts embed); > 2 needs ``int_beta=None``.
+        unconditional_weight: StackGAN++'s unconditional real/fake term for D and G (needs a projection D), ≥ 0.
         label_smoothing: one-sided label smoothing of the real target, in [0, 1).
         feature_matching_weight: Salimans et al.'s feature matching, ≥ 0.
         ma_gp: DF-GAN's matching-aware gradient penalty (k = 2, p = 6).
@@ -51,7 +57,9 @@ class GanClsObjective:
 
     loss: str = "bce"
     gan_int: bool = True
-    int_beta: float = 0.5
+    int_beta: float | None = 0.5
+    int_captions: int = 2
+    unconditional_weight: float = 0.0
     label_smoothing: float = 0.0
     feature_matching_weight: float = 0.0
     ma_gp: bool = False
@@ -64,11 +72,15 @@ class GanClsObjective:
     def __post_init__(self):
         if self.loss not in LOSS_TYPES:
             raise ValueError(f"loss must be one of {LOSS_TYPES}, got {self.loss!r}")
-        if not 0.0 <= self.int_beta <= 1.0:
-            raise ValueError(f"int_beta must be in [0, 1], got {self.int_beta}")
+        if self.int_beta is not None and not 0.0 <= self.int_beta <= 1.0:
+            raise ValueError(f"int_beta must be in [0, 1] or None, got {self.int_beta}")
+        if self.int_captions < 2 or (self.int_captions > 2 and self.int_beta is not None):
+            raise ValueError(f"int_captions must be ≥ 2, and > 2 only with int_beta=None; got {self.int_captions} "
+                             f"with int_beta={self.int_beta}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight")
+        weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight",
+                   "unconditional_weight")
         for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
@@ -103,11 +115,15 @@ def train_step(
     batch_size, device = real.shape[0], real.device
     model = accelerator.unwrap_model(generator)
 
-    # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B interpolations of each caption with another
-    # caption of the batch; for mode seeking, second images of the first B/2 captions with other noise.
+    # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B mixtures of each caption with other captions
+    # of the batch; for mode seeking, second images of the first B/2 captions with other noise.
     text_for_g = right
     if objective.gan_int:
-        text_for_g = torch.cat([right, interpolate_text_embeddings(right, right.roll(1, dims=0), objective.int_beta)])
+        if objective.int_beta is None:
+            weights = flat_dirichlet(batch_size, objective.int_captions, rng)
+        else:
+            weights = torch.tensor([[objective.int_beta, 1.0 - objective.int_beta]]).expand(batch_size, 2)
+        text_for_g = torch.cat([right, mix_text_embeddings(right, weights.to(device))])
     num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
     half = batch_size // 2
     if objective.mode_seeking_weight > 0:
@@ -136,6 +152,10 @@ def train_step(
         loss_d = discriminator_adversarial_loss(real_right, real_wrong, fake_out.logits.float(), objective.loss, objective.label_smoothing)
         if objective.ma_gp:
             loss_d = loss_d + matching_aware_gradient_penalty(real_right, real_seen, right)
+        if objective.unconditional_weight > 0:
+            loss_d = loss_d + objective.unconditional_weight * unconditional_discriminator_loss(
+                real_out.unconditional_logits.float(), fake_out.unconditional_logits.float(), objective.loss
+            )
         if objective.aux_class_weight > 0:
             class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
             class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
@@ -149,6 +169,8 @@ def train_step(
         g_out = discriminator(augment(fake[:num_judged]), text_for_g[:num_judged].detach())
         # With GAN-INT the logits hold the GAN-CLS and the interpolated fakes: their mean weighs both terms equally.
         loss_g = generator_adversarial_loss(g_out.logits.float(), objective.loss)
+        if objective.unconditional_weight > 0:  # every fake, the GAN-INT mixtures' too, must look real
+            loss_g = loss_g + objective.unconditional_weight * generator_adversarial_loss(g_out.unconditional_logits.float(), objective.loss)
         if objective.feature_matching_weight > 0:
             fake_features = g_out.image_features[:batch_size].float()
             loss_g = loss_g + objective.feature_matching_weight * feature_matching_loss(real_out.image_features.float(), fake_features)
