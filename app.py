@@ -18,10 +18,10 @@ from pathlib import Path
 import gradio as gr
 import torch
 
-from t2i.app_utils import (
-    KEEP_OUTPUTS_SECONDS, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_STEPS, App, InputError, load_model, upscale,
+from t2i.serving import (
+    KEEP_OUTPUTS_SECONDS, MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_STEPS, App, InputError, load_model, serving_threads,
+    upscale,
 )
-from t2i.hardware import serving_threads
 
 try:  # On a ZeroGPU Space this attaches a GPU for the length of each call; everywhere else it is not needed.
     from spaces import GPU as gpu
@@ -35,7 +35,7 @@ except ImportError:
 logger = logging.getLogger("t2i.app")
 
 # Up to 16 generations wait inside the app at once, so that those arriving together share one forward pass
-# (t2i.app_utils batches them; Gradio's batch=True cannot be used, see there). Interpolations run two at a time.
+# (t2i.serving.batching batches them; Gradio's batch=True cannot be used, see there). Interpolations run two at a time.
 GENERATE_CONCURRENCY = 16
 INTERPOLATE_CONCURRENCY = 2
 RANDOM_SEED_JS = f"() => Math.floor(Math.random() * {MAX_SEED + 1})"

@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
 from t2i.data import TensorBatchLoader, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
 from t2i.diffaugment import DIFF_AUGMENT_POLICIES
-from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_joint_image_encoder, load_oracle
+from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_oracle
 from t2i.hardware import cpu_has_fast_bf16
-from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
+from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
 from t2i.losses import LOSS_TYPES
 from t2i.models import CONDITIONINGS, FUSIONS, standing_batch_norm_
 from t2i.pipeline import to_unit_range
@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     scorer = None
     if args.evaluation_steps is not None:
         if test_dataset is None or "attributes" not in test_dataset.column_names:
-            raise ValueError("--evaluation_steps needs a 'test' split with an 'attributes' column (the synthetic set: python -m t2i.data synth)")
+            raise ValueError("--evaluation_steps needs a 'test' split with an 'attributes' column (the synthetic set: python -m t2i.datasets synth)")
         scorer = GeneratorScorer(text_encoder, test_dataset, train_dataset, load_oracle()[0], num_samples=args.evaluation_samples, seed=args.seed)
     labels = torch.tensor(train_dataset["label"]) if "label" in train_dataset.column_names else None
     loader = TensorBatchLoader(

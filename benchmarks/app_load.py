@@ -32,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-from t2i.app_utils import DEFAULT_MODEL_FOLDER, EXAMPLE_PROMPTS, build_random_pipeline
+from t2i.serving import DEFAULT_MODEL_FOLDER, EXAMPLE_PROMPTS, build_random_pipeline
 from t2i.text_encoders import TextEncoder
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

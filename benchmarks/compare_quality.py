@@ -16,7 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline  # noqa: E402
 from t2i.data import load_captioned_dataset  # noqa: E402
-from t2i.evaluation import evaluate_pipeline, load_joint_image_encoder, load_oracle  # noqa: E402
+from t2i.evaluation import evaluate_pipeline, load_oracle  # noqa: E402
+from t2i.text_pretraining.joint_embedding import load_joint_image_encoder  # noqa: E402
 
 COLUMNS = (
     ("petal colour", lambda r: r["agreement_generated"]["petal_color"]),

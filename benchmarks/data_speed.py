@@ -1,4 +1,4 @@
-"""Data pipeline speed: synthetic generation, loader throughput (fast path vs `datasets` path), embedding cache.
+"""Data pipeline speed: synthetic generation, loader throughput (the uint8-tensor path training uses), embedding cache.
 
     python benchmarks/data_speed.py --out results/data_speed.json            # full: 8,189 images at 128 px
     python benchmarks/data_speed.py --num-images 500 --out /tmp/quick.json   # a quick look
@@ -23,14 +23,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from t2i.data import (  # noqa: E402
     CaptionEmbeddings,
-    CaptionedImageDataset,
     TensorBatchLoader,
-    generate_synthetic_dataset,
     images_to_uint8,
     load_captioned_dataset,
     load_or_build_caption_embeddings,
     load_size_for,
 )
+from t2i.datasets import generate_synthetic_dataset  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -42,7 +41,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--num-proc", type=int, default=None, help="generation workers (default: all cores)")
     parser.add_argument("--dataset", default=None, help="use this existing dataset folder instead of generating one")
-    parser.add_argument("--datasets-path-images", type=int, default=2048, help="images to time on the datasets path")
     parser.add_argument("--skip-encoders", action="store_true", help="skip the embedding-cache timings")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     return parser.parse_args()
@@ -76,18 +74,6 @@ def bench_fast_path(train, embeddings: CaptionEmbeddings, args: argparse.Namespa
         "decode_once_seconds": round(decode_seconds, 2), "tensor_mb": round(images.numel() / 2**20, 1),
         "epoch_seconds": round(seconds, 3), "images_per_s": round(seen / seconds, 1),
     }
-
-
-def bench_datasets_path(train, embeddings: CaptionEmbeddings, args: argparse.Namespace, num_workers: int) -> dict:
-    items = CaptionedImageDataset(train.select(range(min(len(train), args.datasets_path_images))), args.train_resolution)
-    loader = torch.utils.data.DataLoader(items, batch_size=args.batch_size, shuffle=True, num_workers=num_workers)
-    generator = torch.Generator().manual_seed(0)
-    start, seen = time.perf_counter(), 0
-    for batch in loader:
-        embeddings.sample(batch["index"], generator)  # the loop's text side, for parity with the fast path
-        seen += len(batch["pixel_values"])
-    seconds = time.perf_counter() - start
-    return {"num_workers": num_workers, "images": seen, "seconds": round(seconds, 2), "images_per_s": round(seen / seconds, 1)}
 
 
 def bench_cache(train, encoder_name: str, make_encoder, cache_dir: Path) -> dict:
@@ -143,7 +129,6 @@ def main() -> None:
         results["loader"] = {
             "split": "train", "images": len(train), "batch_size": args.batch_size, "resolution": args.train_resolution,
             "fast_path": bench_fast_path(train, embeddings, args),
-            "datasets_path": [bench_datasets_path(train, embeddings, args, workers) for workers in (0, 2)],
         }
         print(f"loader: {json.dumps(results['loader'], indent=1)}", flush=True)
 

@@ -72,7 +72,7 @@ done
 if [ "$SMOKE" = 1 ]; then NUM_IMAGES=200; MINUTES=0.05; TRAIN=(--ngf 8 --ndf 8 --train_batch_size 16 --evaluation_samples 20)
 else NUM_IMAGES=8189; MINUTES=${TRAIN_MINUTES:-5}; TRAIN=(--train_batch_size 64 --evaluation_samples 500); fi
 stage "synthetic set ($NUM_IMAGES images)"
-[ -f "$OUT/data/README.md" ] || python -m t2i.data synth --out "$OUT/data" --num-images "$NUM_IMAGES" > "$OUT/synth.log" 2>&1
+[ -f "$OUT/data/README.md" ] || python -m t2i.datasets synth --out "$OUT/data" --num-images "$NUM_IMAGES" > "$OUT/synth.log" 2>&1
 stage "training the default recipe for $MINUTES min"
 python train_accelerate.py --dataset_name "$OUT/data" --text_encoder_path pretrained --output_dir "$OUT/model" \
   --max_train_steps 1000000 --max_train_minutes "$MINUTES" --evaluation_steps 500 --checkpointing_steps 1000 \
@@ -86,7 +86,7 @@ stage "evaluation ($SAMPLES samples)"
 python -m t2i.evaluation --model "$OUT/model" --dataset "$OUT/data" --num-samples "$SAMPLES" --out "$OUT/evaluation.json" \
   --sample_grid "$OUT/samples.png" > "$OUT/evaluation.log" 2>&1 || { tail -30 "$OUT/evaluation.log"; exit 1; }
 stage "robustness checks"
-python -m t2i.robustness --model "$OUT/model" --out "$OUT/robustness.json" --strip "$OUT/interpolation.png" \
+python -m t2i.evaluation.robustness --model "$OUT/model" --out "$OUT/robustness.json" --strip "$OUT/interpolation.png" \
   > "$OUT/robustness.log" 2>&1 || { tail -30 "$OUT/robustness.log"; exit 1; }
 rm -rf "$OUT/data" "$OUT/embedding_cache"
 

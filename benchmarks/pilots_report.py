@@ -15,7 +15,7 @@ from pathlib import Path
 from t2i import GanClsPipeline
 from t2i.data import augment_batch, load_captioned_dataset
 from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle, oracle_training_set
-from t2i.robustness import free_text_prompts, free_text_report, interpolation_report, real_image_statistics
+from t2i.evaluation.robustness import free_text_prompts, free_text_report, interpolation_report, real_image_statistics
 
 COLUMNS = (
     ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),

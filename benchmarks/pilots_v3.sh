@@ -5,12 +5,12 @@
 #
 #   bash benchmarks/pilots_v3.sh DATASET TEXT_ENCODER OUT_DIR [MINUTES]
 #
-# DATASET: the synthetic set (python -m t2i.data synth). TEXT_ENCODER: a trained char-CNN-RNN folder with a
+# DATASET: the synthetic set (python -m t2i.datasets synth). TEXT_ENCODER: a trained char-CNN-RNN folder with a
 # joint_image_encoder/ (e.g. pretrained/text_encoder + tokenizer + joint_image_encoder copied into one folder).
 # MINUTES (default 8) of training per run, one thread each (OMP_NUM_THREADS=1), bf16 on CPUs with AMX.
 # Finished runs (a training_summary.json) are skipped, so the script can be stopped and restarted. ONLY=REGEX runs
 # only the rows whose name matches (e.g. ONLY='^uncond').
-# Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.robustness
+# Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.evaluation.robustness
 # for the free-text and interpolation checks of each run.
 set -euo pipefail
 DATASET=$1 TEXT_ENCODER=$2 OUT=$3 MINUTES=${4:-8}
@@ -26,6 +26,7 @@ ROWS=(
   "affine_norm|text affine in every block + L2-normalised text (the t2i-v3 recipe)|--fusion affine --normalize_text"
   "uncond|t2i-v3 + StackGAN++'s unconditional term|--fusion affine --normalize_text --unconditional_weight 1"
   "uncond_mix|t2i-v3 + unconditional term + GAN-INT on random mixtures of 3 captions|--fusion affine --normalize_text --unconditional_weight 1 --int_beta random --int_captions 3"
+  "mix|t2i-v3 + GAN-INT on random mixtures of 3 captions|--fusion affine --normalize_text --int_beta random --int_captions 3"
 )
 for seed in 0 1; do
   for row in "${ROWS[@]}"; do

@@ -8,7 +8,7 @@ For each text encoder, a logistic-regression probe per attribute is trained on t
 captions that state the attribute, and scored on test-split captions: the 20 classes whose attribute combinations
 no caption of the train split describes. The generator sees nothing but the embedding, so an attribute the probe
 cannot read off an unseen caption is one the generator cannot be expected to draw. Synthetic captioned flowers only
-(the attributes come from the captions, parsed with `t2i.data.caption_attributes`).
+(the attributes come from the captions, parsed with `t2i.datasets.caption_attributes`).
 """
 
 import argparse
@@ -23,7 +23,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline, TextEncoder  # noqa: E402
-from t2i.data import caption_attributes, load_captioned_dataset  # noqa: E402
+from t2i.data import load_captioned_dataset  # noqa: E402
+from t2i.datasets import caption_attributes  # noqa: E402
 
 ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "petal_shape", "secondary_color")
 

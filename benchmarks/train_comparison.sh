@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/train_comparison.sh DATASET DISTILLED_TEXT_ENCODER DSSJE_TEXT_ENCODER OUT_DIR [STEPS] [WIDTH]
 #
-# DATASET: the synthetic set (python -m t2i.data synth --out DATASET).
+# DATASET: the synthetic set (python -m t2i.datasets synth --out DATASET).
 # DISTILLED_TEXT_ENCODER, DSSJE_TEXT_ENCODER: trained char-CNN-RNNs (the char_cnn_rnn/ folder of a
 # `--text_encoder char-cnn-rnn` run, with and without `--text_encoder_teacher sentence-transformers/all-MiniLM-L6-v2`);
 # rows that compare objectives share the distilled one, so that they differ only in the GAN. WIDTH is ngf = ndf

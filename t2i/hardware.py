@@ -1,7 +1,5 @@
 """What the machine can do fast, for choices that depend on it (not on the user's wishes)."""
 
-import os
-
 import torch
 
 
@@ -16,14 +14,3 @@ def cpu_has_fast_bf16() -> bool:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:
         return False
-
-
-def serving_threads() -> int:
-    """PyTorch intra-op threads for a process that also runs a web server: every core available to it but one.
-
-    The server's Python work (HTTP, Gradio's queue, file serving) keeps one core busy under load; PyTorch threads
-    that compete for it, spinning between operations, slow down both. Measured on these 2 cores with
-    benchmarks/app_load.py (16 clients, six runs each, interleaved): p95 671-831 ms with 1 thread, 709-1105 ms with 2.
-    """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - 1)

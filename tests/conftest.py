@@ -28,7 +28,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from t2i import GanClsPipeline  # noqa: E402
-from t2i.app_utils import TINY_TEXT_ENCODER_CONFIG, build_random_pipeline  # noqa: E402
+from t2i.serving import TINY_TEXT_ENCODER_CONFIG, build_random_pipeline  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -102,7 +102,7 @@ def loopback_hub(tmp_path_factory) -> LoopbackHub:
 @pytest.fixture(scope="session")
 def tiny_synthetic_dataset(tmp_path_factory) -> Path:
     """200 synthetic captioned flowers at 64 px, as a parquet folder with `train` and `test` splits."""
-    from t2i.data import generate_synthetic_dataset
+    from t2i.datasets import generate_synthetic_dataset
 
     out = tmp_path_factory.mktemp("synthetic") / "flowers"
     return generate_synthetic_dataset(out, num_images=200, seed=0, resolution=64, num_proc=1)

@@ -21,7 +21,7 @@ from gradio_client.exceptions import AppError
 from PIL import Image
 
 import app
-from t2i.app_utils import (
+from t2i.serving import (
     EXAMPLE_PROMPTS,
     App,
     InputError,
@@ -342,7 +342,7 @@ def test_outputs_are_served_in_place_and_checked_first(tmp_path):
 
 def test_the_app_leaves_a_core_to_the_server(monkeypatch):
     """On CPU, app.py runs the generator on all cores but one, unless OMP_NUM_THREADS is set."""
-    from t2i.hardware import serving_threads
+    from t2i.serving import serving_threads
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert serving_threads() == 7

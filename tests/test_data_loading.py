@@ -84,7 +84,7 @@ def _expected_file_names(folder, split: str) -> list[str]:
 
 
 def test_two_folders_with_one_name_load_their_own_rows(tmp_path):
-    from t2i.data import generate_synthetic_dataset
+    from t2i.datasets import generate_synthetic_dataset
 
     small = generate_synthetic_dataset(tmp_path / "a" / "ds", num_images=40, seed=1, resolution=64, num_proc=1)
     large = generate_synthetic_dataset(tmp_path / "b" / "ds", num_images=90, seed=2, resolution=64, num_proc=1)
@@ -99,7 +99,7 @@ def test_two_folders_with_one_name_load_their_own_rows(tmp_path):
 
 
 def test_a_folder_rebuilt_in_place_loads_the_new_rows(tmp_path):
-    from t2i.data import generate_synthetic_dataset
+    from t2i.datasets import generate_synthetic_dataset
 
     folder = generate_synthetic_dataset(tmp_path / "ds", num_images=40, seed=1, resolution=64, num_proc=1)
     first = load_captioned_dataset(folder, "train")
@@ -136,6 +136,6 @@ def test_a_missing_folder_is_a_clear_error_not_a_hub_lookup(name, monkeypatch):
 
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there: a refused connection, at once
     started = time.monotonic()
-    with pytest.raises(FileNotFoundError, match=r"python -m t2i\.data synth --out"):
+    with pytest.raises(FileNotFoundError, match=r"python -m t2i\.datasets synth --out"):
         load_captioned_dataset(name, split="train")
     assert time.monotonic() - started < 30

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from t2i.data.__main__ import main
-from t2i.data.oxford import (
+from t2i.datasets.__main__ import main
+from t2i.datasets.oxford import (
     CORRUPT, DUPLICATE, NO_CAPTION_FILE, NO_CAPTIONS, NO_IMAGE, NO_SPLIT, OXFORD_102_CLASS_NAMES,
     build_oxford_dataset, read_oxford_raw,
 )
@@ -238,8 +238,8 @@ def test_images_without_a_faithful_mapping_are_refused_with_a_reason():
 
 
 def test_16_bit_images_keep_their_values_in_the_builder_and_the_transforms(tmp_path):
-    from t2i.data.oxford import checked_rgb_image
     from t2i.data.transforms import pil_to_uint8, resize_center_crop
+    from t2i.datasets.oxford import checked_rgb_image
 
     ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)  # 0 .. 64512: all above 255 but the first
     buffer = io.BytesIO()
@@ -254,8 +254,8 @@ def test_16_bit_images_keep_their_values_in_the_builder_and_the_transforms(tmp_p
 
 
 def test_utf16_without_a_bom_and_odd_16_bit_images():
-    from t2i.data.oxford import decode_caption_file
     from t2i.data.transforms import to_rgb8
+    from t2i.datasets.oxford import decode_caption_file
 
     assert decode_caption_file("“curly” — quotes".encode("utf-16-le"))[:2] == ("“curly” — quotes", "utf-16-le")
     assert decode_caption_file("a red flower".encode("utf-16-be"))[:2] == ("a red flower", "utf-16-be")

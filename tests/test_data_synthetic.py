@@ -6,7 +6,7 @@ import datasets
 import numpy as np
 import pytest
 
-from t2i.data.synthetic import (
+from t2i.datasets.synthetic import (
     ATTRIBUTE_VALUES,
     CLASS_NAMES,
     SPECIES,

@@ -18,14 +18,14 @@ from t2i.evaluation import (
     evaluate_pipeline,
     frechet_distance,
     load_or_train_oracle,
-    main,
     mean_pairwise_distance,
     oracle_accuracy,
     r_precision,
     text_image_agreement,
 )
+from t2i.evaluation.__main__ import main
 from t2i.hub import CheckpointError, ModelCardInfo
-from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder
+from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder
 from t2i.text_encoders import text_embedding_dim
 
 ORACLE_STEPS = 300
@@ -219,7 +219,7 @@ def test_the_shipped_oracle_reads_fresh_renders():
 def test_a_changed_shipped_oracle_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    import t2i.evaluation as evaluation
+    import t2i.evaluation.oracle as evaluation
 
     copy = tmp_path / "attribute_oracle"
     shutil.copytree(evaluation.shipped_oracle_folder(), copy)
@@ -255,8 +255,8 @@ def test_readme_evaluate_section_on_a_fresh_synthetic_set(tmp_path):
     data = tmp_path / "data" / "synthetic-flowers"
     missing = subprocess.run([sys.executable, "-m", "t2i.evaluation", "--model", "pretrained", "--dataset", str(data)],
                              cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
-    assert missing.returncode != 0 and "python -m t2i.data synth --out" in missing.stderr and "Traceback" not in missing.stderr
-    subprocess.run([sys.executable, "-m", "t2i.data", "synth", "--out", str(data), "--num-images", "300", "--num-proc", "1"],
+    assert missing.returncode != 0 and "python -m t2i.datasets synth --out" in missing.stderr and "Traceback" not in missing.stderr
+    subprocess.run([sys.executable, "-m", "t2i.datasets", "synth", "--out", str(data), "--num-images", "300", "--num-proc", "1"],
                    cwd=REPO_ROOT, check=True, timeout=600, capture_output=True)
     started = time.monotonic()
     result = subprocess.run([sys.executable, "-m", "t2i.evaluation", "--model", "pretrained", "--dataset", str(data),

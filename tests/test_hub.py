@@ -228,8 +228,8 @@ def test_push_to_hub_uploads_exactly_the_pipeline_and_card(tiny_pipeline, monkey
 
 def _saved_components(root: Path) -> dict[str, tuple[Path, object]]:
     """Every kind of component t2i loads, saved: {name: (weights file, loader)}."""
-    from t2i.evaluation import AttributeOracle, load_joint_image_encoder, load_oracle
-    from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder
+    from t2i.evaluation import AttributeOracle, load_oracle
+    from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, JointImageEncoder, load_joint_image_encoder
 
     from conftest import make_tiny_pipeline
 

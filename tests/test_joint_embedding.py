@@ -5,9 +5,10 @@ import torch
 from datasets import Dataset
 
 from t2i import TextEncoder
-from t2i.data import CLASS_NAMES, SPECIES, captioned_features, images_to_uint8, load_size_for
-from t2i.data.synthetic import make_example
-from t2i.joint_embedding import JointImageEncoder, symmetric_joint_embedding_loss, train_joint_embedding, zero_shot_accuracy
+from t2i.data import captioned_features, images_to_uint8, load_size_for
+from t2i.datasets import CLASS_NAMES, SPECIES
+from t2i.datasets.synthetic import make_example
+from t2i.text_pretraining.joint_embedding import JointImageEncoder, symmetric_joint_embedding_loss, train_joint_embedding, zero_shot_accuracy
 from t2i.text_encoders import build_char_cnn_rnn
 
 TINY_TEXT = dict(conv_channels=[32, 32, 32], rnn_hidden_size=32, embed_dim=64)

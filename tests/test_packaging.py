@@ -16,10 +16,10 @@ from pathlib import Path
 import t2i
 assert Path(t2i.__file__).resolve().is_relative_to(Path(sys.argv[1]).resolve()), t2i.__file__  # the wheel's copy
 from t2i import GanClsPipeline, ModelCardInfo
-from t2i.app_utils import DEFAULT_MODEL_FOLDER
+from t2i.serving import DEFAULT_MODEL_FOLDER
 from t2i.evaluation import load_oracle
 from t2i.hub import render_model_card
-from t2i.robustness import free_text_prompts
+from t2i.evaluation.robustness import free_text_prompts
 card = render_model_card(ModelCardInfo(model_id="someone/flowers", dataset_name="synth", synthetic_data=True))
 assert "someone/flowers" in card.content and "not on Oxford-102" in card.content
 pipeline = GanClsPipeline.from_pretrained(DEFAULT_MODEL_FOLDER)

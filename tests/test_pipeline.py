@@ -141,7 +141,7 @@ def test_prompts_the_tokenizer_cannot_read_are_refused_by_name(tiny_pipeline, pr
 
 
 def test_prompts_with_some_readable_text_still_generate(tiny_pipeline):
-    from t2i.app_utils import clean_prompt
+    from t2i.serving import clean_prompt
 
     images = tiny_pipeline("a rose 🌸", output_type="np").images
     assert images.shape == (1, 64, 64, 3)

@@ -1,11 +1,11 @@
-"""t2i.text_distillation: a char-CNN-RNN student learns to reproduce a teacher's caption embeddings."""
+"""t2i.text_pretraining.distillation: a char-CNN-RNN student learns to reproduce a teacher's caption embeddings."""
 
 import pytest
 import torch
 from conftest import TINY_TEXT_ENCODER_CONFIG
 
 from t2i.data import encode_captions, load_captioned_dataset
-from t2i.text_distillation import distill_text_encoder, distillation_agreement
+from t2i.text_pretraining.distillation import distill_text_encoder, distillation_agreement
 from t2i.text_encoders import build_char_cnn_rnn
 
 STUDENT_CONFIG = dict(conv_channels=[32, 32, 32], rnn_type="gru", rnn_hidden_size=32, embed_dim=24)

@@ -19,8 +19,7 @@ from safetensors.torch import load_file
 import train_accelerate
 from t2i.training import list_checkpoints
 from t2i import GanClsPipeline
-from t2i.evaluation import load_joint_image_encoder
-from t2i.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
+from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
 from t2i.text_encoders import build_char_cnn_rnn
 
 from conftest import TINY_TEXT_ENCODER_CONFIG

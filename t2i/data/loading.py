@@ -111,7 +111,7 @@ def load_captioned_dataset(
 ) -> Dataset:
     """Load one split of a captioned-image dataset with normalized `image` and `captions` columns.
 
-    `name_or_path` is a Hub dataset id, a local folder of parquet files (like `python -m t2i.data synth`
+    `name_or_path` is a Hub dataset id, a local folder of parquet files (like `python -m t2i.datasets synth`
     writes), a `save_to_disk` folder, or an imagefolder with `metadata.jsonl`. `caption_column` may hold
     one string or a list of strings per image. Other columns (`label`, ...) are kept.
 
@@ -122,13 +122,13 @@ def load_captioned_dataset(
             that can only be a path (starts with ".", "/" or "~", or has more than one "/") is never sent to the Hub.
     """
     if not os.fspath(name_or_path).strip():
-        raise ValueError("the dataset name is empty: give a folder (python -m t2i.data synth --out DIR) or a Hub id")
+        raise ValueError("the dataset name is empty: give a folder (python -m t2i.datasets synth --out DIR) or a Hub id")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         _check_hub_dataset(os.fspath(name_or_path))
     if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
         raise FileNotFoundError(f"{name_or_path}: the folder is empty. Make the synthetic set there with "
-                                f"`python -m t2i.data synth --out {name_or_path}`.")
+                                f"`python -m t2i.datasets synth --out {name_or_path}`.")
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
         loaded = load_from_disk(str(path))
         if isinstance(loaded, DatasetDict):
@@ -150,7 +150,7 @@ def load_captioned_dataset(
 def _check_hub_dataset(name: str) -> None:
     # Without this, a mistyped or not-yet-built folder is sent to the Hub, retried for over a minute, and ends in
     # a ConnectionError traceback that never says the folder is missing.
-    make_it = f"Make the synthetic set with `python -m t2i.data synth --out {name}`, or give a Hub dataset id (org/name)."
+    make_it = f"Make the synthetic set with `python -m t2i.datasets synth --out {name}`, or give a Hub dataset id (org/name)."
     if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         raise FileNotFoundError(f"{name}: no such dataset folder. {make_it}")
     from huggingface_hub import HfApi, constants

@@ -1,10 +1,9 @@
 """Training transforms: resize, random crop (Reed: 76 -> 64) or centre crop, horizontal flip, scale to [-1, 1];
 per-epoch caption sampling, and mismatched ("wrong") captions from a different class.
 
-Two input paths share one augmentation function (`augment_batch`, on uint8 tensors):
-- the fast path keeps a whole split as one uint8 tensor [N, 3, L, L] (`images_to_uint8`) and
-  `TensorBatchLoader` augments whole batches on that tensor (CPU or GPU), with no decoding and no text encoder;
-- the `datasets` path decodes images per item (`CaptionedImageDataset` + a torch `DataLoader`).
+One input path: a whole split is decoded once into one uint8 tensor [N, 3, L, L] (`images_to_uint8`), and
+`TensorBatchLoader` augments whole batches on that tensor (CPU or GPU) with `augment_batch`, with no per-item
+decoding and no text encoder in the loop (the embeddings are cached).
 """
 
 from __future__ import annotations
@@ -220,34 +219,3 @@ class TensorBatchLoader:
                 "labels": self.labels[batch[mine]].to(self.device),
                 "indices": batch[mine].to(self.device),
             }
-
-
-class CaptionedImageDataset(torch.utils.data.Dataset):
-    """`datasets` path: decodes and augments one image per item, for a torch `DataLoader`.
-
-    Items are dicts with `pixel_values` [3, R, R] in [-1, 1], `label` and `index`; sample text embeddings
-    for a batch with `CaptionEmbeddings.sample(batch["index"])`.
-    """
-
-    def __init__(self, dataset: Dataset, resolution: int, train: bool = True, seed: int = 0) -> None:
-        self.has_labels = "label" in dataset.column_names
-        dataset = dataset.select_columns(["image", "label"] if self.has_labels else ["image"])  # skip the rest per row
-        self.dataset, self.resolution, self.train = _undecoded(dataset, "image"), resolution, train
-        self.load_size = load_size_for(resolution)
-        self.seed = seed
-        self._epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Change the augmentation draws (they are seeded by seed, epoch and index)."""
-        self._epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> dict:
-        row = self.dataset[int(index)]
-        image = pil_to_uint8(resize_center_crop(open_image(row["image"]), self.load_size))
-        # Seeded per item, so results do not depend on how items are spread over DataLoader workers.
-        generator = torch.Generator().manual_seed((self.seed * 1_000_003 + self._epoch) * 1_000_003 + int(index))
-        pixels = augment_batch(image[None], self.resolution, self.train, generator)[0]
-        return {"pixel_values": pixels, "label": row["label"] if self.has_labels else -1, "index": int(index)}

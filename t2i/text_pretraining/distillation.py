@@ -1,6 +1,6 @@
 """Distilling a sentence encoder into a char-CNN-RNN small enough to ship with the generator.
 
-Reed's DS-SJE (`t2i.joint_embedding`) teaches the char-CNN-RNN to tell the training *classes* apart. On attribute
+Reed's DS-SJE (`t2i.text_pretraining.joint_embedding`) teaches the char-CNN-RNN to tell the training *classes* apart. On attribute
 combinations it never saw, that embedding mostly keeps the most distinctive attribute (measured on the synthetic
 flowers: a linear probe reads petal colour off the test-class captions 97 % of the time, but centre colour only
 67 % and the petal-count word 56 %). all-MiniLM-L6-v2, pretrained on a billion sentence pairs, encodes each
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .data import CaptionEmbeddings, encode_captions
+from ..data import CaptionEmbeddings, encode_captions
 from .joint_embedding import LossLog, tokenize_captions
-from .text_encoders import CharCnnRnnEncoder, TextEncoder
+from ..text_encoders import CharCnnRnnEncoder, TextEncoder
 
 logger = logging.getLogger(__name__)
 

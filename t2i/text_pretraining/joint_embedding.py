@@ -20,6 +20,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -31,15 +32,15 @@ from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import augment_batch, encode_captions
-from .hub import SafetensorsOnlyMixin
-from .models import standing_batch_norm_
-from .text_encoders import CharCnnRnnEncoder, TextEncoder
+from ..data import augment_batch, encode_captions
+from ..hub import SafetensorsOnlyMixin, check_before_loading, resolve_pretrained_folder
+from ..models import standing_batch_norm_
+from ..text_encoders import CharCnnRnnEncoder, TextEncoder
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "JOINT_IMAGE_ENCODER_FOLDER", "JointEmbeddingResult", "JointImageEncoder", "LossLog", "recalibrate_batch_norm",
+    "JOINT_IMAGE_ENCODER_FOLDER", "JointEmbeddingResult", "JointImageEncoder", "LossLog", "load_joint_image_encoder", "recalibrate_batch_norm",
     "strided_conv_stack", "symmetric_joint_embedding_loss", "tokenize_captions", "train_joint_embedding", "zero_shot_accuracy",
 ]
 
@@ -427,3 +428,15 @@ def train_joint_embedding(
         logger.info("joint embedding zero-shot top-1 %.4f (chance %.4f), AP@50 %.4f", metrics["zero_shot_top1"],
                     metrics["zero_shot_chance"], metrics["zero_shot_ap50"])
     return JointEmbeddingResult(trained, image_encoder, metrics, history)
+
+
+def load_joint_image_encoder(model: str | os.PathLike) -> JointImageEncoder | None:
+    """θ saved next to a pipeline (folder `joint_image_encoder/`, written by train_accelerate.py), or None."""
+    try:
+        folder = resolve_pretrained_folder(model, subfolder=JOINT_IMAGE_ENCODER_FOLDER) / JOINT_IMAGE_ENCODER_FOLDER
+    except FileNotFoundError:
+        return None
+    if not (folder / "config.json").is_file():
+        return None
+    check_before_loading(JointImageEncoder, folder)
+    return JointImageEncoder.from_pretrained(folder).eval().requires_grad_(False)

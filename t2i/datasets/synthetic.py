@@ -4,7 +4,7 @@ Every image records its attributes, so text-image agreement can be measured obje
 (classes) are a fixed taxonomy, independent of the generation seed: 82 `train` classes and 20 `test`
 classes, where every test class is an unseen combination of attribute values that all occur in training.
 
-    python -m t2i.data synth --out data/synthetic-flowers --num-images 8189 --seed 0 --resolution 128
+    python -m t2i.datasets synth --out data/synthetic-flowers --num-images 8189 --seed 0 --resolution 128
 
 Generation is deterministic: image i is drawn from seeds derived from (seed, i) only, and workers return
 results in order, so the same arguments give byte-identical parquet files.
@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from datasets import Features, Value
 
-from .loading import captioned_features, save_captioned_dataset
+from ..data.loading import captioned_features, save_captioned_dataset
 from .synthetic_captions import caption_attributes, make_captions
 from .synthetic_render import CENTER_PALETTE, PETAL_PALETTE, encode_jpeg, render_flower
 
@@ -281,7 +281,7 @@ Procedurally rendered flowers with known attributes and 10 Reed-style captions p
 `t2i` project as a stand-in benchmark for Oxford-102 + Reed et al. (2016) captions. **These are not
 Oxford-102 images**; results on this set must never be reported as Oxford-102 results.
 
-Generated with `python -m t2i.data synth --num-images {num_images} --seed {seed} --resolution {resolution}`:
+Generated with `python -m t2i.datasets synth --num-images {num_images} --seed {seed} --resolution {resolution}`:
 {sizes} images, {resolution}x{resolution} JPEG.
 
 ## Schema

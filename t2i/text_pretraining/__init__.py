@@ -20,10 +20,10 @@ from pathlib import Path
 import torch
 from accelerate.utils import set_seed
 
-from .data import images_to_uint8, load_or_build_caption_embeddings
+from ..data import images_to_uint8, load_or_build_caption_embeddings
 from .joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, train_joint_embedding
-from .text_distillation import distill_text_encoder
-from .text_encoders import MINILM_ID, CharCnnRnnEncoder, TextEncoder, build_char_cnn_rnn
+from .distillation import distill_text_encoder
+from ..text_encoders import MINILM_ID, CharCnnRnnEncoder, TextEncoder, build_char_cnn_rnn
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Checks that a generator holds up away from the training captions: free-text prompts and GAN-INT interpolation.
 
-The oracle metrics of `t2i.evaluation` ask for caption-like prompts. Visitors type "a rose" or "purple", and a
+The oracle metrics of `t2i.evaluation.metrics` ask for caption-like prompts. Visitors type "a rose" or "purple", and a
 generator with a cliff just off the training captions turns those, and the middle of a caption interpolation,
 into one saturated noise pattern for every seed. Three image statistics catch that, each compared with real
 images of the synthetic set at the model's resolution:
@@ -12,7 +12,7 @@ images of the synthetic set at the model's resolution:
 - **flower-pixel share**: the fraction of pixels that are neither foliage-green nor dark (the renderer's
   backgrounds are both; its petals and discs are neither), so an empty or washed-out frame scores near 0.
 
-    python -m t2i.robustness --model pretrained --out benchmarks/results/robustness_default.json
+    python -m t2i.evaluation.robustness --model pretrained --out benchmarks/results/robustness_default.json
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from .data import augment_batch
+from ..data import augment_batch
 
 FREE_TEXT_PROMPTS_FILE = "free_text_prompts.txt"
 INTERPOLATION_PAIRS = (
@@ -73,7 +73,7 @@ def real_image_statistics(resolution: int = 64, num_images: int = 256, seed: int
 
     Seed spread is measured on groups of 8 images, like the checks (different flowers, so an upper reference).
     """
-    from .evaluation import oracle_training_set  # the renders the oracle trains on: the dataset's own pipeline
+    from .oracle import oracle_training_set  # the renders the oracle trains on: the dataset's own pipeline
 
     images, _ = oracle_training_set(num_images, seed=seed, num_proc=1)
     real = augment_batch(images, resolution, train=False).add(1).div(2)
@@ -141,10 +141,10 @@ def interpolation_report(pipeline, pairs: Sequence[tuple[str, str]] = INTERPOLAT
 
 def main(argv: list[str] | None = None) -> dict:
     """Run both checks on one model; print a summary and write JSON with every figure."""
-    from .evaluation import load_oracle, oracle_training_set
-    from .pipeline import GanClsPipeline
+    from ..pipeline import GanClsPipeline
+    from .oracle import load_oracle, oracle_training_set
 
-    parser = argparse.ArgumentParser(prog="python -m t2i.robustness", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m t2i.evaluation.robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="pipeline folder or Hub model id")
     parser.add_argument("--out", default=None, help="JSON with every figure")
     parser.add_argument("--oracle_dir", default=None, help="attribute oracle for the feature distance (default: the shipped one)")

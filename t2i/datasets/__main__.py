@@ -1,7 +1,7 @@
 """Build datasets from the command line.
 
-    python -m t2i.data synth --out DIR [--num-images 8189] [--seed 0] [--resolution 128] [--num-proc N]
-    python -m t2i.data oxford --images 102flowers.tgz --captions cvpr2016_flowers.tar.gz --out DIR
+    python -m t2i.datasets synth --out DIR [--num-images 8189] [--seed 0] [--resolution 128] [--num-proc N]
+    python -m t2i.datasets oxford --images 102flowers.tgz --captions cvpr2016_flowers.tar.gz --out DIR
 
 Both accept `--push_to_hub USER/REPO [--private]` to upload the result as a Hub dataset.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import logging
 import time
 
-from .loading import push_dataset_folder
+from ..data.loading import push_dataset_folder
 from .oxford import build_oxford_dataset
 from .synthetic import generate_synthetic_dataset
 
@@ -21,7 +21,7 @@ from .synthetic import generate_synthetic_dataset
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the `synth` / `oxford` sub-commands."""
     parser = argparse.ArgumentParser(
-        prog="python -m t2i.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m t2i.datasets", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -51,7 +51,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of `python -m t2i.data`."""
+    """Entry point of `python -m t2i.datasets`."""
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()

@@ -8,7 +8,7 @@ Inputs, as distributed (each a folder or an archive: .tgz / .tar.gz / .tar / .zi
 The output follows DESIGN.md's schema with Reed's zero-shot split: `train` = the 82 train+val classes,
 `test` = the 20 test classes.
 
-    python -m t2i.data oxford --images 102flowers.tgz --captions cvpr2016_flowers.tar.gz --out oxford-102-captions
+    python -m t2i.datasets oxford --images 102flowers.tgz --captions cvpr2016_flowers.tar.gz --out oxford-102-captions
 
 Bad input is never dropped silently: each skipped or converted file is counted in a warning and in the
 printed report, and inconsistent split files are refused with an error naming the file.
@@ -31,8 +31,8 @@ from pathlib import Path
 
 from PIL import Image, ImageFile
 
-from .loading import captioned_features, save_captioned_dataset
-from .transforms import to_rgb8
+from ..data.loading import captioned_features, save_captioned_dataset
+from ..data.transforms import to_rgb8
 
 # The standard names of the 102 classes, in label order (class_00001 is "pink primrose").
 OXFORD_102_CLASS_NAMES: tuple[str, ...] = (

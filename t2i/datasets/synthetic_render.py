@@ -1,4 +1,4 @@
-"""Procedural flower rendering with numpy + PIL, used by `t2i.data.synthetic`.
+"""Procedural flower rendering with numpy + PIL, used by `t2i.datasets.synthetic`.
 
 Everything is drawn with soft (anti-aliased) masks on a float RGB canvas in [0, 1]. Each petal, leaf
 and disc is evaluated only inside its own bounding box, so a flower with 60 petals still costs a few

@@ -1,0 +1,76 @@
+"""Checking what a user sends: numbers within their ranges, and a prompt cleaned to exactly what the model reads.
+
+User mistakes raise ``InputError`` with a message written for the user; app.py turns it into ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+from ..text_encoders import CharTokenizer, unreadable_characters
+
+MAX_IMAGES = 16
+MIN_STEPS, MAX_STEPS = 2, 16
+MAX_SEED = 2**32 - 1  # the range numpy, diffusers and most UIs accept
+MAX_PROMPT_CHARS = 300  # for sub-word tokenizers: far above a one-sentence caption, far below 256 tokens
+
+
+class InputError(ValueError):
+    """A request the app refuses, with a message meant for the person who sent it."""
+
+
+def check_int(value: object, name: str, low: int, high: int) -> int:
+    """``value`` as an int in [low, high], or ``InputError`` naming the parameter and its range."""
+    wanted = f"{name} must be a whole number from {low} to {high}"
+    if isinstance(value, bool) or value is None or value == "":
+        raise InputError(f"{wanted}; got {'nothing' if value in (None, '') else repr(value)}.")
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float, e.g. 10**400
+        raise InputError(f"{wanted}; got {value!r}.") from None
+    if not number.is_integer() or not low <= number <= high:
+        raise InputError(f"{wanted}; got {value!r}.")
+    return int(number)
+
+
+def prompt_limit(tokenizer) -> int:
+    """How many characters of a prompt the model reads: the tokenizer's length for Reed's char tokenizer."""
+    return tokenizer.model_max_length if isinstance(tokenizer, CharTokenizer) else MAX_PROMPT_CHARS
+
+
+def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
+    """The prompt exactly as the model will read it, plus notices about what was changed.
+
+    Control and invisible formatting characters (including right-to-left overrides) are removed, characters the
+    tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut to ``prompt_limit``.
+    Raises ``InputError`` when nothing readable is left.
+    """
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text; got {type(prompt).__name__}.")
+    limit = prompt_limit(tokenizer)
+    notices = []
+    # Far more than the model reads is cut before the character checks, so a megabyte of text costs nothing.
+    text = unicodedata.normalize("NFC", prompt[: 10 * limit])
+    # Cc: control characters (NUL, BEL, ...); Cf: invisible formatting (bidi overrides, zero-width joiners).
+    visible = "".join(
+        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf")
+    )
+    if len(visible) != len(text):
+        notices.append(f"Removed {len(text) - len(visible)} control or invisible formatting character(s).")
+    unknown = unreadable_characters(tokenizer, visible)
+    if unknown:
+        visible = "".join(ch for ch in visible if ch not in unknown)
+    text = " ".join(visible.split())
+    if not text:
+        if unknown:
+            raise InputError(
+                "the prompt has no characters this model can read (it reads English letters, digits and "
+                f"punctuation); it ignores {''.join(unknown[:20])}. Describe the flower in English."
+            )
+        raise InputError("the prompt is empty: describe the flower, e.g. 'a flower with five red petals'.")
+    if unknown:
+        notices.append(f"Ignored characters the model cannot read: {' '.join(unknown[:20])}")
+    if len(text) > limit:
+        notices.append(f"The prompt was cut to {limit} characters, as many as the model reads.")
+        text = text[:limit].rstrip()
+    return text, notices
