@@ -269,13 +269,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # Text encoder and validation
 
 
+# The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight")
-
-
-def model_flags(args: argparse.Namespace) -> dict:
-    """The flags that shape G and D (a checkpoint resumes only with the same ones); ``aux_class_weight`` adds D's class head."""
-    return {name: getattr(args, name) for name in MODEL_FLAGS}
 
 
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
@@ -353,6 +349,7 @@ def _hardware(accelerator) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
     args = parse_args(argv)
+    model_config = {name: getattr(args, name) for name in MODEL_FLAGS}
     started = time.monotonic()
     accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
@@ -374,7 +371,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
         if checkpoints:
             resume_from = checkpoints[-1]
-            check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_flags(args))
+            check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_config)
 
     # Data: decoded once into a uint8 tensor, captions embedded once (cached across runs).
     train_dataset = load_captioned_dataset(args.dataset_name, args.train_split, args.image_column, args.caption_column)
@@ -516,7 +513,7 @@ def main(argv: list[str] | None = None) -> None:
             if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
                 training_state = {"global_step": global_step, "epoch": epoch, "step_in_epoch": step_in_epoch + 1,
                                   "num_processes": accelerator.num_processes, "per_process_batch_size": args.train_batch_size,
-                                  "model_config": model_flags(args),
+                                  "model_config": model_config,
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
                                   "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}

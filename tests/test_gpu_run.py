@@ -4,11 +4,13 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_gpu_run_smoke(tmp_path):
     out = tmp_path / "gpu_run"
     result = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_run.sh"), str(out), "--smoke"], cwd=REPO,

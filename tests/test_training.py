@@ -380,6 +380,7 @@ def char_cnn_rnn_args(tiny_synthetic_dataset, tmp_path_factory) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_kills_inside_and_right_after_the_text_encoder_phase_change_nothing(char_cnn_rnn_args, tmp_path):
     uninterrupted = tmp_path / "uninterrupted"
     run(char_cnn_rnn_args, uninterrupted)
