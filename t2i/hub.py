@@ -263,5 +263,5 @@ def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike | No
         eval_results=eval_results or None,
         widget=[{"text": prompt} for prompt in info.widget_prompts] or None,
     )
-    fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("license", "tags", "widget_prompts")}
+    fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("tags", "widget_prompts")}
     return ModelCard.from_template(card_data, template_path=str(template_path or model_card_template()), **fields, **extra)

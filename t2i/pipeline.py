@@ -30,6 +30,31 @@ OUTPUT_TYPES = ("pil", "np", "pt")
 # This package's modules that save_with_model_card uploads for diffusers' trust_remote_code loading (each with the
 # modules it imports relatively), and the names they get there.
 REMOTE_CODE_MODULES = {"t2i.pipeline": "pipeline", "t2i.models": "models", "t2i.text_encoders": "text_encoders"}
+_OWN_MODULES = {remote: module for module, remote in REMOTE_CODE_MODULES.items()}
+_LOADED_AS_REMOTE_CODE = __name__ != "t2i.pipeline"  # this file inlined by self_contained_source, run by diffusers
+
+
+def _require_t2i() -> None:
+    if _LOADED_AS_REMOTE_CODE:
+        raise RuntimeError("save_with_model_card and push_to_hub need the t2i package (pip install t2i); this pipeline "
+                           "was loaded as remote code. save_pretrained works, and t2i loads what it writes.")
+
+
+def _component_class(library: str, class_name: str) -> type:
+    # model_index.json names t2i's modules ("t2i.models"), the remote code's ("models"), or, saved by an old
+    # version from a pipeline loaded as remote code, diffusers' cache module ("diffusers_modules.local.models"):
+    # all of them mean t2i's own classes, never code from the folder.
+    short = library.rsplit(".", 1)[-1] if library.startswith("diffusers_modules.") else library
+    own = _OWN_MODULES.get(short, library if library in REMOTE_CODE_MODULES else None)
+    if own is None:
+        found = getattr(_get_library_or_raise(library), class_name, None)
+    elif _LOADED_AS_REMOTE_CODE:  # every t2i class this pipeline needs is defined in this very file
+        found = globals().get(class_name)
+    else:
+        found = getattr(importlib.import_module(own), class_name, None)
+    if not (isinstance(found, type) and issubclass(found, (ModelMixin, PreTrainedModel, PreTrainedTokenizerBase))):
+        raise CheckpointError(f"model_index.json names [{library!r}, {class_name!r}], which is not a model or tokenizer class")
+    return found
 
 
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -72,43 +97,65 @@ class GanClsPipeline(DiffusionPipeline):
     def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, torch_dtype: torch.dtype | None = None, **kwargs) -> "GanClsPipeline":
         """Load from a folder or Hub repo id, safetensors only, after checking every component's files.
 
-        ``kwargs`` may hold the Hub download options (``revision``, ``token``, ``cache_dir``, ``local_files_only``)
-        and components to use instead of the saved ones (``tokenizer=...``). A folder that also carries the
-        remote code of ``save_with_model_card`` is loaded with this package's own classes: the code in the folder
-        is never run here.
+        ``kwargs`` may hold the Hub download options (``revision``, ``token``, ``cache_dir``, ``local_files_only``),
+        ``dtype`` (diffusers' newer name for ``torch_dtype``) and components to use instead of the saved ones
+        (``tokenizer=...``). A folder that also carries the remote code of ``save_with_model_card`` is loaded with
+        this package's own classes: the code in the folder is never run here.
 
         Raises:
             CheckpointError: no ``model_index.json``, or a component whose files are missing, corrupt, pickled or
                 hold the wrong tensors.
             FileNotFoundError: neither a folder nor a Hub repo.
-            TypeError: an unknown keyword argument.
+            TypeError: an unknown keyword argument, ``trust_remote_code``, or a dtype that is not a ``torch.dtype``.
+            ValueError: ``use_safetensors=False``.
         """
-        folder = resolve_pretrained_folder(pretrained_model_name_or_path, **{k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs})
+        hub_kwargs = {k: kwargs.pop(k) for k in HUB_KWARGS if k in kwargs}
+        dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
+        if dtype is not None and not isinstance(dtype, torch.dtype):
+            raise TypeError(f"torch_dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
+        if kwargs.pop("use_safetensors", True) is not True:
+            raise ValueError("t2i loads safetensors only (never pickles): use_safetensors=False is not supported")
+        if "trust_remote_code" in kwargs:
+            raise TypeError("GanClsPipeline.from_pretrained never runs a folder's code, so it takes no trust_remote_code "
+                            "(plain diffusers does: DiffusionPipeline.from_pretrained(repo, trust_remote_code=True))")
+        folder = resolve_pretrained_folder(pretrained_model_name_or_path, **hub_kwargs)
         index_file = folder / "model_index.json"
         if not index_file.is_file():
             raise CheckpointError(f"{folder} has no model_index.json: it is not a saved pipeline folder")
         index = json.loads(index_file.read_text())
-        components = {}
+        components = {name: kwargs.pop(name) for name in ("tokenizer", "text_encoder", "generator") if name in kwargs}
+        if kwargs:
+            raise TypeError(f"GanClsPipeline.from_pretrained got unexpected arguments {sorted(kwargs)}")
         for name in ("tokenizer", "text_encoder", "generator"):
-            if name in kwargs:
-                components[name] = kwargs.pop(name)
+            if name in components:
                 continue
             if not isinstance(index.get(name), list) or len(index[name]) != 2:
                 raise CheckpointError(f"{index_file} names no [library, class] for the {name!r} component")
-            library, class_name = index[name]
-            if (folder / name / f"{library}.py").is_file() and f"t2i.{library}" in REMOTE_CODE_MODULES:
-                library = f"t2i.{library}"
-            model_class = getattr(_get_library_or_raise(library), class_name)
+            model_class = _component_class(*index[name])
             check_before_loading(model_class, folder / name)
-            components[name] = model_class.from_pretrained(str(folder / name), **({"use_safetensors": True} if name != "tokenizer" else {}))
-        if kwargs:
-            raise TypeError(f"GanClsPipeline.from_pretrained got unexpected arguments {sorted(kwargs)}")
+            load_kwargs = {} if name == "tokenizer" else {"use_safetensors": True}
+            if dtype is not None and issubclass(model_class, ModelMixin):  # diffusers warns about a cast after loading
+                load_kwargs["torch_dtype"] = dtype
+            component = model_class.from_pretrained(str(folder / name), **load_kwargs)
+            if dtype is not None and name != "tokenizer" and component.dtype != dtype:
+                component = component.to(dtype)
+            components[name] = component
         pipeline = cls(**components)
-        if torch_dtype is not None:
-            pipeline.to(torch_dtype)
         own_aligned_memory_(pipeline.text_encoder)
         pipeline.register_to_config(_name_or_path=str(folder))  # the local folder (a Hub snapshot for a repo id)
         return pipeline
+
+    def save_pretrained(self, save_directory: str | os.PathLike, **kwargs) -> None:
+        """diffusers' ``save_pretrained``, with ``model_index.json`` naming t2i's modules (also for a pipeline that was
+        loaded as remote code, whose classes live in ``diffusers_modules``) and no local path of the loaded folder."""
+        super().save_pretrained(save_directory, **kwargs)
+        index_file = Path(save_directory) / "model_index.json"
+        index = json.loads(index_file.read_text())
+        index.pop("_name_or_path", None)
+        for name in ("tokenizer", "text_encoder", "generator"):
+            if index[name][0].startswith("diffusers_modules."):
+                index[name][0] = _OWN_MODULES.get(index[name][0].rsplit(".", 1)[-1], index[name][0])
+        index_file.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
     @torch.inference_mode()
     def encode_prompt(self, prompt: str | list[str]) -> torch.Tensor:
@@ -244,7 +291,12 @@ class GanClsPipeline(DiffusionPipeline):
         token: str | None = None,
         create_pr: bool = False,
     ) -> str:
-        """Save the pipeline with a model card rendered from ``model_card.md`` and upload it; returns the commit URL."""
+        """Save the pipeline with a model card rendered from ``model_card.md`` and upload it; returns the commit URL.
+
+        Raises:
+            RuntimeError: loaded as remote code, without t2i (see ``save_with_model_card``); before any upload.
+        """
+        _require_t2i()
         api = HfApi(token=token)
         repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
         with tempfile.TemporaryDirectory() as folder:
@@ -257,7 +309,12 @@ class GanClsPipeline(DiffusionPipeline):
         With ``remote_code`` (the default, and what ``push_to_hub`` uploads) the folder also carries the pipeline's
         and components' source, laid out for diffusers' custom-code loading, so that anyone can load it without t2i:
         ``DiffusionPipeline.from_pretrained(repo, trust_remote_code=True)``.
+
+        Raises:
+            RuntimeError: this pipeline was loaded as remote code, without t2i installed: publishing reads t2i's own
+                source and card template (``save_pretrained`` works).
         """
+        _require_t2i()
         self.save_pretrained(save_directory)
         if remote_code:
             self._write_remote_code(Path(save_directory))

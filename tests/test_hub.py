@@ -44,6 +44,11 @@ pipeline = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=sys.
 images = pipeline("a red flower", generator=torch.Generator().manual_seed(1), output_type="np").images
 np.save(sys.argv[3], images)
 print(type(pipeline).__module__, type(pipeline.generator).__name__)
+pipeline.save_pretrained(sys.argv[4])  # a folder t2i can load
+try:
+    pipeline.save_with_model_card(sys.argv[4] + "-card", None)
+except RuntimeError as error:
+    print("refused:", error)
 """
 
 
@@ -56,7 +61,8 @@ def test_plain_diffusers_loads_a_published_repo_with_its_remote_code(tiny_pipeli
     assert f'DiffusionPipeline.from_pretrained("{repo}", trust_remote_code=True)' in card
 
     def plain_diffusers(trust: bool) -> subprocess.CompletedProcess:
-        args = [sys.executable, "-c", PLAIN_DIFFUSERS, repo, "trust" if trust else "no", str(tmp_path / "images.npy")]
+        args = [sys.executable, "-c", PLAIN_DIFFUSERS, repo, "trust" if trust else "no", str(tmp_path / "images.npy"),
+                str(tmp_path / "resaved")]
         return subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300)  # outside the checkout
 
     refused = plain_diffusers(trust=False)
@@ -68,10 +74,32 @@ def test_plain_diffusers_loads_a_published_repo_with_its_remote_code(tiny_pipeli
     expected = tiny_pipeline("a red flower", generator=seeded(1), output_type="np").images
     np.testing.assert_array_equal(np.load(tmp_path / "images.npy", allow_pickle=False), expected)
 
-    # t2i itself reads the same repo with its own classes, and never runs the repo's code.
-    pulled = GanClsPipeline.from_pretrained(repo)
-    assert type(pulled.generator) is GanClsGenerator and type(pulled).__module__ == "t2i.pipeline"
-    assert np.array_equal(pulled("a red flower", generator=seeded(1), output_type="np").images, expected)
+    # Publishing needs t2i (its source and card template), said before anything is written; save_pretrained works.
+    assert "refused: save_with_model_card and push_to_hub need the t2i package" in loaded.stdout
+    assert not (tmp_path / "resaved-card").exists()
+
+    # t2i itself reads the repo, and what the remote-code pipeline saved, with its own classes, never the repo's code.
+    for source in (repo, tmp_path / "resaved"):
+        pulled = GanClsPipeline.from_pretrained(source)
+        assert type(pulled.generator) is GanClsGenerator and type(pulled).__module__ == "t2i.pipeline"
+        assert np.array_equal(pulled("a red flower", generator=seeded(1), output_type="np").images, expected)
+    assert "_name_or_path" not in json.loads((tmp_path / "resaved" / "model_index.json").read_text())
+
+
+def test_from_pretrained_arguments(tiny_pipeline, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "saved")
+    half = GanClsPipeline.from_pretrained(tmp_path / "saved", dtype=torch.bfloat16)
+    assert half.generator.dtype == half.text_encoder.dtype == torch.bfloat16
+    assert GanClsPipeline.from_pretrained(tmp_path / "saved", torch_dtype=torch.bfloat16).generator.dtype == torch.bfloat16
+    GanClsPipeline.from_pretrained(tmp_path / "saved", use_safetensors=True)
+    with pytest.raises(TypeError, match="must be a torch.dtype"):
+        GanClsPipeline.from_pretrained(tmp_path / "saved", torch_dtype="bfloat16")
+    with pytest.raises(ValueError, match="safetensors only"):
+        GanClsPipeline.from_pretrained(tmp_path / "saved", use_safetensors=False)
+    with pytest.raises(TypeError, match="never runs a folder's code"):
+        GanClsPipeline.from_pretrained(tmp_path / "saved", trust_remote_code=True)
+    with pytest.raises(TypeError, match=r"unexpected arguments \['foo'\]"):
+        GanClsPipeline.from_pretrained(tmp_path / "saved", foo=1)
 
 
 def test_pull_single_components_from_loopback_hub(tiny_pipeline, loopback_hub, tmp_path):

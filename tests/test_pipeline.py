@@ -195,3 +195,16 @@ def test_self_contained_source_inlines_relative_imports(tmp_path, monkeypatch):
         self_contained_source("clash.a")
     with pytest.raises(ValueError, match="clash.c, line 2: cannot inline"):
         self_contained_source("clash.c")
+
+
+def test_component_names_of_every_layout_mean_t2i_classes():
+    from t2i.pipeline import _component_class
+    from t2i.text_encoders import CharCnnRnnEncoder
+
+    # t2i's own layout, the remote-code layout, and what a pipeline loaded as remote code once saved
+    for library in ("t2i.models", "models", "diffusers_modules.local.models", "diffusers_modules.local.org--repo.models"):
+        assert _component_class(library, "GanClsGenerator") is GanClsGenerator
+    assert _component_class("text_encoders", "CharCnnRnnEncoder") is CharCnnRnnEncoder
+    for library, name in (("os", "system"), ("t2i.models", "standing_batch_norm_"), ("models", "Nothing")):
+        with pytest.raises(CheckpointError, match="not a model or tokenizer class"):
+            _component_class(library, name)
