@@ -37,17 +37,21 @@ def test_default_model_generates_deterministically(pipeline):
 
 
 def test_default_model_follows_the_petal_colour(pipeline):
-    # Same noise, only the colour word differs: the petals (most of the image) must change colour with it.
+    # Same noise, only the colour word differs: the petals must change colour with it. Measured on the flower pixels
+    # (not foliage-green, not dark), so a model that draws smaller flowers is not read as following colour less.
+    from t2i.evaluation.robustness import flower_pixel_mask
+
     latents = pipeline.prepare_latents(16, torch.Generator().manual_seed(0))
 
-    def mean_rgb(prompt: str) -> np.ndarray:
-        images = pipeline([prompt] * 16, latents=latents, output_type="np").images
-        return images.mean(axis=(0, 1, 2))
+    def petal_rgb(prompt: str) -> torch.Tensor:
+        images = pipeline([prompt] * 16, latents=latents, output_type="pt").images
+        return images.permute(1, 0, 2, 3)[:, flower_pixel_mask(images)].mean(dim=1)
 
-    yellow, blue = mean_rgb("a flower with many oval yellow petals"), mean_rgb("a flower with many oval blue petals")
-    assert (yellow[0] + yellow[1]) / 2 - yellow[2] > (blue[0] + blue[1]) / 2 - blue[2] + 0.1, (yellow, blue)
-    red = mean_rgb("a flower with many oval red petals")
-    assert red[0] - red[1] > yellow[0] - yellow[1] + 0.05 and red[0] - red[2] > blue[0] - blue[2] + 0.1, (red, yellow, blue)
+    yellow, blue = petal_rgb("a flower with many oval yellow petals"), petal_rgb("a flower with many oval blue petals")
+    red = petal_rgb("a flower with many oval red petals")
+    # Measured: v3 0.89 / 0.30 / 0.72, v4 0.76 / 0.27 / 0.75.
+    assert (yellow[0] + yellow[1]) / 2 - yellow[2] > (blue[0] + blue[1]) / 2 - blue[2] + 0.4, (yellow, blue)
+    assert red[0] - red[1] > yellow[0] - yellow[1] + 0.1 and red[0] - red[2] > blue[0] - blue[2] + 0.4, (red, yellow, blue)
 
 
 def test_default_model_card_has_measured_numbers_and_examples():
@@ -101,14 +105,15 @@ def test_training_defaults_are_the_shipped_models_recipe():
 def real_reference():
     from t2i.evaluation.robustness import real_image_statistics
 
-    return real_image_statistics(64, num_images=128)
+    return real_image_statistics(64, num_images=256)  # the protocol of python -m t2i.evaluation.robustness
 
 
 def test_free_text_prompts_never_give_the_noise_pattern(pipeline, real_reference):
     """Short and unusual prompts (Model v3 issue). The v2 default gave one saturated noise pattern for 20 of these
-    prompts (roughness 57-65, eight times a real image's) and passed none. The v3 default must never be that rough;
-    the issue's full target (every prompt varied, smooth and non-empty) is not met yet: short prompts now give
-    near-empty frames, so this guards the measured level (7 of 32, benchmarks/results/robustness_default_v3.json)."""
+    prompts (roughness 57-65, eight times a real image's) and passed none; the v3 default gave near-empty frames
+    (flower-pixel share 0.00-0.03) for the short ones. The v4 default must be neither rough nor empty. The issue's
+    full target (every prompt also varied across seeds) is not met yet: short prompts now give one smooth generic
+    flower for every seed, so this guards the measured level (6 of 32, benchmarks/results/robustness_default_v4.json)."""
     from t2i.evaluation.robustness import free_text_prompts, free_text_report
 
     prompts = free_text_prompts()
@@ -116,7 +121,9 @@ def test_free_text_prompts_never_give_the_noise_pattern(pipeline, real_reference
     report = free_text_report(pipeline, prompts, real_reference)
     too_rough = [(r["prompt"], round(r["roughness"], 1)) for r in report["prompts"] if r["roughness"] > 2 * real_reference["roughness_p95"]]
     assert not too_rough, (too_rough, real_reference)
-    assert report["passed"] >= 7, [(r["prompt"], round(r["spread"], 1), round(r["flower_share"], 2)) for r in report["prompts"]]
+    empty = [(r["prompt"], round(r["flower_share"], 2)) for r in report["prompts"] if r["flower_share"] < 0.05]
+    assert len(empty) <= 1, empty  # v4: only the 5,000-character repetition of "flower"
+    assert report["passed"] >= 6, [(r["prompt"], round(r["spread"], 1), round(r["flower_share"], 2)) for r in report["prompts"]]
 
 
 def test_interpolation_middle_frames_are_no_rougher_than_the_ends(pipeline):
@@ -132,4 +139,4 @@ def test_interpolation_middle_frames_are_no_rougher_than_the_ends(pipeline):
     rougher = [(r["prompt_a"], r["prompt_b"], r["seed"]) for r in report["strips"]
                if max(r["roughness"][1:-1]) > (1 + report["tolerance"]) * max(r["roughness"][0], r["roughness"][-1])]
     assert not rougher, rougher
-    assert report["passed"] >= 6, [(r["prompt_a"], r["seed"], r["passes"]) for r in report["strips"]]
+    assert report["passed"] >= 9, [(r["prompt_a"], r["seed"], r["passes"]) for r in report["strips"]]  # v3: 6, v4: 9 of 20

@@ -53,13 +53,18 @@ def roughness(images: torch.Tensor) -> torch.Tensor:
     return 255 * (horizontal + vertical) / 2
 
 
-def flower_pixel_share(images: torch.Tensor) -> torch.Tensor:
-    """Fraction of pixels that are neither foliage-green (G ≥ max(R, B) + 0.04) nor dark (max(R, G, B) < 0.3), per
-    image. ``images``: float [N, 3, H, W] in [0, 1]. Returns [N] in [0, 1]."""
+def flower_pixel_mask(images: torch.Tensor) -> torch.Tensor:
+    """Pixels that are neither foliage-green (G ≥ max(R, B) + 0.04) nor dark (max(R, G, B) < 0.3): the renderer's
+    petals and discs. ``images``: float [N, 3, H, W] in [0, 1]. Returns bool [N, H, W]."""
     red, green, blue = images[:, 0], images[:, 1], images[:, 2]
     green_dominant = green >= torch.maximum(red, blue) + 0.04
     dark = images.amax(dim=1) < 0.3
-    return (~(green_dominant | dark)).float().mean(dim=(1, 2))
+    return ~(green_dominant | dark)
+
+
+def flower_pixel_share(images: torch.Tensor) -> torch.Tensor:
+    """Fraction of ``flower_pixel_mask`` pixels per image. ``images``: float [N, 3, H, W] in [0, 1]. Returns [N] in [0, 1]."""
+    return flower_pixel_mask(images).float().mean(dim=(1, 2))
 
 
 def seed_spread(images: torch.Tensor) -> float:
