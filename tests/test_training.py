@@ -173,7 +173,7 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--int_beta", "1.5"], "--int_beta: must be in [0, 1] or 'random'"),
         (["--int_beta", "nan"], "--int_beta: must be in [0, 1] or 'random'"),
         (["--int_beta", "half"], "expected a number in [0, 1] or 'random'"),
-        (["--int_captions", "3"], "> 2 only with --int_beta random"),
+        (["--int_captions", "3", "--int_beta", "0.5"], "> 2 only with --int_beta random"),
         (["--int_captions", "1", "--int_beta", "random"], "must be ≥ 2"),
         (["--unconditional_weight", "1", "--conditioning", "concat", "--projection_scales", "1"], "--unconditional_weight needs --conditioning projection"),
         (["--unconditional_weight", "-1"], "--unconditional_weight must be ≥ 0"),
@@ -347,7 +347,7 @@ def _launch(num_processes: int, args: list[str], output_dir: Path) -> subprocess
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
 
 
-@pytest.mark.parametrize("first, second", [(1, 2), (2, 1)])
+@pytest.mark.parametrize("first, second", [pytest.param(1, 2, marks=pytest.mark.slow), (2, 1)])  # both ways in CI
 def test_resuming_with_another_process_count_is_refused_before_any_work(first, second, train_args, tmp_path):
     args = [*train_args, "--max_train_steps", "3"]
     assert _launch(first, args, tmp_path).returncode == 0
@@ -361,6 +361,7 @@ def test_resuming_with_another_process_count_is_refused_before_any_work(first, s
     assert [p.name for p in list_checkpoints(tmp_path)] == ["checkpoint-3"]  # nothing lost
 
 
+@pytest.mark.slow
 def test_a_missing_per_process_file_is_named(train_args, tmp_path):
     assert _launch(1, [*train_args, "--max_train_steps", "3"], tmp_path).returncode == 0
     rng_file = list_checkpoints(tmp_path)[-1] / "t2i_rng_0.safetensors"
