@@ -130,6 +130,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="StackGAN's conditioning augmentation: G's text code is sampled from N(μ(e), σ(e)²), with --kl_weight")
     model.add_argument("--normalize_text", action=argparse.BooleanOptionalAction, default=False,
                        help="L2-normalise sentence embeddings before G projects them (short prompts and captions on one scale)")
+    model.add_argument("--polar_harmonics", type=int, default=0,
+                       help="with --fusion affine: polar position channels r, cos kθ, sin kθ (k ≤ K) in every G block (0: none)")
     model.add_argument("--projection_scales", type=int, default=1,
                        help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
 
@@ -152,6 +154,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="AttnGAN-style text-image matching loss for G through the frozen joint embedding θ (char-CNN-RNN only)")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
                            help="MSGAN mode-seeking term: keeps the noise in use when the text conditioning is strong")
+    objective.add_argument("--mode_seeking_mixtures", action=argparse.BooleanOptionalAction, default=False,
+                           help="pair half of the mode-seeking images on GAN-INT mixtures, not captions (needs --gan_int)")
     objective.add_argument("--kl_weight", type=float, default=2.0, help="KL weight of conditioning augmentation (StackGAN: 2)")
     objective.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES,
                            help="DiffAugment policies for every image D sees (translation, cutout; never colour)")
@@ -208,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--train_batch_size {args.train_batch_size}: --text_batch_norm needs more than one caption per batch "
                      "for its statistics, and --mode_seeking_weight pairs the batch's first half with second images; use "
                      "--train_batch_size 2 or more, or --no-text_batch_norm --mode_seeking_weight 0")
+    if args.polar_harmonics < 0 or (args.polar_harmonics > 0 and args.fusion != "affine"):
+        parser.error(f"--polar_harmonics {args.polar_harmonics}: must be ≥ 0, and > 0 needs --fusion affine")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -234,6 +240,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     if not isinstance(args.char_cnn_rnn_config, dict):
         parser.error(f"--char_cnn_rnn_config must be a JSON object, e.g. '{{\"rnn_type\": \"gru\"}}', got {args.char_cnn_rnn_config!r}")
+    if args.mode_seeking_mixtures and not args.gan_int:
+        parser.error("--mode_seeking_mixtures pairs images on GAN-INT mixtures: it needs --gan_int")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
         parser.error("--matching_loss_weight and --mode_seeking_weight must be ≥ 0")
     if args.matching_loss_weight > 0 and (
@@ -274,7 +282,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
-               "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight")
+               "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics")
 
 
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
@@ -431,7 +439,7 @@ def main(argv: list[str] | None = None) -> None:
         # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
         text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
         conditioning_augmentation=args.conditioning_augmentation,
-        normalize_text=args.normalize_text,
+        normalize_text=args.normalize_text, polar_harmonics=args.polar_harmonics,
     )
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
@@ -442,7 +450,7 @@ def main(argv: list[str] | None = None) -> None:
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
-        kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
+        mode_seeking_mixtures=args.mode_seeking_mixtures, kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
     )
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False).to(accelerator.device) if args.use_ema else None
     if args.channels_last:

@@ -26,7 +26,10 @@ ROWS=(
   "affine_norm|text affine in every block + L2-normalised text (the t2i-v3 recipe)|--fusion affine --normalize_text"
   "uncond|t2i-v3 + StackGAN++'s unconditional term|--fusion affine --normalize_text --unconditional_weight 1"
   "uncond_mix|t2i-v3 + unconditional term + GAN-INT on random mixtures of 3 captions|--fusion affine --normalize_text --unconditional_weight 1 --int_beta random --int_captions 3"
-  "mix|t2i-v3 + GAN-INT on random mixtures of 3 captions|--fusion affine --normalize_text --int_beta random --int_captions 3"
+  "mix|t2i-v3 + GAN-INT on random mixtures of 3 captions (the t2i-v4 recipe)|--fusion affine --normalize_text --int_beta random --int_captions 3"
+  "mix_msmix|t2i-v4 + mode seeking on the mixtures too|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures"
+  "mix_polar|t2i-v4 + polar position channels (r, cos kθ, sin kθ, k ≤ 6) in every G block|--fusion affine --normalize_text --int_beta random --int_captions 3 --polar_harmonics 6"
+  "mix_match|t2i-v4 + AttnGAN-style matching loss through θ|--fusion affine --normalize_text --int_beta random --int_captions 3 --matching_loss_weight 1"
 )
 for seed in 0 1; do
   for row in "${ROWS[@]}"; do

@@ -10,6 +10,11 @@ Two generator designs share one class, chosen by config (``fusion``):
   deep fusion, Tao et al., CVPR 2022). Text reaches every resolution, so centre colour and petal count do not
   have to survive four layers that never see it.
 
+The affine generator can also see where it draws: ``polar_harmonics`` K > 0 feeds every up-block's convolution
+CoordConv-style position channels (Liu et al., NeurIPS 2018) in polar form around the image centre, the radius r
+and cos kθ, sin kθ for k = 1..K. A flower is a radial object: a centre disc is "r below some radius" and n petals
+are a harmonic of order n in θ, which plain 3×3 convolutions must otherwise build from image content alone.
+
 Either can put StackGAN's conditioning augmentation (Zhang et al., ICCV 2017) in front: the text code is drawn
 from N(μ(e), diag σ(e)²) and a KL term keeps that distribution near N(0, I), so the generator is trained on a
 neighbourhood of every caption rather than on isolated points.
@@ -99,21 +104,40 @@ class ConditioningAugmentation(nn.Module):
         return code, mean, log_variance
 
 
+def polar_coordinates(size: int, harmonics: int, device=None, dtype=None) -> torch.Tensor:
+    """Position channels [1 + 2·harmonics, size, size] around the centre of a size × size map: the radius r
+    (0 at the centre, 1 at the middle of an edge) and cos kθ, sin kθ for k = 1..harmonics, all in [-1, √2]."""
+    axis = (torch.arange(size, device=device, dtype=torch.float32) + 0.5) / size * 2 - 1
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    angle = torch.atan2(y, x)
+    channels = [torch.sqrt(x**2 + y**2)]
+    for k in range(1, harmonics + 1):
+        channels += [torch.cos(k * angle), torch.sin(k * angle)]
+    return torch.stack(channels).to(dtype)
+
+
 class TextAffineUpBlock(nn.Module):
     """×2 nearest up-sampling, 3×3 convolution, BatchNorm, then (1 + γ(c))·h + β(c) and ReLU.
 
     γ and β are per-channel and linear in the condition c ([noise; text code]); they start at zero, so a new block
-    is a plain up-sampling convolution and learns how much to follow the text.
+    is a plain up-sampling convolution and learns how much to follow the text. With ``polar_harmonics`` K > 0 the
+    convolution also reads ``polar_coordinates(K)`` of the up-sampled map (1 + 2K more input channels).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, condition_dim: int):
+    def __init__(self, in_channels: int, out_channels: int, condition_dim: int, polar_harmonics: int = 0):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        self.polar_harmonics = polar_harmonics
+        position_channels = 1 + 2 * polar_harmonics if polar_harmonics else 0
+        self.conv = nn.Conv2d(in_channels + position_channels, out_channels, 3, 1, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels, affine=False)
         self.affine = nn.Linear(condition_dim, 2 * out_channels)
 
     def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        hidden = self.norm(self.conv(nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest")))
+        hidden = nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest")
+        if self.polar_harmonics:
+            position = polar_coordinates(hidden.shape[-1], self.polar_harmonics, hidden.device, hidden.dtype)
+            hidden = torch.cat([hidden, position.expand(hidden.shape[0], -1, -1, -1)], dim=1)
+        hidden = self.norm(self.conv(hidden))
         scale, shift = self.affine(condition)[:, :, None, None].chunk(2, dim=1)
         return torch.relu(hidden * (1 + scale) + shift)
 
@@ -124,7 +148,8 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     ``fusion="input"`` is Reed et al.'s DCGAN generator ([z ; φ(e)] → transposed convolutions), ``"affine"`` puts
     the text into every up-block (see the module docstring). ``conditioning_augmentation`` replaces the text
     projection φ by StackGAN's sampled code; ``normalize_text`` L2-normalises embeddings first, so a short prompt
-    (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale.
+    (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale;
+    ``polar_harmonics`` K > 0 (``fusion="affine"`` only) gives every up-block polar position channels.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
     """
 
@@ -141,10 +166,13 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         fusion: str = "input",
         conditioning_augmentation: bool = False,
         normalize_text: bool = False,
+        polar_harmonics: int = 0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"fusion must be one of {FUSIONS}, got {fusion!r}")
+        if polar_harmonics < 0 or (polar_harmonics and fusion != "affine"):
+            raise ValueError(f"polar_harmonics must be ≥ 0, and > 0 only with fusion='affine'; got {polar_harmonics} with {fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -172,7 +200,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
             widths = [width] + [max(width // 2**i, 8) for i in range(1, num_up + 1)]
             self.up_blocks = nn.ModuleList(
-                TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim) for i in range(num_up)
+                TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim, polar_harmonics) for i in range(num_up)
             )
             self.to_rgb = nn.Sequential(nn.Conv2d(widths[-1], out_channels, 3, 1, 1), nn.Tanh())
         dcgan_init_(self)

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from t2i import GanClsDiscriminator, GanClsGenerator
+from t2i.models import TextAffineUpBlock, polar_coordinates
 
 
 @pytest.mark.parametrize("resolution", [64, 128])
@@ -110,7 +111,8 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
 
 
 @pytest.mark.parametrize("resolution", [64, 128])
-@pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True}])
+@pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True},
+                                     {"polar_harmonics": 3}])
 def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_path):
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution, fusion="affine", **options)
@@ -195,3 +197,34 @@ def test_multi_scale_projection_judges_the_match_on_the_8x8_map_too():
         GanClsDiscriminator(conditioning="concat", projection_scales=2)
     with pytest.raises(ValueError, match="projection_scales"):
         GanClsDiscriminator(conditioning="projection", projection_scales=5)
+
+
+def test_polar_coordinates_are_radius_and_angle_harmonics_around_the_centre():
+    position = polar_coordinates(8, harmonics=2)
+    assert position.shape == (5, 8, 8)
+    radius, cos1, sin1, cos2, sin2 = position
+    assert radius[3:5, 3:5].max() < 0.2 and radius[0, 0] == pytest.approx(2**0.5 * 7 / 8)  # small at the centre
+    assert torch.allclose(radius, radius.T) and torch.allclose(radius, radius.flip(0))  # radial
+    assert cos1[4, 7] == pytest.approx(1.0, abs=0.02) and sin1[7, 4] == pytest.approx(1.0, abs=0.02)  # θ = 0 right, 90° down
+    assert torch.allclose(cos2, cos1**2 - sin1**2, atol=1e-5) and torch.allclose(sin2, 2 * sin1 * cos1, atol=1e-5)
+
+
+def test_polar_harmonics_feed_every_affine_block_and_need_affine_fusion():
+    generator = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine", polar_harmonics=4)
+    plain = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine")
+    for with_position, without in zip(generator.up_blocks, plain.up_blocks):
+        assert with_position.conv.in_channels == without.conv.in_channels + 9
+    # The position channels are what the convolution sees besides the features: zeroing their weights gives
+    # exactly the plain block, so they are the only difference.
+    torch.manual_seed(0)
+    noise, text = torch.randn(2, 100), torch.randn(2, 12)
+    block = generator.up_blocks[1]
+    hidden, condition = torch.randn(2, block.conv.in_channels - 9, 8, 8), torch.cat([noise, torch.randn(2, 128)], dim=1)
+    reference = TextAffineUpBlock(block.conv.in_channels - 9, block.conv.out_channels, condition.shape[1])
+    reference.load_state_dict(block.state_dict() | {"conv.weight": block.conv.weight[:, :-9]})
+    assert not torch.allclose(block(hidden, condition), reference(hidden, condition))
+    with torch.no_grad():
+        block.conv.weight[:, -9:] = 0
+    assert torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-6)
+    with pytest.raises(ValueError, match="only with fusion='affine'"):
+        GanClsGenerator(fusion="input", polar_harmonics=2)

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import train_accelerate
-from t2i.training import list_checkpoints
+from t2i.training import check_resumable, list_checkpoints
 from t2i import GanClsPipeline
 from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
 from t2i.text_encoders import build_char_cnn_rnn
@@ -186,6 +186,9 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--matching_loss_weight", "1"], "--matching_loss_weight needs a joint embedding's image encoder"),
         (["--matching_loss_weight", "1", "--text_encoder_path", "."], "--matching_loss_weight needs a joint embedding's image encoder"),
         (["--mode_seeking_weight", "-1"], "must be ≥ 0"),
+        (["--mode_seeking_mixtures", "--no-gan_int"], "--mode_seeking_mixtures pairs images on GAN-INT mixtures"),
+        (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
+        (["--polar_harmonics", "-1"], "must be ≥ 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),
         # Combinations that could only fail after data and encoder loading (Hardening, item 5)
         (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),
@@ -398,6 +401,18 @@ def test_kills_inside_and_right_after_the_text_encoder_phase_change_nothing(char
     run([*char_cnn_rnn_args, "--resume_from_checkpoint", "latest"], resumed)
     for name in ("generator/diffusion_pytorch_model.safetensors", "text_encoder/model.safetensors", "checkpoint-6/model_1.safetensors"):
         assert_identical(load_file(resumed / name), load_file(uninterrupted / name))
+
+
+def test_a_model_flag_newer_than_the_checkpoint_resumes_only_while_off(tmp_path):
+    # A checkpoint written before --polar_harmonics existed records no such flag: it was off.
+    (tmp_path / "training_state.json").write_text(json.dumps(
+        {"num_processes": 1, "per_process_batch_size": 4, "model_config": {"fusion": "affine", "ngf": 32}}))
+    (tmp_path / "t2i_rng_0.safetensors").write_bytes(b"")
+    check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 0, "conditioning_augmentation": False})
+    with pytest.raises(ValueError, match=r"holds another model: polar_harmonics None \(now 4\)"):
+        check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 4})
+    with pytest.raises(ValueError, match=r"holds another model: ngf 32 \(now 16\)"):
+        check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 16, "polar_harmonics": 0})
 
 
 def test_resuming_with_another_model_is_refused_before_any_work(train_args, tmp_path):

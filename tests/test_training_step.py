@@ -48,11 +48,48 @@ def test_random_mixtures_are_drawn_from_the_step_generator():
     assert not torch.equal(params(g1), params(g3))
 
 
+def _generator_texts(objective):
+    """The text embeddings the generator is called with in one step, read by a forward pre-hook."""
+    seen = []
+    accelerator = Accelerator(cpu=True)
+    generator, discriminator = _models()
+    generator.register_forward_pre_hook(lambda module, inputs: seen.append(inputs[1].detach().clone()))
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(8, 3, 64, 64, generator=data) * 2 - 1,
+             "text_embeds": torch.randn(8, 12, generator=data), "wrong_text_embeds": torch.randn(8, 12, generator=data)}
+    opt_g, opt_d = torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters())
+    train_step(accelerator, generator, discriminator, opt_g, opt_d, batch, objective, torch.Generator().manual_seed(0))
+    return seen[0], batch["text_embeds"]
+
+
+@pytest.mark.parametrize("on_mixtures", [False, True])
+def test_mode_seeking_pairs_captions_or_mixtures(on_mixtures):
+    objective = GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0, mode_seeking_mixtures=on_mixtures)
+    texts, captions = _generator_texts(objective)
+    assert texts.shape == (8 + 8 + 4, 12)  # B captions, B mixtures, B/2 second images
+    assert torch.equal(texts[:8], captions)
+    mixtures, second = texts[8:16], texts[16:]
+    if on_mixtures:  # the first B/4 captions and the first B/4 mixtures get a second image
+        assert torch.equal(second, torch.cat([captions[:2], mixtures[:2]]))
+    else:
+        assert torch.equal(second, captions[:4])
+    assert not any(torch.allclose(m, c) for m in mixtures for c in captions)
+
+
+def test_mode_seeking_on_mixtures_changes_the_update():
+    on_captions, g1, _ = _step(GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0))
+    on_mixtures, g2, _ = _step(GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0, mode_seeking_mixtures=True))
+    assert on_captions["loss_g"] != pytest.approx(on_mixtures["loss_g"])
+    params = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert not torch.allclose(params(g1), params(g2))
+
+
 @pytest.mark.parametrize("fields, message", [
     ({"int_beta": 1.5}, "int_beta must be in"),
     ({"int_captions": 3}, "> 2 only with int_beta=None"),
     ({"int_captions": 1, "int_beta": None}, "int_captions must be ≥ 2"),
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
+    ({"gan_int": False, "mode_seeking_mixtures": True}, "needs gan_int"),
 ])
 def test_bad_objectives_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

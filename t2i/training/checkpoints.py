@@ -93,7 +93,8 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
     A run's random streams are per process and its batches are global, so a checkpoint continues only with the
     process count and per-process batch size it was written with (``training_state.json`` records both; for older
     checkpoints the count is that of their ``t2i_rng_*.safetensors`` files), and with the model it holds
-    (``model_config``: the flags that shape G and D, also recorded). Every process runs this check on every file,
+    (``model_config``: the flags that shape G and D, also recorded; a flag a checkpoint does not record is newer
+    than it, so it was off: 0, False or None). Every process runs this check on every file,
     and raises the same error, so none is left waiting for the others.
 
     Raises:
@@ -112,9 +113,13 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
             "or start a new run in another --output_dir."
         )
     saved_model = state.get("model_config")
-    if saved_model is not None and model_config is not None and saved_model != model_config:
-        changed = {k: (saved_model.get(k), model_config.get(k)) for k in saved_model.keys() | model_config.keys()
-                   if saved_model.get(k) != model_config.get(k)}
+    changed = {}
+    if saved_model is not None and model_config is not None:
+        for k in saved_model.keys() | model_config.keys():
+            saved, now = saved_model.get(k), model_config.get(k)
+            if (saved != now) if k in saved_model else bool(now):
+                changed[k] = (saved, now)
+    if changed:
         flags = " ".join(f"--{k} {v}" for k, (v, _) in sorted(changed.items()))
         raise ValueError(f"{checkpoint} holds another model: {', '.join(f'{k} {a!r} (now {b!r})' for k, (a, b) in sorted(changed.items()))}. "
                          f"Resume with the flags it was trained with ({flags}), or start a new run in another --output_dir.")

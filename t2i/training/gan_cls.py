@@ -51,6 +51,8 @@ class GanClsObjective:
         aux_class_weight: TAC-GAN's auxiliary class loss (needs labels and a D class head), ≥ 0.
         matching_loss_weight: AttnGAN-style text-image matching through a frozen joint embedding θ, ≥ 0.
         mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
+        mode_seeking_mixtures: pair half of the mode-seeking images on GAN-INT mixtures instead of captions (needs
+            ``gan_int``), so that the noise also matters between and inside the captions, where short prompts embed.
         kl_weight: StackGAN's KL term for a generator with conditioning augmentation (Zhang et al. use 2), ≥ 0.
         diff_augment: DiffAugment policies applied to every image D sees (subset of ``DIFF_AUGMENT_POLICIES``).
     """
@@ -66,6 +68,7 @@ class GanClsObjective:
     aux_class_weight: float = 0.0
     matching_loss_weight: float = 0.0
     mode_seeking_weight: float = 0.0
+    mode_seeking_mixtures: bool = False
     kl_weight: float = 0.0
     diff_augment: tuple[str, ...] = ()
 
@@ -77,6 +80,8 @@ class GanClsObjective:
         if self.int_captions < 2 or (self.int_captions > 2 and self.int_beta is not None):
             raise ValueError(f"int_captions must be ≥ 2, and > 2 only with int_beta=None; got {self.int_captions} "
                              f"with int_beta={self.int_beta}")
+        if self.mode_seeking_mixtures and not self.gan_int:
+            raise ValueError("mode_seeking_mixtures needs gan_int: without it there are no mixtures to pair")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight",
@@ -116,7 +121,8 @@ def train_step(
     model = accelerator.unwrap_model(generator)
 
     # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B mixtures of each caption with other captions
-    # of the batch; for mode seeking, second images of the first B/2 captions with other noise.
+    # of the batch; for mode seeking, second images with other noise of the first B/2 captions, or of the first
+    # B/4 captions and the first B/4 mixtures.
     text_for_g = right
     if objective.gan_int:
         if objective.int_beta is None:
@@ -126,14 +132,17 @@ def train_step(
         text_for_g = torch.cat([right, mix_text_embeddings(right, weights.to(device))])
     num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
     half = batch_size // 2
+    paired = torch.arange(half, device=device)  # rows of text_for_g that get a second image
+    if objective.mode_seeking_mixtures:
+        paired = torch.cat([paired[: half // 2], batch_size + paired[: half - half // 2]])
     if objective.mode_seeking_weight > 0:
-        text_for_g = torch.cat([text_for_g, right[:half]])
+        text_for_g = torch.cat([text_for_g, text_for_g[paired]])
     noise = torch.randn(text_for_g.shape[0], model.config.noise_dim, generator=rng).to(device)
     code_noise = None
     if model.config.conditioning_augmentation:
         code_noise = torch.randn(num_judged, model.config.text_proj_dim, generator=rng).to(device)
         if objective.mode_seeking_weight > 0:  # the second images share their caption's ε: they differ by z alone
-            code_noise = torch.cat([code_noise, code_noise[:half]])
+            code_noise = torch.cat([code_noise, code_noise[paired]])
 
     def augment(images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, objective.diff_augment, rng) if objective.diff_augment else images
@@ -181,7 +190,7 @@ def train_step(
             loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
         if objective.mode_seeking_weight > 0:
             loss_g = loss_g + objective.mode_seeking_weight * mode_seeking_loss(
-                fake[:half].float(), fake[num_judged:].float(), noise[:half], noise[num_judged : num_judged + half]
+                fake[paired].float(), fake[num_judged:].float(), noise[paired], noise[num_judged:]
             )
         if objective.kl_weight > 0 and model.config.conditioning_augmentation:
             # The moments are recomputed for the right captions alone (one small linear layer): the KL term is
