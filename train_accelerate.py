@@ -132,6 +132,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="L2-normalise sentence embeddings before G projects them (short prompts and captions on one scale)")
     model.add_argument("--polar_harmonics", type=int, default=0,
                        help="with --fusion affine: polar position channels r, cos kθ, sin kθ (k ≤ K) in every G block (0: none)")
+    model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
+                       help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
                        help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
 
@@ -282,7 +284,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
-               "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics")
+               "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
+               "spectral_norm")
 
 
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
@@ -444,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
+        spectral_norm=args.spectral_norm,
     )
     objective = GanClsObjective(
         loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, int_captions=args.int_captions,

@@ -275,6 +275,9 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     inner product of the projected text with the map's pooled features, so matching is one direct term.
     ``projection_scales`` > 1 adds the same term on the 8×8 (and 16×16, ...) maps before it: the match is also
     judged where centre colour and petal count are still spatial details, not only on the pooled 4×4 map.
+    ``spectral_norm`` replaces the image path's BatchNorm by spectral normalisation of every convolution and
+    linear layer (SN-GAN, Miyato et al., ICLR 2018; the projection discriminator's own setting): D's Lipschitz
+    constant is bounded per layer, and no batch statistics couple the real and fake images D scores.
     """
 
     @register_to_config
@@ -289,6 +292,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         text_batch_norm: bool = False,
         conditioning: str = "concat",
         projection_scales: int = 1,
+        spectral_norm: bool = False,
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -299,15 +303,16 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                              f"got {projection_scales} with {conditioning!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
         width = ndf
+        image_norm = (lambda channels: nn.Identity()) if spectral_norm else nn.BatchNorm2d
         for _ in range(num_down - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), image_norm(width * 2), nn.LeakyReLU(0.2, inplace=True)]
             width *= 2
         self.image_encoder = nn.Sequential(*layers)
         self.text_projection = _text_projection(text_embed_dim, text_proj_dim, text_batch_norm)
         if conditioning == "concat":
             self.joint = nn.Sequential(
                 nn.Conv2d(width + text_proj_dim, width, 1, 1, 0, bias=False),
-                nn.BatchNorm2d(width),
+                image_norm(width),
                 nn.LeakyReLU(0.2, inplace=True),
             )
         else:
@@ -320,6 +325,10 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         # TAC-GAN's auxiliary classifier reads the text-free image features.
         self.class_head = nn.Conv2d(width, num_classes, 4, 1, 0) if num_classes > 0 else None
         dcgan_init_(self)
+        if spectral_norm:
+            for module in list(self.modules()):
+                if isinstance(module, (nn.Conv2d, nn.Linear)):
+                    nn.utils.parametrizations.spectral_norm(module)
 
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> DiscriminatorOutput:
         """Score images [B, C, R, R] against text embeddings [k·B, D]: k captions per image, stacked caption-major.

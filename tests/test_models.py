@@ -228,3 +228,22 @@ def test_polar_harmonics_feed_every_affine_block_and_need_affine_fusion():
     assert torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-6)
     with pytest.raises(ValueError, match="only with fusion='affine'"):
         GanClsGenerator(fusion="input", polar_harmonics=2)
+
+
+def test_spectral_norm_discriminator_bounds_every_layer_and_has_no_batch_norm():
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=12, ndf=8, conditioning="projection", projection_scales=2,
+                                        text_batch_norm=True, spectral_norm=True)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in discriminator.modules())
+    images, text = torch.randn(4, 3, 64, 64), torch.randn(8, 12)
+    for _ in range(30):  # each training-mode pass runs one power iteration
+        out = discriminator(images, text)
+    assert out.logits.shape == (8,) and out.unconditional_logits.shape == (4,)
+    layers = [m for m in discriminator.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 8  # 4 convolutions, the 4×4 logit, text projection, two text-to-feature maps
+    for layer in layers:
+        weight = layer.weight.detach().flatten(1)
+        assert torch.linalg.matrix_norm(weight, ord=2) == pytest.approx(1.0, abs=0.05)
+    plain = GanClsDiscriminator(text_embed_dim=12, ndf=8, conditioning="projection", projection_scales=2, text_batch_norm=True)
+    assert max(torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2) for m in plain.modules()
+               if isinstance(m, torch.nn.Conv2d)) < 0.8  # DCGAN's N(0, 0.02): SN is what sets the scale

@@ -48,6 +48,23 @@ def test_random_mixtures_are_drawn_from_the_step_generator():
     assert not torch.equal(params(g1), params(g3))
 
 
+def test_a_step_with_a_spectral_norm_discriminator_trains_it():
+    accelerator = Accelerator(cpu=True)
+    generator, _ = _models()
+    discriminator = GanClsDiscriminator(text_embed_dim=12, text_proj_dim=8, ndf=8, text_batch_norm=True,
+                                        conditioning="projection", projection_scales=2, spectral_norm=True)
+    before = {k: v.clone() for k, v in discriminator.state_dict().items()}
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(8, 3, 64, 64, generator=data) * 2 - 1,
+             "text_embeds": torch.randn(8, 12, generator=data), "wrong_text_embeds": torch.randn(8, 12, generator=data)}
+    opt_g, opt_d = torch.optim.Adam(generator.parameters()), torch.optim.Adam(discriminator.parameters())
+    losses = train_step(accelerator, generator, discriminator, opt_g, opt_d, batch,
+                        GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=0.5), torch.Generator().manual_seed(0))
+    assert all(torch.isfinite(torch.tensor(v)) for v in losses.values())
+    changed = [k for k, v in discriminator.state_dict().items() if not torch.equal(v, before[k])]
+    assert any(k.endswith("weight.original") for k in changed) and any(k.endswith("_u") for k in changed)
+
+
 def _generator_texts(objective):
     """The text embeddings the generator is called with in one step, read by a forward pre-hook."""
     seen = []
