@@ -210,21 +210,27 @@ def test_polar_coordinates_are_radius_and_angle_harmonics_around_the_centre():
 
 
 def test_polar_harmonics_feed_every_affine_block_and_need_affine_fusion():
-    generator = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine", polar_harmonics=4)
-    plain = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine")
-    for with_position, without in zip(generator.up_blocks, plain.up_blocks):
-        assert with_position.conv.in_channels == without.conv.in_channels + 9
-    # The position channels are what the convolution sees besides the features: zeroing their weights gives
-    # exactly the plain block, so they are the only difference.
     torch.manual_seed(0)
-    noise, text = torch.randn(2, 100), torch.randn(2, 12)
+    generator = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine", polar_harmonics=4)
+    assert all(block.position_conv.in_channels == 9 for block in generator.up_blocks)
     block = generator.up_blocks[1]
-    hidden, condition = torch.randn(2, block.conv.in_channels - 9, 8, 8), torch.cat([noise, torch.randn(2, 128)], dim=1)
-    reference = TextAffineUpBlock(block.conv.in_channels - 9, block.conv.out_channels, condition.shape[1])
-    reference.load_state_dict(block.state_dict() | {"conv.weight": block.conv.weight[:, :-9]})
-    assert not torch.allclose(block(hidden, condition), reference(hidden, condition))
+    hidden, condition = torch.randn(2, block.conv.in_channels, 8, 8), torch.randn(2, 228)
+    # The broadcast position term is exactly a 3×3 convolution over the features with the position channels
+    # concatenated, each image seeing the same positions.
+    joint = torch.nn.Conv2d(block.conv.in_channels + 9, block.conv.out_channels, 3, 1, 1, bias=False)
     with torch.no_grad():
-        block.conv.weight[:, -9:] = 0
+        joint.weight.copy_(torch.cat([block.conv.weight, block.position_conv.weight], dim=1))
+    up = torch.nn.functional.interpolate(hidden, scale_factor=2.0)
+    concatenated = joint(torch.cat([up, polar_coordinates(16, 4).expand(2, -1, -1, -1)], dim=1))
+    scale, shift = block.affine(condition)[:, :, None, None].chunk(2, dim=1)
+    expected = torch.relu(block.norm(concatenated) * (1 + scale) + shift)
+    assert torch.allclose(block(hidden, condition), expected, atol=1e-5)
+    # ... and it makes a difference: with its weights at zero the block is the plain one.
+    reference = TextAffineUpBlock(block.conv.in_channels, block.conv.out_channels, condition.shape[1])
+    reference.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("position_conv")})
+    assert not torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-3)
+    with torch.no_grad():
+        block.position_conv.weight.zero_()
     assert torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-6)
     with pytest.raises(ValueError, match="only with fusion='affine'"):
         GanClsGenerator(fusion="input", polar_harmonics=2)
