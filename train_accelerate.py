@@ -156,6 +156,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="AttnGAN-style text-image matching loss for G through the frozen joint embedding θ (char-CNN-RNN only)")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
                            help="MSGAN mode-seeking term: keeps the noise in use when the text conditioning is strong")
+    objective.add_argument("--mode_seeking_scale", type=int, default=1,
+                           help="average-pool the images by this factor before mode seeking's distance (1: MSGAN's pixels)")
     objective.add_argument("--mode_seeking_mixtures", action=argparse.BooleanOptionalAction, default=False,
                            help="pair half of the mode-seeking images on GAN-INT mixtures, not captions (needs --gan_int)")
     objective.add_argument("--kl_weight", type=float, default=2.0, help="KL weight of conditioning augmentation (StackGAN: 2)")
@@ -242,6 +244,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     if not isinstance(args.char_cnn_rnn_config, dict):
         parser.error(f"--char_cnn_rnn_config must be a JSON object, e.g. '{{\"rnn_type\": \"gru\"}}', got {args.char_cnn_rnn_config!r}")
+    if args.mode_seeking_scale < 1 or args.resolution % args.mode_seeking_scale:
+        parser.error(f"--mode_seeking_scale {args.mode_seeking_scale}: must be ≥ 1 and divide --resolution {args.resolution}")
     if args.mode_seeking_mixtures and not args.gan_int:
         parser.error("--mode_seeking_mixtures pairs images on GAN-INT mixtures: it needs --gan_int")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
@@ -454,7 +458,7 @@ def main(argv: list[str] | None = None) -> None:
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
-        mode_seeking_mixtures=args.mode_seeking_mixtures, kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
+        mode_seeking_mixtures=args.mode_seeking_mixtures, mode_seeking_scale=args.mode_seeking_scale, kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
     )
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False).to(accelerator.device) if args.use_ema else None
     if args.channels_last:

@@ -31,6 +31,7 @@ ROWS=(
   "mix_polar|t2i-v4 + polar position channels (r, cos kθ, sin kθ, k ≤ 6) in every G block|--fusion affine --normalize_text --int_beta random --int_captions 3 --polar_harmonics 6"
   "mix_noms|t2i-v4 without mode seeking|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_weight 0"
   "mix_sn|t2i-v4 + spectral normalisation in D instead of its BatchNorm|--fusion affine --normalize_text --int_beta random --int_captions 3 --spectral_norm"
+  "mix_ms8|t2i-v4 with mode seeking on images average-pooled to 8×8|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_scale 8"
   "mix_match|t2i-v4 + AttnGAN-style matching loss through θ|--fusion affine --normalize_text --int_beta random --int_captions 3 --matching_loss_weight 1"
 )
 for seed in 0 1; do

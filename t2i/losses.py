@@ -115,13 +115,17 @@ def feature_matching_loss(real_features: torch.Tensor, fake_features: torch.Tens
     return (real_features.detach().mean(0) - fake_features.mean(0)).pow(2).sum()
 
 
-def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, noise_a: torch.Tensor, noise_b: torch.Tensor,
+                      eps: float = 1e-5, scale: int = 1) -> torch.Tensor:
     """MSGAN (Mao et al., CVPR 2019): 1 / (d(G(z₁, t), G(z₂, t)) / d(z₁, z₂) + ε), row i of both halves sharing a text t.
 
     A strongly conditioned generator can map each caption to a single image and ignore the noise (conditional mode
     collapse); minimising this pushes images of one caption apart in proportion to their noise. d is the mean
-    absolute difference, per pair, as in the paper.
+    absolute difference, per pair, as in the paper, of the images average-pooled by ``scale`` (1: the pixels):
+    pixel differences are cheapest to make as high-frequency speckle, while pooled ones must move whole regions.
     """
+    if scale > 1:
+        images_a, images_b = F.avg_pool2d(images_a, scale), F.avg_pool2d(images_b, scale)
     image_distance = (images_a - images_b).abs().flatten(1).mean(dim=1)
     noise_distance = (noise_a - noise_b).abs().mean(dim=1)
     return 1.0 / ((image_distance / noise_distance).mean() + eps)

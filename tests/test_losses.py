@@ -138,6 +138,20 @@ def test_mode_seeking_loss_by_hand():
     assert mode_seeking_loss(images_a, images_b, noise_a, noise_b, eps=0.0).item() == pytest.approx(4.0)
 
 
+def test_pooled_mode_seeking_ignores_speckle_but_not_regions():
+    noise_a, noise_b = torch.zeros(1, 4), torch.ones(1, 4)
+    base = torch.zeros(1, 3, 4, 4)
+    speckle = base.clone()
+    speckle[..., ::2, ::2], speckle[..., 1::2, 1::2] = 1.0, 1.0  # a checkerboard: every 2×2 block averages 0.5
+    speckle = speckle - 0.5  # ... now 0: the pairs differ only at the finest scale
+    region = base.clone()
+    region[..., :2, :2] = 1.0  # one quarter of the image brighter
+    assert mode_seeking_loss(base, speckle, noise_a, noise_b, eps=0.0).item() == pytest.approx(2.0)  # pixels: 0.5 apart
+    assert mode_seeking_loss(base, speckle, noise_a, noise_b, scale=2).item() == pytest.approx(1e5)  # pooled: none
+    for scale in (1, 2):  # a whole region moving counts the same at either scale: 1/4 of the pixels, 1 apart
+        assert mode_seeking_loss(base, region, noise_a, noise_b, eps=0.0, scale=scale).item() == pytest.approx(4.0)
+
+
 def test_mode_seeking_loss_falls_as_the_noise_is_used():
     noise_a, noise_b = torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), torch.randn(8, 10, generator=torch.Generator().manual_seed(1))
     projection = torch.randn(10, 48, generator=torch.Generator().manual_seed(2))

@@ -189,6 +189,7 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--mode_seeking_mixtures", "--no-gan_int"], "--mode_seeking_mixtures pairs images on GAN-INT mixtures"),
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
+        (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),
         # Combinations that could only fail after data and encoder loading (Hardening, item 5)
         (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),

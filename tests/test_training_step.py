@@ -107,6 +107,7 @@ def test_mode_seeking_on_mixtures_changes_the_update():
     ({"int_captions": 1, "int_beta": None}, "int_captions must be ≥ 2"),
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
     ({"gan_int": False, "mode_seeking_mixtures": True}, "needs gan_int"),
+    ({"mode_seeking_scale": 0}, "mode_seeking_scale must be ≥ 1"),
 ])
 def test_bad_objectives_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

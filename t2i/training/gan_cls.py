@@ -51,6 +51,8 @@ class GanClsObjective:
         aux_class_weight: TAC-GAN's auxiliary class loss (needs labels and a D class head), ≥ 0.
         matching_loss_weight: AttnGAN-style text-image matching through a frozen joint embedding θ, ≥ 0.
         mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
+        mode_seeking_scale: the average-pooling factor of the images before mode seeking's distance (1: MSGAN's
+            pixel distance), ≥ 1.
         mode_seeking_mixtures: pair half of the mode-seeking images on GAN-INT mixtures instead of captions (needs
             ``gan_int``), so that the noise also matters between and inside the captions, where short prompts embed.
         kl_weight: StackGAN's KL term for a generator with conditioning augmentation (Zhang et al. use 2), ≥ 0.
@@ -69,6 +71,7 @@ class GanClsObjective:
     matching_loss_weight: float = 0.0
     mode_seeking_weight: float = 0.0
     mode_seeking_mixtures: bool = False
+    mode_seeking_scale: int = 1
     kl_weight: float = 0.0
     diff_augment: tuple[str, ...] = ()
 
@@ -80,6 +83,8 @@ class GanClsObjective:
         if self.int_captions < 2 or (self.int_captions > 2 and self.int_beta is not None):
             raise ValueError(f"int_captions must be ≥ 2, and > 2 only with int_beta=None; got {self.int_captions} "
                              f"with int_beta={self.int_beta}")
+        if self.mode_seeking_scale < 1:
+            raise ValueError(f"mode_seeking_scale must be ≥ 1, got {self.mode_seeking_scale}")
         if self.mode_seeking_mixtures and not self.gan_int:
             raise ValueError("mode_seeking_mixtures needs gan_int: without it there are no mixtures to pair")
         if not 0.0 <= self.label_smoothing < 1.0:
@@ -190,7 +195,7 @@ def train_step(
             loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
         if objective.mode_seeking_weight > 0:
             loss_g = loss_g + objective.mode_seeking_weight * mode_seeking_loss(
-                fake[paired].float(), fake[num_judged:].float(), noise[paired], noise[num_judged:]
+                fake[paired].float(), fake[num_judged:].float(), noise[paired], noise[num_judged:], scale=objective.mode_seeking_scale
             )
         if objective.kl_weight > 0 and model.config.conditioning_augmentation:
             # The moments are recomputed for the right captions alone (one small linear layer): the KL term is
