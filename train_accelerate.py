@@ -248,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--mode_seeking_scale {args.mode_seeking_scale}: must be ≥ 1 and divide --resolution {args.resolution}")
     if args.mode_seeking_mixtures and not args.gan_int:
         parser.error("--mode_seeking_mixtures pairs images on GAN-INT mixtures: it needs --gan_int")
+    if args.mode_seeking_weight == 0 and (args.mode_seeking_mixtures or args.mode_seeking_scale != 1):
+        parser.error("--mode_seeking_mixtures and --mode_seeking_scale shape mode seeking: they need --mode_seeking_weight > 0")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
         parser.error("--matching_loss_weight and --mode_seeking_weight must be ≥ 0")
     if args.matching_loss_weight > 0 and (

@@ -119,11 +119,19 @@ def mode_seeking_loss(images_a: torch.Tensor, images_b: torch.Tensor, noise_a: t
                       eps: float = 1e-5, scale: int = 1) -> torch.Tensor:
     """MSGAN (Mao et al., CVPR 2019): 1 / (d(G(z₁, t), G(z₂, t)) / d(z₁, z₂) + ε), row i of both halves sharing a text t.
 
+    images_a, images_b: [N, C, H, W]; noise_a, noise_b: [N, Z]. Returns a scalar ≥ 0 (at most 1/ε).
+
     A strongly conditioned generator can map each caption to a single image and ignore the noise (conditional mode
     collapse); minimising this pushes images of one caption apart in proportion to their noise. d is the mean
     absolute difference, per pair, as in the paper, of the images average-pooled by ``scale`` (1: the pixels):
     pixel differences are cheapest to make as high-frequency speckle, while pooled ones must move whole regions.
+    A pooled distance is never larger than the pixel one, so at one weight the pooled term is also the stronger.
+
+    Raises:
+        ValueError: ``scale`` < 1, or not a divisor of H and W.
     """
+    if scale < 1 or images_a.shape[-1] % scale or images_a.shape[-2] % scale:
+        raise ValueError(f"scale must be ≥ 1 and divide the image size {tuple(images_a.shape[-2:])}, got {scale}")
     if scale > 1:
         images_a, images_b = F.avg_pool2d(images_a, scale), F.avg_pool2d(images_b, scale)
     image_distance = (images_a - images_b).abs().flatten(1).mean(dim=1)

@@ -136,6 +136,7 @@ class TextAffineUpBlock(nn.Module):
         self.affine = nn.Linear(condition_dim, 2 * out_channels)
 
     def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """hidden [B, C_in, H, W] and condition [B, condition_dim] → [B, C_out, 2H, 2W]."""
         hidden = self.conv(nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest"))
         if self.polar_harmonics:
             position = polar_coordinates(hidden.shape[-1], self.polar_harmonics, hidden.device, self.position_conv.weight.dtype)
@@ -157,6 +158,10 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale;
     ``polar_harmonics`` K > 0 (``fusion="affine"`` only) gives every up-block polar position channels.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
+
+    Raises:
+        ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
+            < 0 or > 0 without ``fusion="affine"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -283,7 +288,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     judged where centre colour and petal count are still spatial details, not only on the pooled 4×4 map.
     ``spectral_norm`` replaces the image path's BatchNorm by spectral normalisation of every convolution and
     linear layer (SN-GAN, Miyato et al., ICLR 2018; the projection discriminator's own setting): D's Lipschitz
-    constant is bounded per layer, and no batch statistics couple the real and fake images D scores.
+    constant is bounded per layer, and no batch statistics couple the images of one batch.
     """
 
     @register_to_config

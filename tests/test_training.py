@@ -190,6 +190,7 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
         (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
+        (["--mode_seeking_weight", "0", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),
         # Combinations that could only fail after data and encoder loading (Hardening, item 5)
         (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),
@@ -219,7 +220,10 @@ def test_a_batch_of_one_trains_when_nothing_needs_batch_statistics(tiny_syntheti
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_few_training_steps_on_cuda_in_bf16(train_args, tmp_path):
-    result = run([*train_args, "--max_train_steps", "4", "--mixed_precision", "bf16", "--channels_last"], tmp_path)
+    # The round-3 options too: the polar term's broadcast add, SN's power iteration and pooled mode seeking.
+    options = ["--fusion", "affine", "--polar_harmonics", "6", "--spectral_norm", "--conditioning", "projection",
+               "--mode_seeking_weight", "0.5", "--mode_seeking_mixtures", "--mode_seeking_scale", "8"]
+    result = run([*train_args, "--max_train_steps", "4", "--mixed_precision", "bf16", "--channels_last", *options], tmp_path)
     assert "generator weights identical on all 1 rank(s): True" in result.stdout
     state = load_file(tmp_path / "generator" / "diffusion_pytorch_model.safetensors")
     assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
@@ -410,8 +414,10 @@ def test_a_model_flag_newer_than_the_checkpoint_resumes_only_while_off(tmp_path)
         {"num_processes": 1, "per_process_batch_size": 4, "model_config": {"fusion": "affine", "ngf": 32}}))
     (tmp_path / "t2i_rng_0.safetensors").write_bytes(b"")
     check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 0, "conditioning_augmentation": False})
-    with pytest.raises(ValueError, match=r"holds another model: polar_harmonics None \(now 4\)"):
+    with pytest.raises(ValueError, match=r"holds another model: polar_harmonics None \(now 4\).*\(--polar_harmonics 0\)"):
         check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 4})
+    with pytest.raises(ValueError, match=r"\(--no-spectral_norm\)"):  # spelled as the command line takes it
+        check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "spectral_norm": True})
     with pytest.raises(ValueError, match=r"holds another model: ngf 32 \(now 16\)"):
         check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 16, "polar_harmonics": 0})
 

@@ -93,6 +93,41 @@ def test_mode_seeking_pairs_captions_or_mixtures(on_mixtures):
     assert not any(torch.allclose(m, c) for m in mixtures for c in captions)
 
 
+@pytest.mark.parametrize("batch_size", [2, 3, 8])
+@pytest.mark.parametrize("conditioning_augmentation", [False, True])
+def test_mode_seeking_compares_images_of_one_text_with_their_own_noise(batch_size, conditioning_augmentation, monkeypatch):
+    """A spy on the loss and a hook on G: each pair the loss compares is (text, z₁, ε) and (text, z₂, ε)."""
+    import t2i.training.gan_cls as gan_cls
+
+    compared, calls = [], []
+    real_loss = gan_cls.mode_seeking_loss
+    monkeypatch.setattr(gan_cls, "mode_seeking_loss", lambda *args, **kwargs: compared.append(args) or real_loss(*args, **kwargs))
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=12, noise_dim=8, text_proj_dim=8, ngf=8, fusion="affine",
+                                conditioning_augmentation=conditioning_augmentation, text_batch_norm=not conditioning_augmentation)
+    discriminator = GanClsDiscriminator(text_embed_dim=12, text_proj_dim=8, ndf=8, conditioning="projection")
+    generator.register_forward_hook(lambda module, inputs, output: calls.append((inputs, output)))
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(batch_size, 3, 64, 64, generator=data) * 2 - 1,
+             "text_embeds": torch.randn(batch_size, 12, generator=data), "wrong_text_embeds": torch.randn(batch_size, 12, generator=data)}
+    objective = GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0, mode_seeking_mixtures=True)
+    train_step(Accelerator(cpu=True), generator, discriminator, torch.optim.Adam(generator.parameters()),
+               torch.optim.Adam(discriminator.parameters()), batch, objective, torch.Generator().manual_seed(0))
+    (noise, texts, code_noise), fake = calls[0]
+    images_a, images_b, noise_a, noise_b = compared[0][:4]
+    pairs = batch_size // 2
+    assert images_b.shape[0] == pairs and torch.equal(images_b, fake[2 * batch_size:].float())
+    assert torch.equal(noise_b, noise[2 * batch_size:])
+    for i in range(pairs):  # row i of the first images is the fake whose text, and ε, the i-th second image shares
+        row = next(r for r in range(2 * batch_size) if torch.equal(fake[r].float(), images_a[i]))
+        assert torch.equal(noise[row], noise_a[i]) and torch.equal(texts[row], texts[2 * batch_size + i])
+        assert not torch.equal(noise[row], noise_b[i])
+        if conditioning_augmentation:
+            assert torch.equal(code_noise[row], code_noise[2 * batch_size + i])
+    on_mixtures = sum(torch.equal(images_a[i], fake[r].float()) for i in range(pairs) for r in range(batch_size, 2 * batch_size))
+    assert on_mixtures == batch_size // 4  # the rest are captions
+
+
 def test_mode_seeking_on_mixtures_changes_the_update():
     on_captions, g1, _ = _step(GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0))
     on_mixtures, g2, _ = _step(GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0, mode_seeking_mixtures=True))
@@ -106,8 +141,10 @@ def test_mode_seeking_on_mixtures_changes_the_update():
     ({"int_captions": 3}, "> 2 only with int_beta=None"),
     ({"int_captions": 1, "int_beta": None}, "int_captions must be ≥ 2"),
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
-    ({"gan_int": False, "mode_seeking_mixtures": True}, "needs gan_int"),
-    ({"mode_seeking_scale": 0}, "mode_seeking_scale must be ≥ 1"),
+    ({"gan_int": False, "mode_seeking_mixtures": True, "mode_seeking_weight": 1.0}, "needs gan_int"),
+    ({"mode_seeking_scale": 0, "mode_seeking_weight": 1.0}, "mode_seeking_scale must be ≥ 1"),
+    ({"mode_seeking_mixtures": True}, "need mode_seeking_weight > 0"),
+    ({"mode_seeking_scale": 4}, "need mode_seeking_weight > 0"),
 ])
 def test_bad_objectives_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):

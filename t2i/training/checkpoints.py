@@ -120,7 +120,12 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
             if (saved != now) if k in saved_model else bool(now):
                 changed[k] = (saved, now)
     if changed:
-        flags = " ".join(f"--{k} {v}" for k, (v, _) in sorted(changed.items()))
+        def flag(name: str, value) -> str:  # as the command line spells it; a flag the checkpoint lacks was off
+            if isinstance(value, bool) or (value is None and isinstance(model_config.get(name), bool)):
+                return f"--{name}" if value else f"--no-{name}"
+            return f"--{name} {0 if value is None else value}"
+
+        flags = " ".join(flag(k, v) for k, (v, _) in sorted(changed.items()))
         raise ValueError(f"{checkpoint} holds another model: {', '.join(f'{k} {a!r} (now {b!r})' for k, (a, b) in sorted(changed.items()))}. "
                          f"Resume with the flags it was trained with ({flags}), or start a new run in another --output_dir.")
     for rank in range(num_processes):

@@ -53,8 +53,9 @@ class GanClsObjective:
         mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
         mode_seeking_scale: the average-pooling factor of the images before mode seeking's distance (1: MSGAN's
             pixel distance), ≥ 1.
-        mode_seeking_mixtures: pair half of the mode-seeking images on GAN-INT mixtures instead of captions (needs
-            ``gan_int``), so that the noise also matters between and inside the captions, where short prompts embed.
+        mode_seeking_mixtures: give ⌊B/4⌋ of the ⌊B/2⌋ mode-seeking pairs to GAN-INT mixtures instead of captions
+            (half of them when 4 divides B; needs ``gan_int``), so that the noise also matters between and inside
+            the captions, where short prompts embed.
         kl_weight: StackGAN's KL term for a generator with conditioning augmentation (Zhang et al. use 2), ≥ 0.
         diff_augment: DiffAugment policies applied to every image D sees (subset of ``DIFF_AUGMENT_POLICIES``).
     """
@@ -87,6 +88,8 @@ class GanClsObjective:
             raise ValueError(f"mode_seeking_scale must be ≥ 1, got {self.mode_seeking_scale}")
         if self.mode_seeking_mixtures and not self.gan_int:
             raise ValueError("mode_seeking_mixtures needs gan_int: without it there are no mixtures to pair")
+        if self.mode_seeking_weight == 0 and (self.mode_seeking_mixtures or self.mode_seeking_scale != 1):
+            raise ValueError("mode_seeking_mixtures and mode_seeking_scale shape mode seeking: they need mode_seeking_weight > 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight",
@@ -127,7 +130,7 @@ def train_step(
 
     # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B mixtures of each caption with other captions
     # of the batch; for mode seeking, second images with other noise of the first B/2 captions, or of the first
-    # B/4 captions and the first B/4 mixtures.
+    # B/2 − ⌊B/4⌋ captions and the first ⌊B/4⌋ mixtures.
     text_for_g = right
     if objective.gan_int:
         if objective.int_beta is None:
@@ -139,7 +142,7 @@ def train_step(
     half = batch_size // 2
     paired = torch.arange(half, device=device)  # rows of text_for_g that get a second image
     if objective.mode_seeking_mixtures:
-        paired = torch.cat([paired[: half // 2], batch_size + paired[: half - half // 2]])
+        paired = torch.cat([paired[: half - half // 2], batch_size + paired[: half // 2]])
     if objective.mode_seeking_weight > 0:
         text_for_g = torch.cat([text_for_g, text_for_g[paired]])
     noise = torch.randn(text_for_g.shape[0], model.config.noise_dim, generator=rng).to(device)
