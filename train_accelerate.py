@@ -460,7 +460,8 @@ def main(argv: list[str] | None = None) -> None:
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
-        mode_seeking_mixtures=args.mode_seeking_mixtures, mode_seeking_scale=args.mode_seeking_scale, kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
+        mode_seeking_mixtures=args.mode_seeking_mixtures, mode_seeking_scale=args.mode_seeking_scale,
+        kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
     )
     ema_generator = copy.deepcopy(generator).eval().requires_grad_(False).to(accelerator.device) if args.use_ema else None
     if args.channels_last:
