@@ -73,7 +73,10 @@ RECIPES = {
 # Model v4: t2i-v3's model, with GAN-INT on mixtures of three captions at flat-Dirichlet weights, which trains the
 # text codes between captions and near their centroid, where short prompts embed (docs/results.md, pilots round 2).
 RECIPES["t2i-v4"] = {**RECIPES["t2i-v3"], "int_beta": None, "int_captions": 3}
-DEFAULT_RECIPE = "t2i-v4"  # the recipe of the embedded default in pretrained/
+# Model v5: t2i-v4, with half of mode seeking's pairs on those mixtures (so prompts off the captions vary with
+# the seed) and polar position channels in every G block (a centred flower with a ring and a disc), pilots round 3.
+RECIPES["t2i-v5"] = {**RECIPES["t2i-v4"], "mode_seeking_mixtures": True, "polar_harmonics": 6}
+DEFAULT_RECIPE = "t2i-v5"  # the recipe of the embedded default in pretrained/
 
 
 def _beta_or_random(value: str) -> float | None:
@@ -132,6 +135,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="L2-normalise sentence embeddings before G projects them (short prompts and captions on one scale)")
     model.add_argument("--polar_harmonics", type=int, default=0,
                        help="with --fusion affine: polar position channels r, cos kθ, sin kθ (k ≤ K) in every G block (0: none)")
+    model.add_argument("--polar_antialias", action=argparse.BooleanOptionalAction, default=False,
+                       help="with --polar_harmonics: fade each harmonic out near the centre, where the pixel grid aliases it")
     model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
@@ -144,6 +149,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="GAN-INT's interpolation weight β (Reed: 0.5), or 'random': flat-Dirichlet weights per row")
     objective.add_argument("--int_captions", type=int, default=2,
                            help="captions each GAN-INT embedding mixes (Reed: 2; more needs --int_beta random)")
+    objective.add_argument("--hard_negatives", type=int, default=1,
+                           help="GAN-CLS's mismatched caption: the closest to the right one of this many captions of "
+                                "other-class images (VSE++'s hard negatives; 1: Reed's random one)")
     objective.add_argument("--unconditional_weight", type=float, default=0.0,
                            help="StackGAN++'s unconditional real/fake term for D and G, on every fake (needs --conditioning projection)")
     objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
@@ -205,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
-                "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size"]
+                "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size", "hard_negatives"]
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
@@ -218,6 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                      "--train_batch_size 2 or more, or --no-text_batch_norm --mode_seeking_weight 0")
     if args.polar_harmonics < 0 or (args.polar_harmonics > 0 and args.fusion != "affine"):
         parser.error(f"--polar_harmonics {args.polar_harmonics}: must be ≥ 0, and > 0 needs --fusion affine")
+    if args.polar_antialias and args.polar_harmonics == 0:
+        parser.error("--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -291,7 +301,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "spectral_norm")
+               "polar_antialias", "spectral_norm")
 
 
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
@@ -428,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.train_batch_size,
         resolution=args.resolution,
         captions_per_image=args.captions_per_image,
+        hard_negatives=args.hard_negatives,
         generator=torch.Generator().manual_seed(args.seed),
         device=accelerator.device,
         process_index=accelerator.process_index,
@@ -448,7 +459,7 @@ def main(argv: list[str] | None = None) -> None:
         # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
         text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
         conditioning_augmentation=args.conditioning_augmentation,
-        normalize_text=args.normalize_text, polar_harmonics=args.polar_harmonics,
+        normalize_text=args.normalize_text, polar_harmonics=args.polar_harmonics, polar_antialias=args.polar_antialias,
     )
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,

@@ -7,7 +7,9 @@
 #
 # DATASET: the synthetic set (python -m t2i.datasets synth). TEXT_ENCODER: a trained char-CNN-RNN folder with a
 # joint_image_encoder/ (e.g. pretrained/text_encoder + tokenizer + joint_image_encoder copied into one folder).
-# MINUTES (default 8) of training per run, one thread each (OMP_NUM_THREADS=1), bf16 on CPUs with AMX.
+# MINUTES (default 8) of training per run, one thread each (OMP_NUM_THREADS=1), bf16 on CPUs with AMX. STEPS=N
+# trains N steps instead, for options that cost nothing per step: equal steps are then equal compute, however
+# the shared machine's speed drifts between runs.
 # Finished runs (a training_summary.json) are skipped, so the script can be stopped and restarted. ONLY=REGEX runs
 # only the rows whose name matches (e.g. ONLY='^uncond').
 # Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.evaluation.robustness
@@ -15,8 +17,14 @@
 set -euo pipefail
 DATASET=$1 TEXT_ENCODER=$2 OUT=$3 MINUTES=${4:-8}
 mkdir -p "$OUT"
+if [ -n "${STEPS:-}" ]; then  # give such runs their own OUT_DIR: finished runs are skipped, whatever their budget
+  LIMIT=(--max_train_steps "$STEPS") BUDGET="$STEPS steps"
+else
+  LIMIT=(--max_train_steps 100000 --max_train_minutes "$MINUTES") BUDGET="$MINUTES min"
+fi
+echo "pilots_v3.sh: each run trains for $BUDGET" >&2
 COMMON=(--recipe t2i-v2 --dataset_name "$DATASET" --text_encoder_path "$TEXT_ENCODER" --resolution 64 --ngf 32 --ndf 32 --train_batch_size 64
-        --max_train_steps 100000 --max_train_minutes "$MINUTES" --mixed_precision "${MIXED_PRECISION:-bf16}" --channels_last
+        "${LIMIT[@]}" --mixed_precision "${MIXED_PRECISION:-bf16}" --channels_last
         --checkpointing_steps 100000 --validation_epochs 1000 --report_to none --cache_dir "$OUT/embedding_cache"
         --text_batch_norm --conditioning projection --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5)
 ROWS=(
@@ -33,6 +41,9 @@ ROWS=(
   "mix_sn|t2i-v4 + spectral normalisation in D instead of its BatchNorm|--fusion affine --normalize_text --int_beta random --int_captions 3 --spectral_norm"
   "mix_ms8|t2i-v4 with mode seeking on images average-pooled to 8×8|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_scale 8"
   "mix_match|t2i-v4 + AttnGAN-style matching loss through θ|--fusion affine --normalize_text --int_beta random --int_captions 3 --matching_loss_weight 1"
+  "v5|t2i-v4 + mode seeking on mixtures + polar channels (the t2i-v5 recipe)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6"
+  "v5_aa|t2i-v5 + polar harmonics faded out where the pixel grid aliases them|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --polar_antialias"
+  "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in 0 1; do
   for row in "${ROWS[@]}"; do

@@ -97,12 +97,60 @@ def test_tensor_batch_loader_is_deterministic_and_shards_batches():
         assert torch.equal(a["pixel_values"], b["pixel_values"]) and torch.equal(a["indices"], b["indices"])
     assert sorted(torch.cat([b["indices"] for b in batches[:5]]).tolist()) == list(range(20))  # one epoch: a permutation
 
-    whole = TensorBatchLoader(images, embeddings, labels, 8, 64, generator=torch.Generator().manual_seed(5))
-    parts = [TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(5),
-                               process_index=rank, num_processes=2) for rank in range(2)]
-    for full, first, second in zip(whole, *parts):
-        assert torch.equal(torch.cat([first["indices"], second["indices"]]), full["indices"])
-        assert torch.equal(torch.cat([first["pixel_values"], second["pixel_values"]]), full["pixel_values"])
+    for hard_negatives in (1, 4):  # hard negatives are picked on the global batch, before each process's share
+        whole = TensorBatchLoader(images, embeddings, labels, 8, 64, generator=torch.Generator().manual_seed(5), hard_negatives=hard_negatives)
+        parts = [TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(5),
+                                   process_index=rank, num_processes=2, hard_negatives=hard_negatives) for rank in range(2)]
+        for full, first, second in zip(whole, *parts):
+            for key in ("indices", "pixel_values", "wrong_text_embeds"):
+                assert torch.equal(torch.cat([first[key], second[key]]), full[key]), key
+
+
+def test_hard_negatives_pick_the_closest_other_class_caption():
+    images, labels = _images(n=24), torch.arange(24) % 6
+    # One caption per image, on the unit circle by class (class c at angle c·60° plus a little per image): the
+    # closest other-class caption is always a neighbouring class's, a random one is often the opposite class's.
+    # Norms spread over [0.5, 2], as real embeddings' do: the pick must be by cosine, not by inner product.
+    angle = labels * torch.pi / 3 + torch.arange(24) * 0.001
+    norms = 0.5 + 1.5 * torch.rand(24, 1, generator=torch.Generator().manual_seed(2))
+    unit = torch.stack([angle.cos(), angle.sin()], dim=1)
+    embeddings = CaptionEmbeddings(unit * norms, torch.arange(25))
+
+    def similarities(hard_negatives: int) -> torch.Tensor:
+        loader = TensorBatchLoader(images, embeddings, labels, batch_size=8, resolution=64,
+                                   generator=torch.Generator().manual_seed(0), hard_negatives=hard_negatives)
+        cosines = []
+        for _ in range(10):
+            for batch in loader:
+                wrong_classes = [int(labels[(embeddings.embeddings - w).norm(dim=1).argmin()]) for w in batch["wrong_text_embeds"]]
+                assert all(w != int(c) for w, c in zip(wrong_classes, batch["labels"]))  # still another class
+                cosines.append(torch.nn.functional.cosine_similarity(batch["wrong_text_embeds"], batch["text_embeds"]))
+        return torch.cat(cosines)
+
+    random, hard = similarities(1), similarities(16)
+    assert random.min() < -0.9 and random.mean() < 0.1  # a random class: the opposite one is as likely as any
+    assert hard.min() > 0.45 and hard.mean() > 0.49  # 16 candidates: nearly always a neighbouring class, cos 60°
+    # A candidate with the right caption's very text (another class can share it) is never the negative.
+    spokes = torch.arange(13) * 2 * torch.pi / 13  # 13 distinct captions, at most cos 28° alike
+    distinct = torch.stack([spokes.cos(), spokes.sin()], dim=1)
+    twin = CaptionEmbeddings(torch.cat([distinct[:12], distinct[1:]]), torch.arange(25))  # image i + 11: image i's text, another class
+    batch = next(iter(TensorBatchLoader(images, twin, labels, batch_size=24, resolution=64, hard_negatives=16,
+                                        generator=torch.Generator().manual_seed(0))))
+    assert torch.nn.functional.cosine_similarity(batch["wrong_text_embeds"], batch["text_embeds"]).max() < 0.99
+    with pytest.raises(ValueError, match="hard_negatives must be ≥ 1"):
+        TensorBatchLoader(images, embeddings, labels, batch_size=8, resolution=64, hard_negatives=0)
+
+
+def test_one_hard_negative_keeps_the_random_stream():
+    """hard_negatives=1 is Reed's random mismatched caption, drawn exactly as before the option existed."""
+    images, embeddings, labels = _images(n=12), _embeddings([2] * 12), torch.arange(12) % 3
+    generator = torch.Generator().manual_seed(4)
+    batch = next(iter(TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(4))))
+    order = torch.randperm(12, generator=generator)[:4]
+    wrong = sample_mismatched_indices(order, labels, generator)
+    augment_batch(images[order], 64, True, generator)
+    embeddings.sample(order, generator)
+    assert torch.equal(batch["wrong_text_embeds"], embeddings.sample(wrong, generator))
 
 
 def test_images_to_uint8_decodes_a_split_once(tiny_synthetic_dataset):

@@ -112,7 +112,7 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
 
 @pytest.mark.parametrize("resolution", [64, 128])
 @pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True},
-                                     {"polar_harmonics": 3}])
+                                     {"polar_harmonics": 3}, {"polar_harmonics": 2, "polar_antialias": True}])
 def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_path):
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution, fusion="affine", **options)
@@ -209,6 +209,29 @@ def test_polar_coordinates_are_radius_and_angle_harmonics_around_the_centre():
     assert torch.allclose(cos2, cos1**2 - sin1**2, atol=1e-5) and torch.allclose(sin2, 2 * sin1 * cos1, atol=1e-5)
 
 
+def test_polar_antialias_removes_the_centre_spokes_and_keeps_the_rest():
+    plain, windowed = polar_coordinates(64, 6), polar_coordinates(64, 6, antialias=True)
+    assert torch.equal(plain[0], windowed[0])  # the radius is never windowed
+
+    def roughness(channels):  # largest step between neighbouring pixels, per channel
+        return torch.maximum((channels[:, 1:] - channels[:, :-1]).abs().amax((1, 2)), (channels[:, :, 1:] - channels[:, :, :-1]).abs().amax((1, 2)))
+
+    # Unwindowed, sin 6θ jumps by 2 between the four centre pixels (the spoke star); windowed, no harmonic steps
+    # by more than one pixel's worth of a ramp (about 1).
+    assert roughness(plain[1:]).max() == pytest.approx(2.0, abs=1e-4)
+    assert roughness(windowed[1:]).max() < 1.05, roughness(windowed[1:])
+    assert windowed[5:, 31:33, 31:33].abs().max() < 0.15  # ρ = 0.7 px: harmonics k ≥ 3 are nearly off
+    # Where a period spans many pixels (ρ ≥ 1.4k, here beyond 9 px for k = 6) the window is above 0.99.
+    axis = torch.arange(64) + 0.5 - 32
+    far = (axis[:, None] ** 2 + axis[None, :] ** 2).sqrt() > 9
+    assert torch.allclose(windowed[1:, far], plain[1:, far], atol=0.01)
+    # Harmonic k is windowed on the scale of k pixels: at 6.5 px, k = 1 is whole, k = 6 at about 0.95.
+    ratio = (windowed[1:] / plain[1:].where(plain[1:].abs() > 0.1, torch.ones(())))[:, 32, 38]
+    assert ratio[0] == pytest.approx(1.0, abs=1e-3) and 0.85 < ratio[-1] < 1.0
+    with pytest.raises(ValueError, match="needs polar_harmonics > 0"):
+        GanClsGenerator(fusion="affine", polar_antialias=True)
+
+
 def test_polar_harmonics_feed_every_affine_block_and_need_affine_fusion():
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine", polar_harmonics=4)
@@ -229,6 +252,13 @@ def test_polar_harmonics_feed_every_affine_block_and_need_affine_fusion():
     reference = TextAffineUpBlock(block.conv.in_channels, block.conv.out_channels, condition.shape[1])
     reference.load_state_dict({k: v for k, v in block.state_dict().items() if not k.startswith("position_conv")})
     assert not torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-3)
+    # The antialiased block reads the windowed channels, the same way.
+    windowed = TextAffineUpBlock(block.conv.in_channels, block.conv.out_channels, condition.shape[1], 4, polar_antialias=True)
+    windowed.load_state_dict(block.state_dict())
+    concatenated = joint(torch.cat([up, polar_coordinates(16, 4, antialias=True).expand(2, -1, -1, -1)], dim=1))
+    assert torch.allclose(windowed(hidden, condition), torch.relu(block.norm(concatenated) * (1 + scale) + shift), atol=1e-5)
+    assert not torch.allclose(windowed(hidden, condition), block(hidden, condition), atol=1e-3)
+    assert GanClsGenerator(text_embed_dim=12, ngf=8, fusion="affine", polar_harmonics=4, polar_antialias=True).up_blocks[2].polar_antialias
     with torch.no_grad():
         block.position_conv.weight.zero_()
     assert torch.allclose(block(hidden, condition), reference(hidden, condition), atol=1e-6)

@@ -157,12 +157,21 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), SCRIPT, *train_args,
         "--max_train_steps", "6", "--output_dir", str(tmp_path),
+        # Hard negatives are picked on the global batch; both ranks must still agree on every weight.
+        "--polar_harmonics", "2", "--polar_antialias", "--hard_negatives", "4",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generator weights identical on all 2 rank(s): True" in result.stdout
     assert "global batch 32" in result.stdout
-    assert GanClsPipeline.from_pretrained(tmp_path).generator.config.ngf == 8
+    config = GanClsPipeline.from_pretrained(tmp_path).generator.config
+    assert config.ngf == 8 and config.polar_harmonics == 2 and config.polar_antialias is True
+
+
+def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
+    v4, v5 = (train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", recipe]) for recipe in ("t2i-v4", "t2i-v5"))
+    assert {k for k in vars(v4) if getattr(v4, k) != getattr(v5, k)} == {"recipe", "mode_seeking_mixtures", "polar_harmonics"}
+    assert v5.mode_seeking_mixtures is True and v5.polar_harmonics == 6 and v5.fusion == "affine"
 
 
 @pytest.mark.parametrize(
@@ -189,6 +198,8 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         (["--mode_seeking_mixtures", "--no-gan_int"], "--mode_seeking_mixtures pairs images on GAN-INT mixtures"),
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
+        (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
+        (["--polar_antialias"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),
         (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
         (["--mode_seeking_weight", "0", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),

@@ -161,7 +161,11 @@ class TensorBatchLoader:
 
     Each batch is a dict: `pixel_values` float [B, 3, R, R] in [-1, 1], `text_embeds` [B, D] (the mean of
     `captions_per_image` random captions of each image, 1 by default; Reed uses 4), `wrong_text_embeds`
-    [B, D] (a caption of an image of another class), `labels` and `indices`. All randomness comes from
+    [B, D] (a caption of an image of another class: with `hard_negatives` K > 1, the one of K such captions
+    closest by cosine to the batch's `text_embeds` row, hard negatives in the spirit of VSE++ (Faghri et al.,
+    BMVC 2018), so the discriminator must check more than the attribute a random caption gets wrong first; a
+    candidate identical to the right text is skipped), `labels` and
+    `indices`. All randomness comes from
     `generator`, so a seeded generator replays the same epochs; with several processes, give each the same
     seed and its `process_index`: they share the permutation and take disjoint parts of every batch.
     """
@@ -180,7 +184,10 @@ class TensorBatchLoader:
         device: torch.device | str | None = None,
         process_index: int = 0,
         num_processes: int = 1,
+        hard_negatives: int = 1,
     ) -> None:
+        if hard_negatives < 1:
+            raise ValueError(f"hard_negatives must be ≥ 1 (1: a random mismatched caption), got {hard_negatives}")
         if len(images) != len(embeddings):
             raise ValueError(f"{len(images)} images but caption embeddings for {len(embeddings)}")
         self.device = torch.device(device) if device is not None else images.device
@@ -192,6 +199,7 @@ class TensorBatchLoader:
         self.generator = generator if generator is not None else torch.Generator().manual_seed(0)
         self.drop_last = drop_last
         self.process_index, self.num_processes = process_index, num_processes
+        self.hard_negatives = hard_negatives
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.num_processes
@@ -205,10 +213,16 @@ class TensorBatchLoader:
         for step in range(len(self)):
             batch = order[step * global_batch : (step + 1) * global_batch]
             # Every process draws the randomness of the whole global batch, so generators stay in sync.
-            wrong = sample_mismatched_indices(batch, self.labels, self.generator)
+            wrong = sample_mismatched_indices(batch.repeat_interleave(self.hard_negatives), self.labels, self.generator)
             pixels = augment_batch(self.images[batch.to(self.device)], self.resolution, self.train, self.generator)
             text = self.embeddings.sample(batch, self.generator, self.captions_per_image)
             wrong_text = self.embeddings.sample(wrong, self.generator)
+            if self.hard_negatives > 1:
+                candidates = wrong_text.view(len(batch), self.hard_negatives, -1)
+                similarity = torch.nn.functional.cosine_similarity(candidates, text[:, None], dim=-1)
+                # Another class's image can carry the very same caption text: that is no negative at all.
+                closest = similarity.masked_fill(similarity > 1 - 1e-6, -2.0).argmax(dim=1)
+                wrong_text = candidates[torch.arange(len(batch), device=candidates.device), closest]
             sizes = [len(part) for part in torch.arange(len(batch)).tensor_split(self.num_processes)]
             start = sum(sizes[: self.process_index])
             mine = slice(start, start + sizes[self.process_index])  # a view, not a copy
