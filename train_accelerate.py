@@ -210,8 +210,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--hub_private_repo", action="store_true")
 
     recipe = parser.parse_known_args(argv)[0].recipe
+    unset = object()
+    parser.set_defaults(**dict.fromkeys(RECIPES[recipe], unset))
+    given = {name for name, value in vars(parser.parse_args(argv)).items() if value is not unset}  # typed, not the recipe's
     parser.set_defaults(**RECIPES[recipe])
     args = parser.parse_args(argv)
+    # A recipe's refinement of a feature goes off with the feature when the command line turns the feature off
+    # (--fusion input drops the recipe's polar channels); typed explicitly, the same conflict is refused below.
+    for name, off, feature_off in (("polar_harmonics", 0, args.fusion != "affine"),
+                                   ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
+                                   ("projection_scales", 1, args.conditioning != "projection"),
+                                   ("int_captions", 2, args.int_beta is not None)):
+        if feature_off and name in RECIPES[recipe] and name not in given:
+            setattr(args, name, off)
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
                 "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size", "hard_negatives"]
     for name in positive:
@@ -259,7 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.mode_seeking_mixtures and not args.gan_int:
         parser.error("--mode_seeking_mixtures pairs images on GAN-INT mixtures: it needs --gan_int")
     if args.mode_seeking_weight == 0 and (args.mode_seeking_mixtures or args.mode_seeking_scale != 1):
-        parser.error("--mode_seeking_mixtures and --mode_seeking_scale shape mode seeking: they need --mode_seeking_weight > 0")
+        shaping = " and ".join(flag for flag, on in (("--mode_seeking_mixtures", args.mode_seeking_mixtures),
+                                                     (f"--mode_seeking_scale {args.mode_seeking_scale}", args.mode_seeking_scale != 1)) if on)
+        parser.error(f"{shaping} shape(s) mode seeking: they need --mode_seeking_weight > 0")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
         parser.error("--matching_loss_weight and --mode_seeking_weight must be ≥ 0")
     if args.matching_loss_weight > 0 and (

@@ -43,6 +43,8 @@ ROWS=(
   "mix_match|t2i-v4 + AttnGAN-style matching loss through θ|--fusion affine --normalize_text --int_beta random --int_captions 3 --matching_loss_weight 1"
   "v5|t2i-v4 + mode seeking on mixtures + polar channels (the t2i-v5 recipe)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6"
   "v5_aa|t2i-v5 + polar harmonics faded out where the pixel grid aliases them|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --polar_antialias"
+  "v5_ps3|t2i-v5 + the text match judged on D's 16×16 map too (three projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 3"
+  "v5_ps4|t2i-v5 + the text match judged on D's 16×16 and 32×32 maps too (four projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 4"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in 0 1; do

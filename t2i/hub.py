@@ -41,17 +41,29 @@ class CheckpointError(ValueError):
     """A checkpoint that t2i refuses to load: pickled, truncated, or inconsistent with its config."""
 
 
+def can_only_be_a_path(name: str) -> bool:
+    """True for a name no Hub repo id can have: it starts with ".", "/" or "~", has a backslash or more than one "/"."""
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
+
+
 def resolve_pretrained_folder(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs) -> Path:
     """Return a local folder for a folder path or a Hub repo id (downloaded through ``snapshot_download``).
 
     ``HF_ENDPOINT`` selects the Hub server, as everywhere in huggingface_hub. With ``subfolder`` only that part
     of a Hub repo is downloaded; the returned path is the repo root either way.
+
+    Raises:
+        FileNotFoundError: a missing folder that can only be a path, or a repo id the Hub does not serve.
+        CheckpointError: a file where a folder was expected.
     """
     path = Path(name_or_path)
     if path.is_dir():
         return path
     if path.exists():
         raise CheckpointError(f"{path} is a file; expected a model folder or a Hub repo id")
+    if can_only_be_a_path(str(name_or_path)):  # not worth a Hub round trip, nor the Hub's wording
+        raise FileNotFoundError(f"{str(name_or_path)!r}: no such model folder (and, being a path, not a Hub repo id "
+                                "of the form 'org/name')")
     allow_patterns = [f"{subfolder}/*"] if subfolder else None
     try:
         return Path(snapshot_download(str(name_or_path), allow_patterns=allow_patterns, **hub_kwargs))

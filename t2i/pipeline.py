@@ -4,6 +4,7 @@ import ast
 import dataclasses
 import importlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +25,9 @@ from .hub import (
     render_model_card,
     resolve_pretrained_folder,
 )
-from .text_encoders import check_readable, encode_text, text_embedding_dim
+from .text_encoders import check_readable, encode_text, max_text_length, text_embedding_dim
+
+logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 # This package's modules that save_with_model_card uploads for diffusers' trust_remote_code loading (each with the
@@ -173,6 +176,11 @@ class GanClsPipeline(DiffusionPipeline):
             where = f" (item {empty[0]} of the list)" if len(prompts) > 1 else ""
             raise ValueError(f"prompt is empty{where}: describe the flower, e.g. 'a flower with five red petals'")
         check_readable(self.tokenizer, prompts)
+        limit = max_text_length(self.tokenizer, self.text_encoder)
+        for text in prompts:  # as diffusers' pipelines do: the cut is not silent
+            length = len(self.tokenizer(text, truncation=False, verbose=False)["input_ids"])
+            if length > limit:
+                logger.warning("The prompt %r is %d tokens long; the text encoder reads the first %d.", text[:40] + "…", length, limit)
         return encode_text(self.tokenizer, self.text_encoder, prompts).to(self.generator.dtype)
 
     def prepare_latents(
@@ -182,7 +190,13 @@ class GanClsPipeline(DiffusionPipeline):
 
         It is drawn on the ``torch.Generator``'s device (the CPU by default), so a seed gives the same images on CPU
         and GPU; a list of generators draws one row from each.
+
+        Raises:
+            ValueError: a list of generators whose length is not ``batch_size``.
         """
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(f"a list of {len(generator)} generators for {batch_size} noise vectors: pass one generator "
+                             "per image (len(prompts) × num_images_per_prompt), or a single one")
         shape = (batch_size, self.generator.config.noise_dim)
         device = self._execution_device if device is None else device
         return randn_tensor(shape, generator=generator, device=device, dtype=self.generator.dtype)
@@ -219,6 +233,10 @@ class GanClsPipeline(DiffusionPipeline):
             output_type: ``"pil"``, ``"np"`` (float [B, H, W, 3] in [0, 1]) or ``"pt"`` (float [B, 3, H, W] in [0, 1]).
             return_dict: return an ``ImagePipelineOutput`` rather than a tuple.
             prompt_embeds: precomputed text embeddings [B, D]; the text encoder is then not run.
+
+        Raises:
+            ValueError: no prompt or both prompt and embeddings, an empty or unreadable prompt, a bad count, output
+                type, generator list length, or latents that are not a finite tensor of the right shape.
         """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
@@ -234,6 +252,10 @@ class GanClsPipeline(DiffusionPipeline):
         text_embeds = text_embeds.repeat_interleave(num_images_per_prompt, dim=0)
         if latents is None:
             latents = self.prepare_latents(text_embeds.shape[0], generator, device)
+        elif not isinstance(latents, torch.Tensor):
+            raise ValueError(f"latents must be a torch.Tensor, got {type(latents).__name__} (torch.from_numpy converts an array)")
+        elif not torch.isfinite(latents).all():
+            raise ValueError("latents hold NaN or infinite values: the generator would draw nothing but NaN")
         elif tuple(latents.shape) != (text_embeds.shape[0], self.generator.config.noise_dim):
             raise ValueError(
                 f"latents must have shape {(text_embeds.shape[0], self.generator.config.noise_dim)}, got {tuple(latents.shape)}"

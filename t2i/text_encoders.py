@@ -194,6 +194,11 @@ def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str]) -> None:
             )
 
 
+def max_text_length(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel) -> int:
+    """Tokens ``encode_text`` reads of a text: the tokenizer's limit, or the model's positions if fewer."""
+    return min(tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", 10**6))
+
+
 def encode_text(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, texts: list[str]) -> torch.Tensor:
     """Embed a batch of captions into float32 [B, D] on the text encoder's device.
 
@@ -201,8 +206,7 @@ def encode_text(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, t
     (end-of-text) state; every other model is treated as a sentence-transformer: mean pooling over real tokens,
     then L2 normalisation, as sentence-transformers does for all-MiniLM-L6-v2.
     """
-    max_length = min(tokenizer.model_max_length, getattr(text_encoder.config, "max_position_embeddings", 10**6))
-    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_text_length(tokenizer, text_encoder), return_tensors="pt")
     batch = {k: v.to(text_encoder.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
     output = text_encoder(**batch)
     if getattr(output, "text_embeds", None) is not None:

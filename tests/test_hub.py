@@ -115,8 +115,9 @@ def test_pull_single_components_from_loopback_hub(tiny_pipeline, loopback_hub, t
 def test_missing_repo_and_path_are_named(loopback_hub):
     with pytest.raises(FileNotFoundError, match="'t2i-tests/does-not-exist' is neither a local folder nor a Hub repo"):
         GanClsPipeline.from_pretrained("t2i-tests/does-not-exist")
-    with pytest.raises(FileNotFoundError, match="/no/such/folder"):
-        GanClsPipeline.from_pretrained("/no/such/folder")
+    for path in ("/no/such/folder", "./no_such_folder", "~/no_such_folder", "runs/out/no_such_folder", "C:\\models\\flowers"):
+        with pytest.raises(FileNotFoundError, match="no such model folder .*not a Hub repo id"):  # said without asking the Hub
+            GanClsPipeline.from_pretrained(path)
 
 
 def test_folder_without_model_index(tmp_path):

@@ -101,6 +101,10 @@ def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
         (lambda p: p("red", output_type="jpeg"), "output_type"),
         (lambda p: p("red", num_images_per_prompt=0), "num_images_per_prompt"),
         (lambda p: p("red", latents=torch.zeros(2, 100)), "latents must have shape"),
+        (lambda p: p("red", latents=np.zeros((1, 100))), "latents must be a torch.Tensor, got ndarray"),
+        (lambda p: p("red", latents=torch.full((1, 100), float("nan"))), "latents hold NaN"),
+        (lambda p: p("red", num_images_per_prompt=2, generator=[torch.Generator()]), "a list of 1 generators for 2 noise vectors"),
+        (lambda p: p("red", generator=[torch.Generator()] * 3), "a list of 3 generators for 1 noise vectors"),
         (lambda p: p(), "exactly one of"),
         (lambda p: p.interpolate("red", "blue", num_steps=1), "num_steps"),
         (lambda p: p.interpolate_noise("", num_steps=3), "prompt is empty"),
@@ -116,6 +120,13 @@ def test_odd_and_huge_prompts_work(tiny_pipeline):
     prompts = ["😀🌸 flower", "זהו פרח red", "red\x00\x07 petals\u202e", "petals " * 2000]
     images = tiny_pipeline(prompts, generator=seeded(), output_type="np").images
     assert images.shape == (4, 64, 64, 3) and np.isfinite(images).all()
+
+
+def test_a_prompt_longer_than_the_encoder_reads_is_cut_with_a_warning(tiny_pipeline, caplog):
+    with caplog.at_level("WARNING", logger="t2i.pipeline"):
+        long = tiny_pipeline.encode_prompt(["red " * 100, "a red flower"])
+    assert len(caplog.records) == 1 and "400 tokens long; the text encoder reads the first 201" in caplog.text
+    assert torch.allclose(long[0], tiny_pipeline.encode_prompt(("red " * 100)[:201])[0], atol=1e-5)  # the cut, made explicit
 
 
 def test_text_encoder_and_generator_must_agree(tiny_pipeline):

@@ -168,6 +168,26 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
     assert config.ngf == 8 and config.polar_harmonics == 2 and config.polar_antialias is True
 
 
+def test_turning_a_feature_off_drops_the_recipes_refinements_of_it(tiny_synthetic_dataset):
+    """t2i-v5 sets polar channels, mode seeking on mixtures, two projection scales and three-caption mixtures; each
+    refines a feature, and turning that feature off on the command line turns the refinement off with it."""
+    def parse(*flags):
+        return train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", "t2i-v5", *flags])
+
+    assert parse("--fusion", "input").polar_harmonics == 0
+    assert parse("--mode_seeking_weight", "0").mode_seeking_mixtures is False
+    assert parse("--no-gan_int").mode_seeking_mixtures is False
+    assert parse("--conditioning", "concat").projection_scales == 1
+    assert parse("--int_beta", "0.5").int_captions == 2  # Reed's GAN-INT: midpoints of two captions
+    untouched = parse()
+    assert (untouched.polar_harmonics, untouched.mode_seeking_mixtures, untouched.projection_scales, untouched.int_captions) == (6, True, 2, 3)
+    # Typed out, the same conflicts are refused (the command line is not second-guessed).
+    for flags in (("--fusion", "input", "--polar_harmonics", "6"), ("--mode_seeking_weight", "0", "--mode_seeking_mixtures"),
+                  ("--conditioning", "concat", "--projection_scales", "2"), ("--int_beta", "0.5", "--int_captions", "3")):
+        with pytest.raises(SystemExit):
+            parse(*flags)
+
+
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
     v4, v5 = (train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", recipe]) for recipe in ("t2i-v4", "t2i-v5"))
     assert {k for k in vars(v4) if getattr(v4, k) != getattr(v5, k)} == {"recipe", "mode_seeking_mixtures", "polar_harmonics"}
@@ -199,7 +219,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
-        (["--polar_antialias"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),
+        (["--polar_antialias", "--polar_harmonics", "0"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),
         (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
         (["--mode_seeking_weight", "0", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),

@@ -19,6 +19,8 @@ import yaml
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, List, Value, load_dataset, load_from_disk
 from datasets import config as datasets_config
 
+from ..hub import can_only_be_a_path
+
 logger = logging.getLogger(__name__)
 
 ROWS_PER_SHARD = 2000  # ~20-100 MB per shard at 128-500 px: quick to stream, well under the Hub's limits
@@ -151,7 +153,7 @@ def _check_hub_dataset(name: str) -> None:
     # Without this, a mistyped or not-yet-built folder is sent to the Hub, retried for over a minute, and ends in
     # a ConnectionError traceback that never says the folder is missing.
     make_it = f"Make the synthetic set with `python -m t2i.datasets synth --out {name}`, or give a Hub dataset id (org/name)."
-    if name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
+    if can_only_be_a_path(name):
         raise FileNotFoundError(f"{name}: no such dataset folder. {make_it}")
     from huggingface_hub import HfApi, constants
     from huggingface_hub.errors import HfHubHTTPError
