@@ -1,7 +1,7 @@
 """Gradio app and Hugging Face Space: describe a flower, get images from a GAN-CLS generator, and walk between
 two descriptions or two noise vectors (GAN-INT).
 
-    python app.py                     # the embedded default model in pretrained/ (until it exists: a stand-in)
+    python app.py                     # the embedded default model in pretrained/ (if it cannot load: an untrained stand-in, and why)
     python app.py --model user/repo   # any saved GanClsPipeline: a Hub repo id or a local folder (or env T2I_MODEL)
 
 API (gradio_client): /generate, /interpolate, /interpolate_noise; see README.md.
