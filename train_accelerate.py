@@ -98,18 +98,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help=f"defaults for the model and objective flags (explicit flags win): {DEFAULT_RECIPE} is the "
                              "embedded default's, reed2016 the paper's setup")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset_name", required=True, help="Hub dataset id, parquet / save_to_disk folder, or imagefolder")
+    data.add_argument("--dataset_name", required=True, type=os.path.expanduser, help="Hub dataset id, parquet / save_to_disk folder, or imagefolder")
     data.add_argument("--train_split", default="train")
     data.add_argument("--image_column", default="image")
     data.add_argument("--caption_column", default="captions")
     data.add_argument("--max_train_samples", type=int, default=None, help="use only the first N images (debugging)")
     data.add_argument("--resolution", type=int, default=64, choices=[64, 128])
     data.add_argument("--captions_per_image", type=int, default=1, help="average k caption embeddings per image (Reed: 4)")
-    data.add_argument("--cache_dir", default=None, help="where caption embeddings are cached")
+    data.add_argument("--cache_dir", type=os.path.expanduser, default=None, help="where caption embeddings are cached")
 
     text = parser.add_argument_group("text encoder")
     text.add_argument("--text_encoder", default=MINILM_ID, help="'char-cnn-rnn' (trained here first) or a transformers id/path")
-    text.add_argument("--text_encoder_path", default=None, help="reuse a trained text encoder folder (skips its training)")
+    text.add_argument("--text_encoder_path", type=os.path.expanduser, default=None, help="reuse a trained text encoder folder (skips its training)")
     text.add_argument("--text_encoder_steps", type=int, default=3000, help="char-CNN-RNN joint-embedding training steps")
     text.add_argument("--char_cnn_rnn_config", type=json.loads, default={}, help='CharCnnRnnConfig overrides as JSON, e.g. \'{"rnn_type": "gru"}\'')
     text.add_argument("--text_encoder_batch_size", type=int, default=40, help="distinct classes per joint-embedding step")
@@ -190,12 +190,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--seed", type=int, default=0)
 
     run = parser.add_argument_group("run")
-    run.add_argument("--output_dir", default="gan-cls-flowers")
+    run.add_argument("--output_dir", type=os.path.expanduser, default="gan-cls-flowers")
     run.add_argument("--logging_dir", default="logs", help="relative to --output_dir")
     run.add_argument("--report_to", default="tensorboard", choices=["tensorboard", "none"])
     run.add_argument("--checkpointing_steps", type=int, default=500)
     run.add_argument("--checkpoints_total_limit", type=int, default=None)
-    run.add_argument("--resume_from_checkpoint", default=None, help="'latest' or a checkpoint folder")
+    run.add_argument("--resume_from_checkpoint", type=os.path.expanduser, default=None, help="'latest' or a checkpoint folder")
     run.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
     run.add_argument("--validation_epochs", type=int, default=5)
     run.add_argument("--evaluation_steps", type=int, default=None,
@@ -223,6 +223,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
+    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
+                 "mode_seeking_weight", "matching_loss_weight", "feature_matching_weight", "aux_class_weight"):
+        if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
+            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
                 "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size", "hard_negatives"]
     for name in positive:
@@ -260,9 +264,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0.0 <= getattr(args, name) < 1.0:
             parser.error(f"--{name} must be in [0, 1), got {getattr(args, name)}")
-    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight"):
-        if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
-            parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     if not isinstance(args.char_cnn_rnn_config, dict):
         parser.error(f"--char_cnn_rnn_config must be a JSON object, e.g. '{{\"rnn_type\": \"gru\"}}', got {args.char_cnn_rnn_config!r}")
     if args.mode_seeking_scale < 1 or args.resolution % args.mode_seeking_scale:

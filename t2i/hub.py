@@ -56,7 +56,7 @@ def resolve_pretrained_folder(name_or_path: str | os.PathLike, subfolder: str | 
         FileNotFoundError: a missing folder that can only be a path, or a repo id the Hub does not serve.
         CheckpointError: a file where a folder was expected.
     """
-    path = Path(name_or_path)
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
         return path
     if path.exists():

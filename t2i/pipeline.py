@@ -60,6 +60,17 @@ def _component_class(library: str, class_name: str) -> type:
     return found
 
 
+def _check_generator(generator, count: int, what: str) -> None:
+    """Refuse anything but None, one torch.Generator, or a list of exactly ``count`` of them (one per ``what``)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, list) or not all(isinstance(g, torch.Generator) for g in generator):
+        raise ValueError(f"generator must be a torch.Generator or a list of them, got {generator!r:.80}")
+    if len(generator) != count:
+        raise ValueError(f"a list of {len(generator)} generator(s) for {what}: pass a list of {count} (one each), "
+                         "or a single generator")
+
+
 def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     # Linear paths between Gaussian draws pass through low-norm points the generator never saw in training;
     # spherical interpolation keeps the norm typical (White, "Sampling Generative Networks", 2016).
@@ -194,9 +205,7 @@ class GanClsPipeline(DiffusionPipeline):
         Raises:
             ValueError: a list of generators whose length is not ``batch_size``.
         """
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(f"a list of {len(generator)} generators for {batch_size} noise vectors: pass one generator "
-                             "per image (len(prompts) × num_images_per_prompt), or a single one")
+        _check_generator(generator, batch_size, f"{batch_size} noise vector(s)")
         shape = (batch_size, self.generator.config.noise_dim)
         device = self._execution_device if device is None else device
         return randn_tensor(shape, generator=generator, device=device, dtype=self.generator.dtype)
@@ -242,14 +251,13 @@ class GanClsPipeline(DiffusionPipeline):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        if generator is not None and not isinstance(generator, (torch.Generator, list)):
-            raise ValueError(f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}")
         if prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[1] != self.generator.config.text_embed_dim):
             raise ValueError(f"prompt_embeds must have shape [B, {self.generator.config.text_embed_dim}], got {tuple(prompt_embeds.shape)}")
         # Looked up once: diffusers finds the execution device by walking every module (about 0.5 ms here).
         device = self._execution_device
         text_embeds = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds.to(self.generator.dtype)
         text_embeds = text_embeds.repeat_interleave(num_images_per_prompt, dim=0)
+        _check_generator(generator, text_embeds.shape[0], f"{text_embeds.shape[0]} image(s) (prompts × num_images_per_prompt)")
         if latents is None:
             latents = self.prepare_latents(text_embeds.shape[0], generator, device)
         elif not isinstance(latents, torch.Tensor):
@@ -274,6 +282,7 @@ class GanClsPipeline(DiffusionPipeline):
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
         """Images along the straight line between two captions' embeddings (GAN-INT), with one noise vector held fixed."""
+        _check_generator(generator, 1, "interpolate's one noise vector")
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         e_a, e_b = self.encode_prompt([prompt_a, prompt_b]).to(device)
@@ -293,6 +302,7 @@ class GanClsPipeline(DiffusionPipeline):
 
         ``generator`` may be a list of two generators, one per end point (e.g. two seeds).
         """
+        _check_generator(generator, 2, "interpolate_noise's two end points")
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         text_embeds = self.encode_prompt(prompt).expand(num_steps, -1)

@@ -112,6 +112,14 @@ def test_pull_single_components_from_loopback_hub(tiny_pipeline, loopback_hub, t
         assert torch.equal(generator.state_dict()[name], tensor)
 
 
+def test_a_home_relative_model_folder_is_expanded(tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(Path(__file__).resolve().parents[1] / "pretrained", tmp_path / "model")
+    assert GanClsPipeline.from_pretrained("~/model").generator.config.resolution == 64
+
+
 def test_missing_repo_and_path_are_named(loopback_hub):
     with pytest.raises(FileNotFoundError, match="'t2i-tests/does-not-exist' is neither a local folder nor a Hub repo"):
         GanClsPipeline.from_pretrained("t2i-tests/does-not-exist")

@@ -188,6 +188,14 @@ def test_turning_a_feature_off_drops_the_recipes_refinements_of_it(tiny_syntheti
             parse(*flags)
 
 
+def test_home_relative_paths_are_expanded(tiny_synthetic_dataset, monkeypatch, tmp_path):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "encoder").mkdir()
+    args = train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--output_dir=~/out",
+                                        "--text_encoder_path=~/encoder", "--cache_dir", "~/cache"])
+    assert (args.output_dir, args.text_encoder_path, args.cache_dir) == tuple(str(tmp_path / n) for n in ("out", "encoder", "cache"))
+
+
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
     v4, v5 = (train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", recipe]) for recipe in ("t2i-v4", "t2i-v5"))
     assert {k for k in vars(v4) if getattr(v4, k) != getattr(v5, k)} == {"recipe", "mode_seeking_mixtures", "polar_harmonics"}
@@ -219,6 +227,8 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
+        (["--mode_seeking_weight", "nan"], "--mode_seeking_weight must be a finite number"),
+        (["--matching_loss_weight", "inf"], "--matching_loss_weight must be a finite number"),
         (["--polar_antialias", "--polar_harmonics", "0"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),
         (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
         (["--mode_seeking_weight", "0", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
