@@ -201,6 +201,20 @@ def test_cli_end_to_end(tiny_synthetic_dataset, oracle_folder, tmp_path, capsys)
     assert Image.open(grid).size == (8 * 64, len(prompts) * 64) and 1 <= len(prompts) <= 8
 
 
+def test_add_to_model_card_keeps_earlier_metrics_and_refuses_a_plain_folder(tmp_path):
+    from t2i.evaluation.report import add_to_model_card
+
+    info = ModelCardInfo(model_id="tiny", dataset_name="synthetic", synthetic_data=True, metrics={"r_precision": 0.2})
+    (tmp_path / "training_summary.json").write_text(json.dumps({"final_losses": {}, **info.__dict__}))
+    add_to_model_card(tmp_path, {"free_text_pass_rate": 0.5})
+    card = ModelCard.load(tmp_path / "README.md")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {"r_precision": 0.2, "free_text_pass_rate": 0.5}
+    assert "| free_text_pass_rate | 0.5 |" in card.text
+    assert json.loads((tmp_path / "training_summary.json").read_text())["metrics"] == {"r_precision": 0.2, "free_text_pass_rate": 0.5}
+    with pytest.raises(FileNotFoundError, match="needs a train_accelerate.py output folder"):
+        add_to_model_card(tmp_path / "nowhere", {"x": 1.0})
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # The shipped oracle (newcomer issue, item 2)
 

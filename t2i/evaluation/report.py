@@ -69,24 +69,32 @@ def save_sample_grid(pipeline: GanClsPipeline, prompts: Sequence[str], path: str
     return Path(path)
 
 
-def update_model_card(folder: str | os.PathLike, results: dict, dataset: str, split: str) -> Path:
-    """Re-render ``folder/README.md`` from its ``training_summary.json`` with these evaluation results added."""
+def add_to_model_card(folder: str | os.PathLike, metrics: dict[str, float], **fields) -> Path:
+    """Re-render ``folder/README.md`` from its ``training_summary.json`` with ``metrics`` added to its metrics (and
+    ``fields`` of ``ModelCardInfo`` replaced), and save the summary with them.
+
+    Raises:
+        FileNotFoundError: ``folder`` has no ``training_summary.json`` (it is not a train_accelerate.py output).
+    """
     folder = Path(folder)
     summary_file = folder / "training_summary.json"
     if not summary_file.is_file():
         raise FileNotFoundError(f"{summary_file}: --update_model_card needs a train_accelerate.py output folder")
     summary = json.loads(summary_file.read_text())
+    summary.update(fields, metrics={**summary.get("metrics", {}), **metrics})
     info = ModelCardInfo(**{k: v for k, v in summary.items() if k in {f.name for f in dataclasses.fields(ModelCardInfo)}})
-    info.metrics = {**info.metrics, **headline_metrics(results)}
-    info.evaluation_protocol = (
+    render_model_card(info).save(folder / "README.md")
+    summary_file.write_text(json.dumps(summary, indent=2, default=str))
+    return folder / "README.md"
+
+
+def update_model_card(folder: str | os.PathLike, results: dict, dataset: str, split: str) -> Path:
+    """Re-render ``folder/README.md`` with these ``python -m t2i.evaluation`` results added."""
+    protocol = (
         f"`python -m t2i.evaluation` on split `{split}` of `{dataset}` (classes unseen in training): "
         f"{results['num_samples']} test captions, one image each (seed {results['seed']}), read by an attribute oracle "
         "trained on renders of the same renderer with independently drawn attributes and no test-class combination. "
         "Agreement = the oracle sees what the caption states; Fréchet distance on "
         "oracle features, against the real-train-vs-real-test distance; diversity against real images of one class."
     )
-    info.evaluation_table = results_markdown(results)
-    summary.update(metrics=info.metrics, evaluation_protocol=info.evaluation_protocol, evaluation_table=info.evaluation_table)
-    render_model_card(info).save(folder / "README.md")
-    summary_file.write_text(json.dumps(summary, indent=2, default=str))
-    return folder / "README.md"
+    return add_to_model_card(folder, headline_metrics(results), evaluation_protocol=protocol, evaluation_table=results_markdown(results))

@@ -154,6 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="JSON with every figure")
     parser.add_argument("--oracle_dir", default=None, help="attribute oracle for the feature distance (default: the shipped one)")
     parser.add_argument("--strip", default=None, help="also save a PNG: one interpolation strip per caption pair (seed 0)")
+    parser.add_argument("--update_model_card", action="store_true",
+                        help="add the pass rates to the local model folder's README.md (a train_accelerate.py output)")
     args = parser.parse_args(argv)
     pipeline = GanClsPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
@@ -176,6 +178,11 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.out).write_text(json.dumps(report, indent=2))
     if args.strip:
         save_interpolation_strips(pipeline, INTERPOLATION_PAIRS, args.strip)
+    if args.update_model_card:
+        from .report import add_to_model_card
+
+        rates = {"free_text_pass_rate": free["passed"] / free["total"], "interpolation_strip_pass_rate": strips["passed"] / strips["total"]}
+        print(f"Updated {add_to_model_card(args.model, rates)}")
     return report
 
 
