@@ -29,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
-from t2i.data import TensorBatchLoader, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
+from t2i.data import TensorBatchLoader, counterfactual_captions, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
 from t2i.diffaugment import DIFF_AUGMENT_POLICIES
 from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_oracle
 from t2i.hardware import cpu_has_fast_bf16
@@ -152,6 +152,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--hard_negatives", type=int, default=1,
                            help="GAN-CLS's mismatched caption: the closest to the right one of this many captions of "
                                 "other-class images (VSE++'s hard negatives; 1: Reed's random one)")
+    objective.add_argument("--counterfactual_negatives", type=float, default=0.0,
+                           help="probability that GAN-CLS's mismatched caption is instead the right caption with one colour, "
+                                "count or shape word swapped (t2i.data.counterfactual), so D must check each stated value; "
+                                "0: never")
     objective.add_argument("--unconditional_weight", type=float, default=0.0,
                            help="StackGAN++'s unconditional real/fake term for D and G, on every fake (needs --conditioning projection)")
     objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
@@ -251,6 +255,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--int_captions {args.int_captions}: must be ≥ 2, and > 2 only with --int_beta random")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
         parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
+    if not 0.0 <= args.counterfactual_negatives <= 1.0:  # NaN fails this too
+        parser.error(f"--counterfactual_negatives must be a probability in [0, 1], got {args.counterfactual_negatives}")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.ema_decay < 1.0:
@@ -434,6 +440,13 @@ def main(argv: list[str] | None = None) -> None:
                                                       args.resolution, args.seed, args.cache_dir)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
+        counterfactual_embeddings = swapped = None
+        if args.counterfactual_negatives > 0:
+            # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
+            counterfactuals, swapped = counterfactual_captions(train_dataset["captions"])
+            counterfactual_embeddings = load_or_build_caption_embeddings(counterfactuals, text_encoder, cache_dir=args.cache_dir)
+            swapped = torch.tensor(swapped)
+            accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
     validation_embeds = text_encoder.encode(args.validation_prompts)
     joint_image_encoder = None
     if args.matching_loss_weight > 0:  # θ of the text encoder's joint embedding, frozen
@@ -453,6 +466,9 @@ def main(argv: list[str] | None = None) -> None:
         resolution=args.resolution,
         captions_per_image=args.captions_per_image,
         hard_negatives=args.hard_negatives,
+        counterfactual_negatives=args.counterfactual_negatives,
+        counterfactual_embeddings=counterfactual_embeddings,
+        swapped=swapped,
         generator=torch.Generator().manual_seed(args.seed),
         device=accelerator.device,
         process_index=accelerator.process_index,

@@ -18,14 +18,14 @@ set -euo pipefail
 DATASET=$1 TEXT_ENCODER=$2 OUT=$3 MINUTES=${4:-8}
 mkdir -p "$OUT"
 if [ -n "${STEPS:-}" ]; then  # give such runs their own OUT_DIR: finished runs are skipped, whatever their budget
-  LIMIT=(--max_train_steps "$STEPS") BUDGET="$STEPS steps"
+  LIMIT=(--max_train_steps "$STEPS" --checkpointing_steps "$STEPS") BUDGET="$STEPS steps"  # the last checkpoint keeps D, for benchmarks/discriminator_probe.py
 else
-  LIMIT=(--max_train_steps 100000 --max_train_minutes "$MINUTES") BUDGET="$MINUTES min"
+  LIMIT=(--max_train_steps 100000 --max_train_minutes "$MINUTES" --checkpointing_steps 100000) BUDGET="$MINUTES min"
 fi
 echo "pilots_v3.sh: each run trains for $BUDGET" >&2
 COMMON=(--recipe t2i-v2 --dataset_name "$DATASET" --text_encoder_path "$TEXT_ENCODER" --resolution 64 --ngf 32 --ndf 32 --train_batch_size 64
         "${LIMIT[@]}" --mixed_precision "${MIXED_PRECISION:-bf16}" --channels_last
-        --checkpointing_steps 100000 --validation_epochs 1000 --report_to none --cache_dir "$OUT/embedding_cache"
+        --validation_epochs 1000 --report_to none --cache_dir "$OUT/embedding_cache"
         --text_batch_norm --conditioning projection --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5)
 ROWS=(
   "reed_g|Reed's generator (text at the input, transposed convolutions)|--fusion input"
@@ -45,6 +45,7 @@ ROWS=(
   "v5_aa|t2i-v5 + polar harmonics faded out where the pixel grid aliases them|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --polar_antialias"
   "v5_ps3|t2i-v5 + the text match judged on D's 16×16 map too (three projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 3"
   "v5_ps4|t2i-v5 + the text match judged on D's 16×16 and 32×32 maps too (four projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 4"
+  "v5_cf|t2i-v5 + counterfactual negatives: half of GAN-CLS's wrong captions are the right one with one colour, count or shape word swapped|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --counterfactual_negatives 0.5"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in 0 1; do

@@ -157,3 +157,47 @@ def test_images_to_uint8_decodes_a_split_once(tiny_synthetic_dataset):
     test = datasets.load_dataset(str(tiny_synthetic_dataset), split="test")
     uint8 = images_to_uint8(test.select(range(4)), load_size_for(32))
     assert uint8.shape == (4, 3, 38, 38) and uint8.dtype == torch.uint8
+
+def test_counterfactual_negatives_are_the_right_captions_with_a_word_swapped():
+    images, labels = _images(n=12), torch.arange(12) % 3
+    embeddings = _embeddings([2] * 12)
+    counterfactual = CaptionEmbeddings(embeddings.embeddings + 100.0, embeddings.offsets)  # far from every real caption
+    swapped = torch.ones(24, dtype=torch.bool)
+    swapped[::2] = False  # every image's first caption has no swappable word: it must not be a negative
+
+    def batches(p: float, captions_per_image: int = 1) -> list[dict]:
+        loader = TensorBatchLoader(images, embeddings, labels, 12, 64, captions_per_image=captions_per_image,
+                                   generator=torch.Generator().manual_seed(3), counterfactual_negatives=p,
+                                   counterfactual_embeddings=counterfactual, swapped=swapped)
+        return [batch for _ in range(20) for batch in loader]
+
+    used, rows_with_swaps = 0, 0
+    for batch in batches(1.0):
+        is_counterfactual = batch["wrong_text_embeds"][:, 0] > 50
+        # A counterfactual is exactly the right caption's own edit: the same row, shifted by 100.
+        assert torch.allclose(batch["wrong_text_embeds"][is_counterfactual], batch["text_embeds"][is_counterfactual] + 100.0)
+        # The right caption of every other row is the unswappable first caption, so it got a random wrong one.
+        first_captions = embeddings.embeddings[embeddings.offsets[batch["indices"]]]
+        assert torch.equal(batch["text_embeds"][~is_counterfactual], first_captions[~is_counterfactual])
+        used += int(is_counterfactual.sum())
+        rows_with_swaps += len(batch["indices"])
+    assert 0.35 < used / rows_with_swaps < 0.65  # half the rows' captions are swappable, and all of those are used
+    half = sum(int((b["wrong_text_embeds"][:, 0] > 50).sum()) for b in batches(0.5)) / rows_with_swaps
+    assert 0.15 < half < 0.35
+    # Averaged captions (Reed's k = 4): the negative is the average of the same captions' edits, used only when all have one.
+    for batch in batches(1.0, captions_per_image=2):
+        assert not (batch["wrong_text_embeds"][:, 0] > 50).any()  # each image's pair includes its unswappable caption
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="counterfactual_negatives must be a probability"):
+            TensorBatchLoader(images, embeddings, labels, 4, 64, counterfactual_negatives=p, counterfactual_embeddings=counterfactual, swapped=swapped)
+    with pytest.raises(ValueError, match="needs counterfactual_embeddings"):
+        TensorBatchLoader(images, embeddings, labels, 4, 64, counterfactual_negatives=0.5)
+    with pytest.raises(ValueError, match="one row per caption"):
+        TensorBatchLoader(images, embeddings, labels, 4, 64, counterfactual_negatives=0.5, counterfactual_embeddings=counterfactual,
+                          swapped=swapped[:-1])
+    # Off (the default), the batches are drawn exactly as before the option existed.
+    plain = TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(4))
+    off = TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(4),
+                            counterfactual_negatives=0.0, counterfactual_embeddings=counterfactual, swapped=swapped)
+    for a, b in zip(plain, off):
+        assert all(torch.equal(a[key], b[key]) for key in a)

@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -283,3 +286,23 @@ def test_spectral_norm_discriminator_bounds_every_layer_and_has_no_batch_norm():
     plain = GanClsDiscriminator(text_embed_dim=12, ndf=8, conditioning="projection", projection_scales=2, text_batch_norm=True)
     assert max(torch.linalg.matrix_norm(m.weight.detach().flatten(1), ord=2) for m in plain.modules()
                if isinstance(m, torch.nn.Conv2d)) < 0.8  # DCGAN's N(0, 0.02): SN is what sets the scale
+
+
+@pytest.mark.parametrize("config", [
+    dict(text_embed_dim=24, text_proj_dim=8, ndf=8, text_batch_norm=True, conditioning="projection", projection_scales=2),
+    dict(text_embed_dim=16, text_proj_dim=4, ndf=4, resolution=128, conditioning="concat", num_classes=5),
+    dict(text_embed_dim=16, text_proj_dim=4, ndf=4, conditioning="projection", projection_scales=3, spectral_norm=True),
+])
+def test_the_discriminator_probe_reads_a_discriminators_config_off_its_weights(config):
+    """benchmarks/discriminator_probe.py rebuilds D from a checkpoint's model_1.safetensors alone."""
+    spec = importlib.util.spec_from_file_location("discriminator_probe", Path(__file__).parents[1] / "benchmarks" / "discriminator_probe.py")
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(**config)
+    rebuilt = probe.discriminator_from_weights(discriminator.state_dict())
+    assert {k: rebuilt.config[k] for k in discriminator.config if not k.startswith("_")} == {
+        k: discriminator.config[k] for k in discriminator.config if not k.startswith("_")}
+    images, text = torch.randn(2, 3, discriminator.config.resolution, discriminator.config.resolution), torch.randn(4, config["text_embed_dim"])
+    discriminator.eval(), rebuilt.eval()
+    assert torch.equal(discriminator(images, text).logits, rebuilt(images, text).logits)

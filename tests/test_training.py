@@ -3,6 +3,7 @@
 import json
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -157,13 +158,14 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), SCRIPT, *train_args,
         "--max_train_steps", "6", "--output_dir", str(tmp_path),
-        # Hard negatives are picked on the global batch; both ranks must still agree on every weight.
-        "--polar_harmonics", "2", "--polar_antialias", "--hard_negatives", "4",
+        # Hard and counterfactual negatives are picked on the global batch; both ranks must still agree on every weight.
+        "--polar_harmonics", "2", "--polar_antialias", "--hard_negatives", "4", "--counterfactual_negatives", "0.5",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generator weights identical on all 2 rank(s): True" in result.stdout
     assert "global batch 32" in result.stdout
+    assert re.search(r"counterfactual negatives: \d+ of \d+ captions have a swappable word", result.stdout)
     config = GanClsPipeline.from_pretrained(tmp_path).generator.config
     assert config.ngf == 8 and config.polar_harmonics == 2 and config.polar_antialias is True
 
@@ -227,6 +229,8 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
+        (["--counterfactual_negatives", "1.5"], "--counterfactual_negatives must be a probability in [0, 1], got 1.5"),
+        (["--counterfactual_negatives", "nan"], "--counterfactual_negatives must be a probability in [0, 1], got nan"),
         (["--mode_seeking_weight", "nan"], "--mode_seeking_weight must be a finite number"),
         (["--matching_loss_weight", "inf"], "--matching_loss_weight must be a finite number"),
         (["--polar_antialias", "--polar_harmonics", "0"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),

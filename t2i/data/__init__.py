@@ -3,6 +3,7 @@
 The dataset builders (synthetic flowers, Oxford-102) are in `t2i.datasets`.
 """
 
+from .counterfactual import counterfactual_caption, counterfactual_captions, swap_stated_word
 from .embedding_cache import CaptionEmbeddings, captions_fingerprint, encode_captions, load_or_build_caption_embeddings
 from .loading import (
     captioned_features,
@@ -22,8 +23,8 @@ from .transforms import (
 
 __all__ = [
     "CaptionEmbeddings", "TensorBatchLoader",
-    "augment_batch", "captioned_features", "captions_fingerprint",
+    "augment_batch", "captioned_features", "captions_fingerprint", "counterfactual_caption", "counterfactual_captions",
     "encode_captions", "images_to_uint8", "load_captioned_dataset",
     "load_or_build_caption_embeddings", "load_size_for", "normalize_captioned_dataset", "push_dataset_folder",
-    "resize_center_crop", "sample_mismatched_indices", "save_captioned_dataset",
+    "resize_center_crop", "sample_mismatched_indices", "save_captioned_dataset", "swap_stated_word",
 ]

@@ -64,6 +64,14 @@ class CaptionEmbeddings:
     def sample(self, indices: torch.Tensor, generator: torch.Generator | None = None, k: int = 1) -> torch.Tensor:
         """For each image index, the mean embedding of k captions drawn without replacement (with
         replacement only when an image has fewer than k); [B, D] on the embeddings' device."""
+        return self.mean_of(self.sample_rows(indices, generator, k))
+
+    def mean_of(self, rows: torch.Tensor) -> torch.Tensor:
+        """The mean embedding of each row's captions: rows [B, k] of caption indices → [B, D]."""
+        return self.embeddings[rows.to(self.embeddings.device)].mean(dim=1)
+
+    def sample_rows(self, indices: torch.Tensor, generator: torch.Generator | None = None, k: int = 1) -> torch.Tensor:
+        """The caption indices `sample` averages: [B, k], int64 on the CPU."""
         indices = indices.cpu()
         counts = self.counts[indices]
         if k == 1:
@@ -73,8 +81,7 @@ class CaptionEmbeddings:
             keys[torch.arange(keys.shape[1]) >= counts[:, None]] = 2.0
             order = keys.argsort(dim=1)
             picks = order.gather(1, torch.arange(k)[None, :] % counts[:, None])
-        rows = self.offsets[indices][:, None] + picks
-        return self.embeddings[rows.to(self.embeddings.device)].mean(dim=1)
+        return self.offsets[indices][:, None] + picks
 
     def to(self, device: torch.device | str) -> CaptionEmbeddings:
         """The same embeddings on `device` (offsets stay on the CPU, where sampling happens)."""

@@ -164,8 +164,11 @@ class TensorBatchLoader:
     [B, D] (a caption of an image of another class: with `hard_negatives` K > 1, the one of K such captions
     closest by cosine to the batch's `text_embeds` row, hard negatives in the spirit of VSE++ (Faghri et al.,
     BMVC 2018), so the discriminator must check more than the attribute a random caption gets wrong first; a
-    candidate identical to the right text is skipped), `labels` and
-    `indices`. All randomness comes from
+    candidate identical to the right text is skipped; with `counterfactual_negatives` p > 0, a row's wrong text
+    is instead, with probability p, the counterfactual of its right captions: the same caption rows of
+    `counterfactual_embeddings`, the embeddings of each caption with one attribute word swapped,
+    `t2i.data.counterfactual`, for rows whose captions all have one, `swapped` [total captions] bool),
+    `labels` and `indices`. All randomness comes from
     `generator`, so a seeded generator replays the same epochs; with several processes, give each the same
     seed and its `process_index`: they share the permutation and take disjoint parts of every batch.
     """
@@ -185,9 +188,20 @@ class TensorBatchLoader:
         process_index: int = 0,
         num_processes: int = 1,
         hard_negatives: int = 1,
+        counterfactual_negatives: float = 0.0,
+        counterfactual_embeddings: CaptionEmbeddings | None = None,
+        swapped: torch.Tensor | None = None,
     ) -> None:
         if hard_negatives < 1:
             raise ValueError(f"hard_negatives must be ≥ 1 (1: a random mismatched caption), got {hard_negatives}")
+        if not 0.0 <= counterfactual_negatives <= 1.0:
+            raise ValueError(f"counterfactual_negatives must be a probability in [0, 1], got {counterfactual_negatives}")
+        if counterfactual_negatives > 0:
+            if counterfactual_embeddings is None or swapped is None:
+                raise ValueError("counterfactual_negatives > 0 needs counterfactual_embeddings and swapped")
+            if counterfactual_embeddings.embeddings.shape != embeddings.embeddings.shape or swapped.shape != embeddings.embeddings.shape[:1]:
+                raise ValueError(f"counterfactual embeddings {tuple(counterfactual_embeddings.embeddings.shape)} and swapped "
+                                 f"{tuple(swapped.shape)} must have one row per caption, as the embeddings {tuple(embeddings.embeddings.shape)}")
         if len(images) != len(embeddings):
             raise ValueError(f"{len(images)} images but caption embeddings for {len(embeddings)}")
         self.device = torch.device(device) if device is not None else images.device
@@ -200,6 +214,10 @@ class TensorBatchLoader:
         self.drop_last = drop_last
         self.process_index, self.num_processes = process_index, num_processes
         self.hard_negatives = hard_negatives
+        self.counterfactual_negatives = counterfactual_negatives
+        if counterfactual_negatives > 0:
+            self.counterfactual_embeddings = counterfactual_embeddings.to(self.device)
+            self.swapped = swapped.bool().cpu()
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.num_processes
@@ -215,7 +233,8 @@ class TensorBatchLoader:
             # Every process draws the randomness of the whole global batch, so generators stay in sync.
             wrong = sample_mismatched_indices(batch.repeat_interleave(self.hard_negatives), self.labels, self.generator)
             pixels = augment_batch(self.images[batch.to(self.device)], self.resolution, self.train, self.generator)
-            text = self.embeddings.sample(batch, self.generator, self.captions_per_image)
+            rows = self.embeddings.sample_rows(batch, self.generator, self.captions_per_image)
+            text = self.embeddings.mean_of(rows)
             wrong_text = self.embeddings.sample(wrong, self.generator)
             if self.hard_negatives > 1:
                 candidates = wrong_text.view(len(batch), self.hard_negatives, -1)
@@ -223,6 +242,10 @@ class TensorBatchLoader:
                 # Another class's image can carry the very same caption text: that is no negative at all.
                 closest = similarity.masked_fill(similarity > 1 - 1e-6, -2.0).argmax(dim=1)
                 wrong_text = candidates[torch.arange(len(batch), device=candidates.device), closest]
+            if self.counterfactual_negatives > 0:
+                use = (torch.rand(len(batch), generator=self.generator) < self.counterfactual_negatives) & self.swapped[rows].all(dim=1)
+                counterfactual = self.counterfactual_embeddings.mean_of(rows)
+                wrong_text = torch.where(use.to(self.device)[:, None], counterfactual, wrong_text)
             sizes = [len(part) for part in torch.arange(len(batch)).tensor_split(self.num_processes)]
             start = sum(sizes[: self.process_index])
             mine = slice(start, start + sizes[self.process_index])  # a view, not a copy

@@ -1,0 +1,125 @@
+"""Which stated values does a trained discriminator check? Swap one value in true captions and see if D notices.
+
+For real images of a split, take a caption that states the attribute (centre colour, say) once, swap that word
+for another value of its kind (`t2i.data.swap_stated_word`), and score the image against both captions with the
+checkpoint's discriminator. A discriminator that checks the value ranks the true caption higher; one that only
+recognises the class or the petal colour ranks them at chance (50 %). The generator learns only what D checks,
+so this says which attributes a run can learn at all, and on the test split whether D checks them on unseen
+attribute combinations or has memorised the training classes.
+
+    python benchmarks/discriminator_probe.py --checkpoint RUN/checkpoint-4775 --dataset /work/data/synth \
+        --text_encoder pretrained --split test --split train --out benchmarks/results/discriminator_probe.json
+
+The discriminator's config is read off the checkpoint's weights (`model_1.safetensors`, as `accelerate` saves
+it). D runs in training mode, as in every GAN step: its BatchNorm uses batch statistics, 64 images at a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+
+from t2i import GanClsDiscriminator, GanClsPipeline
+from t2i.data import images_to_uint8, load_captioned_dataset, swap_stated_word
+from t2i.datasets.synthetic_captions import caption_attributes
+from t2i.text_encoders import encode_text
+
+ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "petal_shape", "secondary_color")
+BATCH = 64
+
+
+def discriminator_from_weights(state: dict[str, torch.Tensor]) -> GanClsDiscriminator:
+    """A `GanClsDiscriminator` whose config matches a saved state dict, with the weights loaded."""
+    spectral = any("parametrizations" in key for key in state)
+    first = state["image_encoder.0.parametrizations.weight.original" if spectral else "image_encoder.0.weight"]
+    text = state["text_projection.0.parametrizations.weight.original" if spectral else "text_projection.0.weight"]
+    num_down = len({key.split(".")[1] for key in state if key.startswith("image_encoder.") and state[key].dim() == 4})
+    discriminator = GanClsDiscriminator(
+        text_embed_dim=text.shape[1], text_proj_dim=text.shape[0], ndf=first.shape[0], resolution=4 * 2**num_down,
+        in_channels=first.shape[1], num_classes=state["class_head.weight"].shape[0] if "class_head.weight" in state else 0,
+        text_batch_norm="text_projection.1.running_mean" in state,
+        conditioning="projection" if any(key.startswith("text_to_features") for key in state) else "concat",
+        projection_scales=1 + len({key.split(".")[1] for key in state if key.startswith("finer_text_to_features.")}),
+        spectral_norm=spectral,
+    )
+    discriminator.load_state_dict(state)
+    return discriminator
+
+
+def swapped_pairs(dataset, attribute: str, rng: np.random.Generator, limit: int) -> tuple[list[int], list[str], list[str]]:
+    """Up to ``limit`` (image index, true caption, caption with ``attribute``'s one word swapped), one per image."""
+    rows, true, swapped = [], [], []
+    for index, captions in enumerate(dataset["captions"]):
+        for caption in captions:
+            stated = caption_attributes(caption).get(attribute)
+            if not stated or len(stated) != 1:
+                continue
+            edited = swap_stated_word(caption, next(iter(stated)), rng)
+            if edited is None or caption_attributes(edited).get(attribute) == stated:
+                continue
+            rows.append(index), true.append(caption), swapped.append(edited)
+            break
+        if len(rows) == limit:
+            break
+    return rows, true, swapped
+
+
+@torch.no_grad()
+def probe(discriminator, pipeline, dataset, images: torch.Tensor, attribute: str, seed: int, limit: int) -> dict:
+    rows, true, swapped = swapped_pairs(dataset, attribute, np.random.default_rng(seed), limit)
+    if len(rows) < BATCH:
+        return {"pairs": len(rows)}
+    rows, true, swapped = rows[: len(rows) // BATCH * BATCH], true[: len(rows) // BATCH * BATCH], swapped[: len(rows) // BATCH * BATCH]
+    true_embeds = encode_text(pipeline.tokenizer, pipeline.text_encoder, true)
+    swapped_embeds = encode_text(pipeline.tokenizer, pipeline.text_encoder, swapped)
+    margins = []
+    for start in range(0, len(rows), BATCH):
+        part = slice(start, start + BATCH)
+        logits = discriminator(images[rows[part]], torch.cat([true_embeds[part], swapped_embeds[part]])).logits.float()
+        margins.append(logits[:BATCH] - logits[BATCH:])
+    margins = torch.cat(margins)
+    return {
+        "pairs": len(rows),
+        "true_ranked_higher": (margins > 0).float().mean().item(),
+        "mean_logit_margin": margins.mean().item(),
+        "text_cosine": torch.nn.functional.cosine_similarity(true_embeds, swapped_embeds).mean().item(),
+        "example": [true[0], swapped[0]],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--checkpoint", action="append", required=True, help="a checkpoint folder with model_1.safetensors (repeat)")
+    parser.add_argument("--dataset", required=True, help="the synthetic set (python -m t2i.datasets synth)")
+    parser.add_argument("--text_encoder", required=True, help="the model folder whose text encoder the run trained with")
+    parser.add_argument("--split", action="append", help="splits to probe (repeat; default test)")
+    parser.add_argument("--num_images", type=int, default=512, help="images per attribute and split (at most)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, help="write the results here as JSON")
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    pipeline = GanClsPipeline.from_pretrained(args.text_encoder)
+    results = {}
+    for split in args.split or ["test"]:
+        dataset = load_captioned_dataset(args.dataset, split)
+        for checkpoint in args.checkpoint:
+            discriminator = discriminator_from_weights(load_file(str(Path(checkpoint) / "model_1.safetensors"))).train()
+            images = images_to_uint8(dataset, discriminator.config.resolution).float().div(127.5).sub(1)
+            for attribute in ATTRIBUTES:
+                torch.manual_seed(args.seed)
+                result = probe(discriminator, pipeline, dataset, images, attribute, args.seed, args.num_images)
+                results.setdefault(checkpoint, {}).setdefault(split, {})[attribute] = result
+                print(f"{checkpoint} {split:5s} {attribute:17s} pairs {result['pairs']:4d}  true ranked higher "
+                      f"{result.get('true_ranked_higher', float('nan')):.3f}  margin {result.get('mean_logit_margin', float('nan')):+.2f}", flush=True)
+    if args.out:
+        args.out.write_text(json.dumps({"seed": args.seed, "num_images": args.num_images, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

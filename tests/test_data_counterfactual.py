@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+
+from t2i.data import counterfactual_caption, counterfactual_captions, swap_stated_word
+from t2i.data.counterfactual import SWAPPABLE_WORDS
+from t2i.datasets.synthetic import SPECIES
+from t2i.datasets.synthetic_captions import caption_attributes, make_captions
+
+
+def _words(caption: str) -> list[str]:
+    return caption.replace(",", " ,").split()
+
+
+def test_a_counterfactual_swaps_exactly_one_stated_value_for_one_the_caption_does_not_state():
+    rng = np.random.default_rng(0)
+    caption = "a yellow centre surrounded by six oval white petals"
+    kinds = {"yellow": "color", "white": "color", "six": "count", "oval": "shape"}
+    seen = set()
+    for _ in range(200):
+        edited = counterfactual_caption(caption, rng)
+        changed = [(a, b) for a, b in zip(_words(caption), _words(edited)) if a != b]
+        assert len(_words(edited)) == len(_words(caption)) and len(changed) == 1, edited
+        (old, new), = changed
+        kind = kinds[old]
+        assert new in SWAPPABLE_WORDS[kind] and new not in _words(caption)
+        seen.add(old)
+        assert caption_attributes(edited) != caption_attributes(caption)  # the edit states another value
+    assert seen == set(kinds)  # every swappable word gets swapped
+    # Kinds are drawn uniformly first: the one count word is swapped about a third of the time, not a quarter.
+    counts = sum(counterfactual_caption(caption, np.random.default_rng(i)).split()[5] != "six" for i in range(600))
+    assert 150 < counts < 250
+
+
+def test_counterfactuals_keep_case_and_hyphenated_words_and_refuse_captions_without_values():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        edited = counterfactual_caption("Pink heart-shaped petals", rng)
+        assert edited.endswith(" heart-shaped petals") and edited.split()[0][0].isupper() and edited.split()[0] != "Pink"
+    for caption in ("a rose", "", "surrounded by nothing", "oval-shaped petals", "🌸🌸"):
+        assert counterfactual_caption(caption, rng) is None
+    assert counterfactual_caption("five petals", rng, kinds=("color",)) is None
+    with pytest.raises(ValueError, match="kinds must be a subset"):
+        counterfactual_caption("five petals", rng, kinds=("size",))
+
+
+def test_swap_stated_word_edits_the_one_named_value():
+    rng = np.random.default_rng(2)
+    edited = swap_stated_word("a brown centre with brownish yellow petals", "brown", rng)
+    assert edited.startswith("a ") and edited.endswith(" centre with brownish yellow petals") and "brown " not in edited
+    assert caption_attributes(edited)["center_color"] - {"brown", "yellow"}
+    assert swap_stated_word("yellow petals and a yellow centre", "yellow", rng) is None  # which one? ambiguous
+    assert swap_stated_word("yellow petals", "petals", rng) is None  # not a value word
+    assert swap_stated_word("yellow petals", "red", rng) is None  # not in the caption
+
+
+def test_counterfactual_captions_cover_a_dataset_deterministically():
+    rng = np.random.default_rng(0)
+    captions = [make_captions(SPECIES[i].sample_attributes(rng), rng) for i in range(5)] + [["a rose", "a flower"]]
+    edited, swapped = counterfactual_captions(captions, seed=3)
+    again, _ = counterfactual_captions(captions, seed=3)
+    other, _ = counterfactual_captions(captions, seed=4)
+    assert edited == again and edited != other
+    assert [len(row) for row in edited] == [len(row) for row in captions]
+    flat = [c for row in captions for c in row]
+    flat_edited = [c for row in edited for c in row]
+    assert len(swapped) == len(flat) and swapped[-2:] == [False, False]
+    for caption, counterfactual, was_swapped in zip(flat, flat_edited, swapped):
+        assert (caption != counterfactual) == was_swapped
+    assert sum(swapped[:-2]) >= 0.85 * (len(flat) - 2)  # most synthetic captions state a colour, count or shape
