@@ -8,6 +8,7 @@ frozen pair for training code that only needs embeddings.
 import hashlib
 import json
 import os
+import unicodedata
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -39,8 +40,15 @@ _PAD = "\ue000"
 _PROVENANCE_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
 
 
+def fold_characters(text: str) -> str:
+    """``text`` with accents and compatibility forms folded to plain letters (NFKD, then combining marks dropped):
+    "café" → "cafe", "ﬁ" → "fi", full-width "Ｒｏｓｅ" → "Rose". Scripts without such a form are left as they are."""
+    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+
+
 class CharTokenizer(PreTrainedTokenizer):
-    """Reed's character tokenizer: lowercases, drops characters outside the 70-character alphabet, cuts at 201."""
+    """Reed's character tokenizer: folds accents (`fold_characters`), lowercases, drops characters outside the
+    70-character alphabet, cuts at 201."""
 
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -59,7 +67,7 @@ class CharTokenizer(PreTrainedTokenizer):
         return {**self._char_to_id, _PAD: 0}
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
-        return [ch for ch in text.lower() if ch in self._char_to_id]
+        return [ch for ch in fold_characters(text).lower() if ch in self._char_to_id]
 
     def _convert_token_to_id(self, token: str) -> int:
         return self._char_to_id.get(token, 0)

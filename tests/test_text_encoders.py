@@ -31,6 +31,9 @@ def test_char_tokenizer_follows_reed():
     assert tokenizer.decode(tokenizer("a😀b\u05e9c\x07d")["input_ids"]) == "abcd"  # unknown characters dropped
     long_ids = tokenizer("x" * 500, truncation=True)["input_ids"]
     assert len(long_ids) == 201
+    # Accents and compatibility forms are read as their plain letters, not dropped: "café" is "cafe", not "caf".
+    assert tokenizer.decode(tokenizer("Café crème, ＲＯＳＥ ﬂower")["input_ids"]) == "cafe creme, rose flower"
+    assert tokenizer("naïve")["input_ids"] == tokenizer("naive")["input_ids"]
 
 
 def test_char_cnn_rnn_round_trip(tmp_path):

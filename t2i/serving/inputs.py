@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from ..text_encoders import CharTokenizer, unreadable_characters
+from ..text_encoders import CharTokenizer, fold_characters, unreadable_characters
 
 MAX_IMAGES = 16
 MIN_STEPS, MAX_STEPS = 2, 16
@@ -41,8 +41,9 @@ def prompt_limit(tokenizer) -> int:
 def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     """The prompt exactly as the model will read it, plus notices about what was changed.
 
-    Control and invisible formatting characters (including right-to-left overrides) are removed, characters the
-    tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut to ``prompt_limit``.
+    Control and invisible formatting characters (including right-to-left overrides) are removed, accents and
+    compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer reads them),
+    characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut to ``prompt_limit``.
     Raises ``InputError`` when nothing readable is left.
     """
     if not isinstance(prompt, str):
@@ -57,6 +58,11 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     )
     if len(visible) != len(text):
         notices.append(f"Removed {len(text) - len(visible)} control or invisible formatting character(s).")
+    folded = fold_characters(visible)
+    if folded != visible:
+        changed = sorted({ch for ch in visible if fold_characters(ch) != ch})
+        notices.append(f"Read accented or special letters as plain ones: {' '.join(f'{ch}→{fold_characters(ch)}' for ch in changed[:20])}")
+        visible = folded
     unknown = unreadable_characters(tokenizer, visible)
     if unknown:
         visible = "".join(ch for ch in visible if ch not in unknown)
