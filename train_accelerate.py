@@ -444,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
         if args.counterfactual_negatives > 0:
             # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
             counterfactuals, swapped = counterfactual_captions(train_dataset["captions"])
+            if not any(swapped):
+                raise ValueError(f"--counterfactual_negatives {args.counterfactual_negatives}: none of the {len(swapped)} training captions "
+                                 "states a colour, count or shape word that can be swapped (t2i.data.counterfactual), so there "
+                                 "is no counterfactual to use; drop the flag")
             counterfactual_embeddings = load_or_build_caption_embeddings(counterfactuals, text_encoder, cache_dir=args.cache_dir)
             swapped = torch.tensor(swapped)
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")

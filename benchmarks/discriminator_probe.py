@@ -11,7 +11,7 @@ attribute combinations or has memorised the training classes.
         --text_encoder pretrained --split test --split train --out benchmarks/results/discriminator_probe.json
 
 The discriminator's config is read off the checkpoint's weights (`model_1.safetensors`, as `accelerate` saves
-it). D runs in training mode, as in every GAN step: its BatchNorm uses batch statistics, 64 images at a time.
+it). ``--text_encoder`` must be the encoder the run trained with; nothing can check that. D runs in training mode, as in every GAN step: its BatchNorm uses batch statistics, 64 images at a time.
 """
 
 from __future__ import annotations
@@ -31,6 +31,29 @@ from t2i.text_encoders import encode_text
 
 ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "petal_shape", "secondary_color")
 BATCH = 64
+
+
+def load_checkpoint_discriminator(checkpoint: Path) -> GanClsDiscriminator:
+    """The discriminator saved in a training checkpoint folder (``RUN/checkpoint-N``).
+
+    Raises:
+        FileNotFoundError: no such folder, or no ``model_1.safetensors`` in it (with a hint for a run folder).
+        ValueError: the file is not a readable safetensors file, or holds no discriminator.
+    """
+    if not checkpoint.is_dir():
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no such folder")
+    weights = checkpoint / "model_1.safetensors"
+    if not weights.is_file():
+        inside = sorted((p.name for p in checkpoint.glob("checkpoint-*") if p.name[11:].isdigit()), key=lambda name: int(name[11:]))
+        hint = f"; it is a run folder, pass one of its checkpoints, e.g. {checkpoint / inside[-1]}" if inside else ""
+        raise FileNotFoundError(f"--checkpoint {checkpoint}: no model_1.safetensors (the discriminator accelerate saves){hint}")
+    try:
+        state = load_file(str(weights))
+    except Exception as error:  # safetensors raises its own error types for bad headers and short files
+        raise ValueError(f"{weights} is not a readable safetensors file ({error})") from error
+    if "image_encoder.0.weight" not in state and "image_encoder.0.parametrizations.weight.original" not in state:
+        raise ValueError(f"{weights} holds no GanClsDiscriminator state (keys such as {sorted(state)[:3]})")
+    return discriminator_from_weights(state)
 
 
 def discriminator_from_weights(state: dict[str, torch.Tensor]) -> GanClsDiscriminator:
@@ -72,8 +95,8 @@ def swapped_pairs(dataset, attribute: str, rng: np.random.Generator, limit: int)
 @torch.no_grad()
 def probe(discriminator, pipeline, dataset, images: torch.Tensor, attribute: str, seed: int, limit: int) -> dict:
     rows, true, swapped = swapped_pairs(dataset, attribute, np.random.default_rng(seed), limit)
-    if len(rows) < BATCH:
-        return {"pairs": len(rows)}
+    if len(rows) < BATCH:  # D's BatchNorm needs a training-sized batch
+        return {"pairs": len(rows), "skipped": f"fewer than {BATCH} images with such a caption"}
     rows, true, swapped = rows[: len(rows) // BATCH * BATCH], true[: len(rows) // BATCH * BATCH], swapped[: len(rows) // BATCH * BATCH]
     true_embeds = encode_text(pipeline.tokenizer, pipeline.text_encoder, true)
     swapped_embeds = encode_text(pipeline.tokenizer, pipeline.text_encoder, swapped)
@@ -98,25 +121,35 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="the synthetic set (python -m t2i.datasets synth)")
     parser.add_argument("--text_encoder", required=True, help="the model folder whose text encoder the run trained with")
     parser.add_argument("--split", action="append", help="splits to probe (repeat; default test)")
-    parser.add_argument("--num_images", type=int, default=512, help="images per attribute and split (at most)")
+    parser.add_argument("--num_images", type=int, default=512,
+                        help=f"images per attribute and split (at most; used in whole batches of {BATCH}, so at least {BATCH})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, help="write the results here as JSON")
     args = parser.parse_args()
+    if args.num_images < BATCH:
+        parser.error(f"--num_images must be at least {BATCH} (one batch: D's BatchNorm uses batch statistics), got {args.num_images}")
+    if args.out is not None and not args.out.parent.is_dir():
+        parser.error(f"--out {args.out}: no such folder {args.out.parent}")
+    try:
+        discriminators = {checkpoint: load_checkpoint_discriminator(Path(checkpoint)).train() for checkpoint in args.checkpoint}
+    except (FileNotFoundError, ValueError) as error:
+        parser.error(str(error))
 
     torch.manual_seed(args.seed)
+    # The probe embeds captions with this encoder: it must be the one the run trained with (not checked).
     pipeline = GanClsPipeline.from_pretrained(args.text_encoder)
     results = {}
     for split in args.split or ["test"]:
         dataset = load_captioned_dataset(args.dataset, split)
-        for checkpoint in args.checkpoint:
-            discriminator = discriminator_from_weights(load_file(str(Path(checkpoint) / "model_1.safetensors"))).train()
+        for checkpoint, discriminator in discriminators.items():
             images = images_to_uint8(dataset, discriminator.config.resolution).float().div(127.5).sub(1)
             for attribute in ATTRIBUTES:
                 torch.manual_seed(args.seed)
                 result = probe(discriminator, pipeline, dataset, images, attribute, args.seed, args.num_images)
                 results.setdefault(checkpoint, {}).setdefault(split, {})[attribute] = result
-                print(f"{checkpoint} {split:5s} {attribute:17s} pairs {result['pairs']:4d}  true ranked higher "
-                      f"{result.get('true_ranked_higher', float('nan')):.3f}  margin {result.get('mean_logit_margin', float('nan')):+.2f}", flush=True)
+                verdict = result.get("skipped") or (f"true ranked higher {result['true_ranked_higher']:.3f}  "
+                                                    f"margin {result['mean_logit_margin']:+.2f}")
+                print(f"{checkpoint} {split:5s} {attribute:17s} pairs {result['pairs']:4d}  {verdict}", flush=True)
     if args.out:
         args.out.write_text(json.dumps({"seed": args.seed, "num_images": args.num_images, "results": results}, indent=1))
 

@@ -40,15 +40,23 @@ _PAD = "\ue000"
 _PROVENANCE_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
 
 
+# Latin letters that Unicode does not decompose, and the fraction slash of "½" → "1⁄2" (else read as "12").
+_PLAIN_LETTERS = str.maketrans({"ı": "i", "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o",
+                                "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th",
+                                "Þ": "Th", "\u2044": "/"})
+
+
 def fold_characters(text: str) -> str:
-    """``text`` with accents and compatibility forms folded to plain letters (NFKD, then combining marks dropped):
-    "café" → "cafe", "ﬁ" → "fi", full-width "Ｒｏｓｅ" → "Rose". Scripts without such a form are left as they are."""
-    return "".join(ch for ch in unicodedata.normalize("NFKD", text) if not unicodedata.combining(ch))
+    """``text`` with accents and compatibility forms folded to plain letters (NFKD, then combining marks dropped,
+    then the Latin letters without a decomposition): "café" → "cafe", "ﬁ" → "fi", full-width "Ｒｏｓｅ" → "Rose",
+    "Straße" → "Strasse", "½" → "1/2". Scripts without such a form are left as they are."""
+    decomposed = unicodedata.normalize("NFKD", text).translate(_PLAIN_LETTERS)
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 
 
 class CharTokenizer(PreTrainedTokenizer):
-    """Reed's character tokenizer: folds accents (`fold_characters`), lowercases, drops characters outside the
-    70-character alphabet, cuts at 201."""
+    """Reed's character tokenizer: folds accents (`fold_characters`), collapses whitespace to single spaces,
+    lowercases, drops characters outside the 70-character alphabet (the padding character too), cuts at 201."""
 
     model_input_names = ["input_ids", "attention_mask"]
 
@@ -57,6 +65,9 @@ class CharTokenizer(PreTrainedTokenizer):
         # ids start at 1 so that 0 is padding; a repeated character keeps its last position (Reed's lookup).
         self._char_to_id = {ch: i + 1 for i, ch in enumerate(alphabet)}
         kwargs.setdefault("pad_token", _PAD)
+        # The padding character typed or pasted into a prompt is text, not padding: it is dropped like any other
+        # character outside the alphabet.
+        kwargs.setdefault("split_special_tokens", True)
         super().__init__(alphabet=alphabet, model_max_length=model_max_length, **kwargs)
 
     @property
@@ -67,7 +78,10 @@ class CharTokenizer(PreTrainedTokenizer):
         return {**self._char_to_id, _PAD: 0}
 
     def _tokenize(self, text: str, **kwargs) -> list[str]:
-        return [ch for ch in fold_characters(text).lower() if ch in self._char_to_id]
+        # Unreadable characters go first; then runs of whitespace (tabs, newlines) read as the one space the training
+        # captions have between words, and none at the ends.
+        kept = "".join(ch if ch in self._char_to_id else " " if ch.isspace() else "" for ch in fold_characters(text).lower())
+        return list(" ".join(kept.split()))
 
     def _convert_token_to_id(self, token: str) -> int:
         return self._char_to_id.get(token, 0)

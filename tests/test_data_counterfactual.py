@@ -67,3 +67,22 @@ def test_counterfactual_captions_cover_a_dataset_deterministically():
     for caption, counterfactual, was_swapped in zip(flat, flat_edited, swapped):
         assert (caption != counterfactual) == was_swapped
     assert sum(swapped[:-2]) >= 0.85 * (len(flat) - 2)  # most synthetic captions state a colour, count or shape
+
+
+@pytest.mark.parametrize("caption", [
+    "the petals are not red", "a flower with no yellow centre", "petals aren't red",  # a negation: the swap stays true
+    "between four and six petals", "three to five petals",  # a range of counts
+    "a red flower with red petals", "red red red", "slender, narrow, thin petals",  # a value stated twice
+])
+def test_no_counterfactual_where_a_swap_could_leave_the_caption_true(caption):
+    rng = np.random.default_rng(0)
+    assert all(counterfactual_caption(caption, rng) is None for _ in range(20))
+
+
+def test_counterfactuals_keep_upper_case_and_refuse_sloppy_arguments():
+    rng = np.random.default_rng(3)
+    assert counterfactual_caption("RED PETALS", rng).endswith(" PETALS") and counterfactual_caption("RED PETALS", rng).split()[0].isupper()
+    with pytest.raises(TypeError, match="not the string 'color'"):
+        counterfactual_caption("red petals", rng, kinds="color")
+    with pytest.raises(TypeError, match="one list of captions per image"):
+        counterfactual_captions(["red petals"])

@@ -34,6 +34,10 @@ def test_char_tokenizer_follows_reed():
     # Accents and compatibility forms are read as their plain letters, not dropped: "café" is "cafe", not "caf".
     assert tokenizer.decode(tokenizer("Café crème, ＲＯＳＥ ﬂower")["input_ids"]) == "cafe creme, rose flower"
     assert tokenizer("naïve")["input_ids"] == tokenizer("naive")["input_ids"]
+    assert tokenizer.decode(tokenizer("kırmızı Straße, ½ Œillet")["input_ids"]) == "kirmizi strasse, 1/2 oeillet"
+    # Whitespace reads as the training captions' single spaces; the padding character, pasted in, is no padding.
+    assert tokenizer("red\n\tpetals")["input_ids"] == tokenizer("red petals")["input_ids"] == tokenizer("  red  petals ")["input_ids"]
+    assert tokenizer("\ue000")["input_ids"] == [] and tokenizer("\ue000 red 🌸")["input_ids"] == tokenizer("red")["input_ids"]
 
 
 def test_char_cnn_rnn_round_trip(tmp_path):

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -472,3 +473,15 @@ def test_resuming_with_another_model_is_refused_before_any_work(train_args, tmp_
     resumed = run([*train_args, "--max_train_steps", "6", "--ngf", "16", "--resume_from_checkpoint", "latest"], tmp_path, check=False)
     assert resumed.returncode != 0 and "holds another model: ngf 8 (now 16)" in resumed.stderr
     assert "steps/epoch" not in resumed.stdout
+
+
+def test_counterfactual_negatives_refuse_captions_with_nothing_to_swap(train_args, tiny_synthetic_dataset, tmp_path):
+    """Captions that state no colour, count or shape have no counterfactual: the flag would silently do nothing."""
+    plain = tmp_path / "plain"
+    for split in ("train", "test"):
+        rows = datasets.load_dataset(str(tiny_synthetic_dataset), split=split)
+        rows.map(lambda row: {"captions": ["a flower", "a pretty bloom"]}).to_parquet(str(plain / "data" / f"{split}-00000-of-00001.parquet"))
+    args = [*train_args, "--dataset_name", str(plain), "--counterfactual_negatives", "0.5", "--max_train_steps", "1"]
+    result = run(args, tmp_path / "out", check=False)
+    assert result.returncode != 0
+    assert "none of the 322 training captions states a colour, count or shape word" in result.stderr.replace("\n", " ")

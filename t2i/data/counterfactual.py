@@ -11,9 +11,12 @@ be rejected by checking that value: the swapped-word hard negatives of NegCLIP (
 here as GAN-CLS's wrong text.
 
 The word lists are the synthetic set's colour, count and shape vocabularies (``t2i.datasets.synthetic_captions``);
-they are also the common words of Oxford-102 captions. Only whole words are swapped ("oval-shaped" is left alone,
-since "pointed-shaped" is not English), and the new word never already occurs in the caption, so the edit
-changes one stated value to a value the caption does not state elsewhere.
+they are also common in Oxford-102 captions. Only whole words are swapped ("oval-shaped" is left alone, since
+"pointed-shaped" is not English), only values the caption states once, and never in a negated caption
+(`swappable_words`); the new word never occurs in the caption already. On the synthetic captions every
+counterfactual then states exactly one value that the image does not have (62,468 of the 65,600 training
+captions get one). Free English can still defeat the rule ("several" is not exclusive of "five" in Oxford's
+captions), so on other data a counterfactual is false with high probability, not surely.
 """
 
 from __future__ import annotations
@@ -31,69 +34,95 @@ SWAPPABLE_WORDS: dict[str, tuple[str, ...]] = {
     "count": COUNT_WORDS,
     "shape": tuple(word for words in SHAPE_WORDS.values() for word in words if "-" not in word),
 }
+# A caption with any of these may state a value only to deny it ("not red", "no yellow centre"): swapping the
+# value would leave it true, so such captions get no counterfactual.
+NEGATIONS = frozenset(["not", "no", "without", "never", "nor", "neither", "non", "isn", "aren", "t"])
 _SHAPE_GROUP = {word: shape for shape, words in SHAPE_WORDS.items() for word in words}
 _SHAPE_NAME = {shape: next(word for word in words if "-" not in word) for shape, words in SHAPE_WORDS.items()}
 _WORD = re.compile(r"(?<![\w-])[A-Za-z]+(?![\w-])")  # a whole word, not part of a hyphenated one
 
 
-def _replacements(kind: str, word: str, present: set[str]) -> list[str]:
+def _value(kind: str, word: str) -> str:
+    return _SHAPE_GROUP[word] if kind == "shape" else word
+
+
+def _kind_of(word: str) -> str | None:
+    return next((kind for kind, words in SWAPPABLE_WORDS.items() if word in words), None)
+
+
+def swappable_words(caption: str) -> list[tuple[str, re.Match]]:
+    """The words of ``caption`` a counterfactual may swap, as (kind, match) in reading order; kind is one of
+    ``SWAPPABLE_WORDS``' keys.
+
+    A word qualifies only when swapping it surely makes the caption false: its value is stated once (not "red
+    flower with red petals", not "slender, narrow petals", hyphenated words included), a count word is the
+    caption's only count word (not "between four and six petals"), and the caption has no negation (`NEGATIONS`).
+    """
+    tokens = re.findall(r"[a-z]+", caption.lower())  # every word, parts of hyphenated ones too
+    if NEGATIONS.intersection(tokens):
+        return []
+    stated: dict[tuple[str, str], int] = {}
+    for token in tokens:
+        kind = _kind_of(token) or ("shape" if token in _SHAPE_GROUP else None)
+        if kind:
+            stated[kind, _value(kind, token)] = stated.get((kind, _value(kind, token)), 0) + 1
+    counts = sum(n for (kind, _), n in stated.items() if kind == "count")
+    found = []
+    for match in _WORD.finditer(caption):
+        word = match.group().lower()
+        kind = _kind_of(word)
+        if kind and stated[kind, _value(kind, word)] == 1 and (kind != "count" or counts == 1):
+            found.append((kind, match))
+    return found
+
+
+def _replacements(kind: str, present: set[str]) -> list[str]:
     if kind == "shape":
         return [name for shape, name in _SHAPE_NAME.items() if not present & set(SHAPE_WORDS[shape])]
     return [w for w in SWAPPABLE_WORDS[kind] if w not in present]
 
 
-def swappable_words(caption: str) -> list[tuple[str, re.Match]]:
-    """The words of ``caption`` a counterfactual may swap, as (kind, match) in reading order; kind is one of
-    ``SWAPPABLE_WORDS``' keys."""
-    found = []
-    for match in _WORD.finditer(caption):
-        word = match.group().lower()
-        for kind, words in SWAPPABLE_WORDS.items():
-            if word in words:
-                found.append((kind, match))
-                break
-    return found
-
-
-def swap_stated_word(caption: str, word: str, rng: np.random.Generator) -> str | None:
-    """``caption`` with its one whole-word occurrence of ``word`` (a colour, count or shape word, any case)
-    swapped for a word of the same kind that the caption does not contain; ``None`` when ``word`` is not
-    swappable, occurs other than exactly once, or has no unused replacement. Used to edit one chosen stated
-    value, e.g. the centre colour that `caption_attributes` found."""
-    matches = [(kind, match) for kind, match in swappable_words(caption) if match.group().lower() == word.lower()]
-    if len(matches) != 1:
-        return None
-    return _swap(caption, *matches[0], rng)
-
-
 def _swap(caption: str, kind: str, match: re.Match, rng: np.random.Generator) -> str | None:
-    present = {m.group().lower() for m in _WORD.finditer(caption)}
-    options = _replacements(kind, match.group().lower(), present)
+    options = _replacements(kind, set(re.findall(r"[a-z]+", caption.lower())))
     if not options:
         return None
-    new = options[rng.integers(len(options))]
-    if match.group()[0].isupper():
+    old, new = match.group(), options[rng.integers(len(options))]
+    if old.isupper() and len(old) > 1:
+        new = new.upper()
+    elif old[0].isupper():
         new = new.capitalize()
     return caption[: match.start()] + new + caption[match.end() :]
 
 
+def swap_stated_word(caption: str, word: str, rng: np.random.Generator) -> str | None:
+    """``caption`` with its whole word ``word`` (a colour, count or shape word, any case) swapped for a word of the
+    same kind that the caption does not contain; ``None`` when ``word`` is not one of `swappable_words` (absent,
+    stated twice, a negated caption) or has no unused replacement. Used to edit one chosen stated value, e.g. the
+    centre colour that `caption_attributes` found."""
+    matches = [(kind, match) for kind, match in swappable_words(caption) if match.group().lower() == word.lower()]
+    return _swap(caption, *matches[0], rng) if len(matches) == 1 else None
+
+
 def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequence[str] = tuple(SWAPPABLE_WORDS)) -> str | None:
     """``caption`` with one colour, count or shape word swapped for another of its kind, or ``None`` when it has
-    no such word (or no unused replacement).
+    none of `swappable_words` (or no unused replacement).
 
     The kind is drawn uniformly among the ``kinds`` the caption has (so a caption's one count word is swapped as
     often as all its colour words together), then one of its words of that kind, then the new word among those
-    of the kind that the caption does not contain. Case and everything else are kept.
+    of the kind that the caption does not contain. Case ("Red", "RED") and everything else are kept.
 
     Raises:
+        TypeError: ``kinds`` is a string, not a sequence of kind names.
         ValueError: a kind not in ``SWAPPABLE_WORDS``.
     """
+    if isinstance(kinds, str):
+        raise TypeError(f"kinds must be a sequence of kind names such as ('color',), not the string {kinds!r}")
     if set(kinds) - set(SWAPPABLE_WORDS):
         raise ValueError(f"kinds must be a subset of {tuple(SWAPPABLE_WORDS)}, got {tuple(kinds)}")
-    present = {match.group().lower() for match in _WORD.finditer(caption)}
+    present = set(re.findall(r"[a-z]+", caption.lower()))
     by_kind: dict[str, list[re.Match]] = {}
     for kind, match in swappable_words(caption):
-        if kind in kinds and _replacements(kind, match.group().lower(), present):
+        if kind in kinds and _replacements(kind, present):
             by_kind.setdefault(kind, []).append(match)
     if not by_kind:
         return None
@@ -108,6 +137,8 @@ def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0) ->
     rng = np.random.default_rng(seed)
     edited, swapped = [], []
     for image_captions in captions:
+        if isinstance(image_captions, str):
+            raise TypeError(f"captions must be one list of captions per image, got the string {image_captions[:50]!r}")
         row = []
         for caption in image_captions:
             counterfactual = counterfactual_caption(caption, rng)

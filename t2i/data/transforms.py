@@ -199,6 +199,7 @@ class TensorBatchLoader:
         if counterfactual_negatives > 0:
             if counterfactual_embeddings is None or swapped is None:
                 raise ValueError("counterfactual_negatives > 0 needs counterfactual_embeddings and swapped")
+            swapped = torch.as_tensor(swapped, dtype=torch.bool)
             if counterfactual_embeddings.embeddings.shape != embeddings.embeddings.shape or swapped.shape != embeddings.embeddings.shape[:1]:
                 raise ValueError(f"counterfactual embeddings {tuple(counterfactual_embeddings.embeddings.shape)} and swapped "
                                  f"{tuple(swapped.shape)} must have one row per caption, as the embeddings {tuple(embeddings.embeddings.shape)}")

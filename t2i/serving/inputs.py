@@ -61,7 +61,10 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     folded = fold_characters(visible)
     if folded != visible:
         changed = sorted({ch for ch in visible if fold_characters(ch) != ch})
-        notices.append(f"Read accented or special letters as plain ones: {' '.join(f'{ch}→{fold_characters(ch)}' for ch in changed[:20])}")
+        folds = [f"{ch}→{fold_characters(ch)}" for ch in changed if fold_characters(ch)]
+        marks = len([ch for ch in changed if not fold_characters(ch)])  # lone combining marks, shown as nothing
+        notices.append("Read accented or special letters as plain ones: " + " ".join(folds[:20])
+                       + (f"{' (and ' if folds else ''}dropped {marks} lone accent mark(s){')' if folds else ''}" if marks else ""))
         visible = folded
     unknown = unreadable_characters(tokenizer, visible)
     if unknown:
