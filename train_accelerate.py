@@ -541,6 +541,15 @@ def main(argv: list[str] | None = None) -> None:
                            "removed, the steps from the checkpoint on are evaluated again")
             shutil.rmtree(published.parent)
             best = None
+        inherited = Path(resume_from).parent / BEST_GENERATOR_FOLDER
+        if accelerator.is_main_process and best is not None and not published.parent.exists() and inherited.is_dir():
+            # Resumed from another run's checkpoint (a second training phase): its best generator comes along, so that
+            # output_dir still ends with the best one if no evaluation here beats it.
+            if json.loads((inherited / "evaluation.json").read_text()).get("step") == best["step"]:
+                shutil.copytree(inherited, published.parent)
+                logger.info(f"{inherited} (step {best['step']}, {best['metric']} = {best['value']:.4f}) copied: the best so far")
+        if accelerator.is_main_process and best is not None and not published.parent.exists():
+            best = None  # a record whose generator is nowhere: the evaluations here start a new one
         loader.generator.set_state(rng_state["loader_epoch_start"])
         noise_rng.set_state(rng_state["noise"])
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, without installing t2i
 from t2i import GanClsDiscriminator, GanClsPipeline
 from t2i.data import images_to_uint8, load_captioned_dataset, swap_stated_word
 from t2i.datasets.synthetic_captions import caption_attributes
@@ -116,8 +118,9 @@ def probe(discriminator, pipeline, dataset, images: torch.Tensor, attribute: str
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", action="append", required=True, help="a checkpoint folder with model_1.safetensors (repeat)")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", action="append", required=True,
+                        help="a training checkpoint folder, RUN/checkpoint-N (it holds D; pretrained/ does not); repeat to compare")
     parser.add_argument("--dataset", required=True, help="the synthetic set (python -m t2i.datasets synth)")
     parser.add_argument("--text_encoder", required=True, help="the model folder whose text encoder the run trained with")
     parser.add_argument("--split", action="append", help="splits to probe (repeat; default test)")
@@ -135,12 +138,16 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as error:
         parser.error(str(error))
 
+    try:
+        # The probe embeds captions with this encoder: it must be the one the run trained with (not checked).
+        pipeline = GanClsPipeline.from_pretrained(args.text_encoder)
+        datasets = {split: load_captioned_dataset(args.dataset, split) for split in args.split or ["test"]}
+    except (OSError, ValueError, KeyError) as error:
+        parser.error(str(error))
+
     torch.manual_seed(args.seed)
-    # The probe embeds captions with this encoder: it must be the one the run trained with (not checked).
-    pipeline = GanClsPipeline.from_pretrained(args.text_encoder)
     results = {}
-    for split in args.split or ["test"]:
-        dataset = load_captioned_dataset(args.dataset, split)
+    for split, dataset in datasets.items():
         for checkpoint, discriminator in discriminators.items():
             images = images_to_uint8(dataset, discriminator.config.resolution).float().div(127.5).sub(1)
             for attribute in ATTRIBUTES:

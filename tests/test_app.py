@@ -66,6 +66,7 @@ def page_config(url: str) -> str:
         ("a red flower\u202e\u200d", "a red flower", "Removed 2 control"),  # right-to-left override, zero-width joiner
         ("a red flower 🌸", "a red flower", "Ignored characters the model cannot read: 🌸"),
         ("a red flower פרח", "a red flower", "Ignored characters"),
+        ("a red \ue000 flower ❤\ufe0f", "a red flower", "Ignored characters the model cannot read: ❤ U+E000 U+FE0F"),  # invisible: by code point
         ("a crème flower with café-brown petals", "a creme flower with cafe-brown petals", "Read accented or special letters as plain ones: è→e é→e"),
         ("ａ ｒｅｄ ﬂower", "a red flower", "Read accented or special letters"),  # full-width letters, the fl ligature
         (LONG_PROMPT, LONG_PROMPT.strip()[:201].rstrip(), "cut to 201 characters"),

@@ -381,6 +381,19 @@ def test_evaluation_steps_keep_the_best_generator_not_the_last(train_args, tmp_p
     assert json.loads((list_checkpoints(tmp_path)[-1] / "training_state.json").read_text())["best"]["step"] == best_step
     assert f"Saving the best generator: step {best_step}" in log
 
+    # A second phase resumed from this run's last checkpoint into another folder (as the v6 default was made) takes
+    # the best generator along: it still ends with the best, whether or not its own evaluations beat it.
+    second = tmp_path / "second"
+    result = run([*train_args, "--max_train_steps", "10", "--evaluation_steps", "2", "--evaluation_samples", "40",
+                  "--resume_from_checkpoint", str(list_checkpoints(tmp_path)[-1]), "--counterfactual_negatives", "0.5"], second)
+    log = result.stdout + result.stderr
+    assert "copied: the best so far" in log
+    (step_10,) = [float(v) for v in re.findall(r"step 10: text_image_agreement_mean = ([0-9.]+)", log)]
+    expected = 10 if step_10 > scores[best_step] else best_step
+    assert json.loads((second / "best_generator" / "evaluation.json").read_text())["step"] == expected
+    assert_identical(load_file(second / "generator" / "diffusion_pytorch_model.safetensors"),
+                     load_file(second / "best_generator" / "diffusion_pytorch_model.safetensors"))
+
 
 def test_max_train_minutes_stops_at_a_saved_step(train_args, tmp_path):
     result = run([*train_args, "--max_train_steps", "100000", "--max_train_minutes", "0.001"], tmp_path)

@@ -38,6 +38,11 @@ def prompt_limit(tokenizer) -> int:
     return tokenizer.model_max_length if isinstance(tokenizer, CharTokenizer) else MAX_PROMPT_CHARS
 
 
+def _shown(characters: list[str]) -> str:
+    """Characters for a notice: invisible ones (private use, marks, variation selectors) by code point, e.g. U+E000."""
+    return " ".join(ch if ch.isprintable() and unicodedata.category(ch)[0] not in "MC" else f"U+{ord(ch):04X}" for ch in characters)
+
+
 def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     """The prompt exactly as the model will read it, plus notices about what was changed.
 
@@ -74,11 +79,11 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
         if unknown:
             raise InputError(
                 "the prompt has no characters this model can read (it reads English letters, digits and "
-                f"punctuation); it ignores {''.join(unknown[:20])}. Describe the flower in English."
+                f"punctuation); it ignores {_shown(unknown[:20])}. Describe the flower in English."
             )
         raise InputError("the prompt is empty: describe the flower, e.g. 'a flower with five red petals'.")
     if unknown:
-        notices.append(f"Ignored characters the model cannot read: {' '.join(unknown[:20])}")
+        notices.append(f"Ignored characters the model cannot read: {_shown(unknown[:20])}")
     if len(text) > limit:
         notices.append(f"The prompt was cut to {limit} characters, as many as the model reads.")
         text = text[:limit].rstrip()
