@@ -46,6 +46,10 @@ def _value(kind: str, word: str) -> str:
     return _SHAPE_GROUP[word] if kind == "shape" else word
 
 
+def _words_of(caption: str) -> list[str]:
+    return re.findall(r"[a-z]+", caption.lower())  # every word, parts of hyphenated ones too
+
+
 def _kind_of(word: str) -> str | None:
     return next((kind for kind, words in SWAPPABLE_WORDS.items() if word in words), None)
 
@@ -58,13 +62,12 @@ def swappable_words(caption: str) -> list[tuple[str, re.Match]]:
     flower with red petals", not "slender, narrow petals", hyphenated words included), a count word is the
     caption's only count word (not "between four and six petals"), and the caption has no negation (`NEGATIONS`).
     """
-    tokens = re.findall(r"[a-z]+", caption.lower())  # every word, parts of hyphenated ones too
+    tokens = _words_of(caption)
     if NEGATIONS.intersection(tokens):
         return []
     stated: dict[tuple[str, str], int] = {}
     for token in tokens:
-        kind = _kind_of(token) or ("shape" if token in _SHAPE_GROUP else None)
-        if kind:
+        if kind := _kind_of(token):
             stated[kind, _value(kind, token)] = stated.get((kind, _value(kind, token)), 0) + 1
     counts = sum(n for (kind, _), n in stated.items() if kind == "count")
     found = []
@@ -83,7 +86,7 @@ def _replacements(kind: str, present: set[str]) -> list[str]:
 
 
 def _swap(caption: str, kind: str, match: re.Match, rng: np.random.Generator) -> str | None:
-    options = _replacements(kind, set(re.findall(r"[a-z]+", caption.lower())))
+    options = _replacements(kind, set(_words_of(caption)))
     if not options:
         return None
     old, new = match.group(), options[rng.integers(len(options))]
@@ -119,7 +122,7 @@ def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequen
         raise TypeError(f"kinds must be a sequence of kind names such as ('color',), not the string {kinds!r}")
     if set(kinds) - set(SWAPPABLE_WORDS):
         raise ValueError(f"kinds must be a subset of {tuple(SWAPPABLE_WORDS)}, got {tuple(kinds)}")
-    present = set(re.findall(r"[a-z]+", caption.lower()))
+    present = set(_words_of(caption))
     by_kind: dict[str, list[re.Match]] = {}
     for kind, match in swappable_words(caption):
         if kind in kinds and _replacements(kind, present):

@@ -218,7 +218,7 @@ class TensorBatchLoader:
         self.counterfactual_negatives = counterfactual_negatives
         if counterfactual_negatives > 0:
             self.counterfactual_embeddings = counterfactual_embeddings.to(self.device)
-            self.swapped = swapped.bool().cpu()
+            self.swapped = swapped.cpu()
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.num_processes

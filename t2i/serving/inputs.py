@@ -65,11 +65,12 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
         notices.append(f"Removed {len(text) - len(visible)} control or invisible formatting character(s).")
     folded = fold_characters(visible)
     if folded != visible:
-        changed = sorted({ch for ch in visible if fold_characters(ch) != ch})
-        folds = [f"{ch}→{fold_characters(ch)}" for ch in changed if fold_characters(ch)]
-        marks = len([ch for ch in changed if not fold_characters(ch)])  # lone combining marks, shown as nothing
-        notices.append("Read accented or special letters as plain ones: " + " ".join(folds[:20])
-                       + (f"{' (and ' if folds else ''}dropped {marks} lone accent mark(s){')' if folds else ''}" if marks else ""))
+        changed = {ch: fold_characters(ch) for ch in sorted(set(visible)) if fold_characters(ch) != ch}
+        folds = " ".join([f"{ch}→{plain}" for ch, plain in changed.items() if plain][:20])
+        marks = sum(not plain for plain in changed.values())  # lone combining marks fold to nothing
+        dropped = f"dropped {marks} lone accent mark(s)" if marks else ""
+        notices.append("Read accented or special letters as plain ones: "
+                       + (f"{folds} ({'and ' + dropped})" if folds and dropped else folds or dropped))
         visible = folded
     unknown = unreadable_characters(tokenizer, visible)
     if unknown:
