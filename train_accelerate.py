@@ -431,6 +431,14 @@ def main(argv: list[str] | None = None) -> None:
         test_dataset = load_captioned_dataset(args.dataset_name, "test", args.image_column, args.caption_column)
     except (ValueError, KeyError, FileNotFoundError):
         test_dataset = None
+    counterfactuals = swapped = None
+    if args.counterfactual_negatives > 0:  # checked before the images are decoded and the text encoder is loaded
+        # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
+        counterfactuals, swapped = counterfactual_captions(train_dataset["captions"])
+        if not any(swapped):
+            raise ValueError(f"--counterfactual_negatives {args.counterfactual_negatives}: none of the {len(swapped)} training captions "
+                             "states a colour, count or shape word that can be swapped (t2i.data.counterfactual), so there "
+                             "is no counterfactual to use; drop the flag")
     train_images = images_to_uint8(train_dataset, load_size_for(args.resolution))
     text_spec = TextEncoderSpec(
         name=args.text_encoder, path=args.text_encoder_path, teacher=args.text_encoder_teacher, steps=args.text_encoder_steps,
@@ -440,14 +448,8 @@ def main(argv: list[str] | None = None) -> None:
                                                       args.resolution, args.seed, args.cache_dir)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
-        counterfactual_embeddings = swapped = None
+        counterfactual_embeddings = None
         if args.counterfactual_negatives > 0:
-            # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
-            counterfactuals, swapped = counterfactual_captions(train_dataset["captions"])
-            if not any(swapped):
-                raise ValueError(f"--counterfactual_negatives {args.counterfactual_negatives}: none of the {len(swapped)} training captions "
-                                 "states a colour, count or shape word that can be swapped (t2i.data.counterfactual), so there "
-                                 "is no counterfactual to use; drop the flag")
             counterfactual_embeddings = load_or_build_caption_embeddings(counterfactuals, text_encoder, cache_dir=args.cache_dir)
             swapped = torch.tensor(swapped)
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
