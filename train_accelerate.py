@@ -29,6 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
+from t2i.hub import check_before_loading, resolve_pretrained_folder
 from t2i.data import TensorBatchLoader, counterfactual_captions, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
 from t2i.diffaugment import DIFF_AUGMENT_POLICIES
 from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_oracle
@@ -137,6 +138,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with --fusion affine: polar position channels r, cos kθ, sin kθ (k ≤ K) in every G block (0: none)")
     model.add_argument("--polar_antialias", action=argparse.BooleanOptionalAction, default=False,
                        help="with --polar_harmonics: fade each harmonic out near the centre, where the pixel grid aliases it")
+    model.add_argument("--residual_blocks", action=argparse.BooleanOptionalAction, default=False,
+                       help="with --fusion affine: a residual second fused 3×3 convolution in every G block, behind a "
+                            "zero-initialised gain (ReZero), so a generator without them can be grown into this one")
+    model.add_argument("--pretrained_model_name_or_path", default=None,
+                       help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
+                            "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
+                            "plus --residual_blocks (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
+                            "unless --text_encoder_path is given")
     model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
@@ -247,6 +256,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--polar_harmonics {args.polar_harmonics}: must be ≥ 0, and > 0 needs --fusion affine")
     if args.polar_antialias and args.polar_harmonics == 0:
         parser.error("--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0")
+    if args.residual_blocks and args.fusion != "affine":
+        parser.error("--residual_blocks adds a convolution to the text-affine blocks: it needs --fusion affine")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -321,7 +332,37 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm")
+               "polar_antialias", "spectral_norm", "residual_blocks")
+
+
+def generator_config(args: argparse.Namespace) -> dict:
+    """GanClsGenerator's config from the model flags, all but text_embed_dim (the text encoder's)."""
+    return dict(
+        noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution,
+        # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
+        text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
+        conditioning_augmentation=args.conditioning_augmentation, normalize_text=args.normalize_text,
+        polar_harmonics=args.polar_harmonics, polar_antialias=args.polar_antialias, residual_blocks=args.residual_blocks,
+    )
+
+
+def load_pretrained_generator(name_or_path: str, config: dict) -> tuple[GanClsGenerator, Path]:
+    """The generator of a t2i pipeline (folder or Hub repo id) and the pipeline's local folder, checked against the
+    generator the flags describe (``config``, as `generator_config`) before any data is loaded.
+
+    Raises:
+        ValueError: the pipeline's generator cannot start this run (`GanClsGenerator.grow_from_` names the difference).
+        FileNotFoundError, CheckpointError: no such pipeline, or a generator folder that fails t2i's load checks.
+    """
+    folder = resolve_pretrained_folder(name_or_path, subfolder="generator")
+    check_before_loading(GanClsGenerator, folder / "generator")
+    trained = GanClsGenerator.from_pretrained(folder / "generator")
+    try:
+        GanClsGenerator(text_embed_dim=trained.config.text_embed_dim, **config).grow_from_(trained)
+    except ValueError as error:
+        raise ValueError(f"--pretrained_model_name_or_path {name_or_path}: {error}; give the model flags of its "
+                         f"generator ({folder / 'generator' / 'config.json'})") from error
+    return trained, folder
 
 
 def recalibrate_ema(ema_generator, embeddings, batch_size: int, seed: int, device: torch.device, batches: int = 16) -> None:
@@ -422,6 +463,11 @@ def main(argv: list[str] | None = None) -> None:
         if checkpoints:
             resume_from = checkpoints[-1]
             check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_config)
+    pretrained_generator = None
+    if args.pretrained_model_name_or_path is not None:
+        pretrained_generator, pretrained_folder = load_pretrained_generator(args.pretrained_model_name_or_path, generator_config(args))
+        if args.text_encoder_path is None:  # the generator was trained on that pipeline's text encoder
+            args.text_encoder_path = str(pretrained_folder)
 
     # Data: decoded once into a uint8 tensor, captions embedded once (cached across runs).
     train_dataset = load_captioned_dataset(args.dataset_name, args.train_split, args.image_column, args.caption_column)
@@ -490,13 +536,11 @@ def main(argv: list[str] | None = None) -> None:
     # Each phase draws from its own seeded stream: the GAN's initial weights must not depend on whether the text
     # encoder was trained in this process (drawing from the same stream) or loaded after a kill.
     set_seed(args.seed)
-    generator = GanClsGenerator(
-        text_embed_dim=embeddings.dim, noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution,
-        # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
-        text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
-        conditioning_augmentation=args.conditioning_augmentation,
-        normalize_text=args.normalize_text, polar_harmonics=args.polar_harmonics, polar_antialias=args.polar_antialias,
-    )
+    generator = GanClsGenerator(text_embed_dim=embeddings.dim, **generator_config(args))
+    if pretrained_generator is not None and resume_from is None:  # a resumed run has its own weights
+        generator.grow_from_(pretrained_generator)
+        accelerator.print(f"generator initialised from {args.pretrained_model_name_or_path}"
+                          + (" (grown: residual blocks added)" if args.residual_blocks and not pretrained_generator.config.residual_blocks else ""))
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
@@ -564,6 +608,10 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(train_dataset)} images, {steps_per_epoch} steps/epoch, {max_train_steps} steps, "
         f"global batch {args.train_batch_size * accelerator.num_processes}, text embeddings {embeddings.dim}-d"
     )
+    if scorer is not None and pretrained_generator is not None and resume_from is None:
+        # The starting generator is scored too: output_dir ends with it if fine-tuning only makes it worse.
+        best = evaluate_and_keep_best(accelerator, scorer, generator, ema_generator, embeddings, args.output_dir,
+                                      args.evaluation_metric, best, 0, args.train_batch_size, args.seed)
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
     loop_started = time.monotonic()  # --max_train_minutes counts GAN steps only, not data loading or text-encoder training
     losses: dict[str, float] = {}

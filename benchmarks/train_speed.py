@@ -6,7 +6,10 @@
 Uses the library's `t2i.training.train_step` (the one `train_accelerate.py` runs) on the data fast path (uint8
 images on the device, cached text embeddings), so the figure is what training achieves. Random images and
 embeddings: speed does not depend on content. `--fusion affine --conditioning_augmentation --diff_augment
-translation cutout --projection_scales 2` measures the model v3 recipe.
+translation cutout --projection_scales 2` measures the model v3 recipe; `--fusion affine --text_batch_norm
+--conditioning projection --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5
+--int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --ngf 32 --ndf 32 --text_embed_dim 384` the t2i-v5
+step of the shipped default, and `--residual_blocks` on top the grown generator of model v7.
 """
 
 import argparse
@@ -59,6 +62,10 @@ def main() -> None:
     parser.add_argument("--text_batch_norm", action="store_true")
     parser.add_argument("--conditioning", default="concat", choices=CONDITIONINGS)
     parser.add_argument("--projection_scales", type=int, default=1)
+    parser.add_argument("--polar_harmonics", type=int, default=0)
+    parser.add_argument("--residual_blocks", action="store_true")
+    parser.add_argument("--int_captions", type=int, default=2, help="> 2: GAN-INT on flat-Dirichlet mixtures of this many captions")
+    parser.add_argument("--mode_seeking_mixtures", action="store_true")
     parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
     parser.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES)
     parser.add_argument("--out", default=None)
@@ -68,7 +75,8 @@ def main() -> None:
     device = accelerator.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     objective = GanClsObjective(mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
-                                diff_augment=tuple(bench.diff_augment))
+                                diff_augment=tuple(bench.diff_augment), int_captions=bench.int_captions,
+                                int_beta=None if bench.int_captions > 2 else 0.5, mode_seeking_mixtures=bench.mode_seeking_mixtures)
 
     torch.manual_seed(0)
     load_size = bench.resolution * 76 // 64
@@ -78,7 +86,9 @@ def main() -> None:
     loader = TensorBatchLoader(images, embeddings, labels, bench.batch_size, bench.resolution, device=device)
 
     generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution, fusion=bench.fusion,
-                                conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm)
+                                conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm,
+                                polar_harmonics=bench.polar_harmonics,
+                                residual_blocks=bench.residual_blocks)
     discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution,
                                         text_batch_norm=bench.text_batch_norm, conditioning=bench.conditioning,
                                         projection_scales=bench.projection_scales)
@@ -127,6 +137,10 @@ def main() -> None:
         "conditioning_augmentation": bench.conditioning_augmentation,
         "conditioning": bench.conditioning,
         "projection_scales": bench.projection_scales,
+        "polar_harmonics": bench.polar_harmonics,
+        "residual_blocks": bench.residual_blocks,
+        "int_captions": bench.int_captions,
+        "mode_seeking_mixtures": bench.mode_seeking_mixtures,
         "diff_augment": bench.diff_augment,
         "steps": bench.steps,
         "images_per_second": bench.steps * bench.batch_size / total,

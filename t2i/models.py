@@ -132,17 +132,27 @@ class TextAffineUpBlock(nn.Module):
     convolution also reads ``polar_coordinates(K)`` of the up-sampled map, as 1 + 2K more input channels would.
     A 3×3 convolution of [h; p] is conv(h) + conv'(p), and conv'(p) is the same for every image, so it is computed
     once per call on a single map and broadcast: concatenating the channels doubled the generator's step time.
+
+    With ``residual`` a second fused convolution refines the block's output at the same resolution, as a residual
+    branch with a learnt gain α that starts at zero (ReZero, Bachlechner et al., 2020; DF-GAN's up-blocks carry the
+    same γ): h + α·ReLU(affine₂(BN(conv₂(h)))). It doubles the depth and the text affines per resolution, and a
+    generator grown this way from a trained one draws exactly what that one drew until α moves (`grow_from_`).
     """
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int, polar_harmonics: int = 0,
-                 polar_antialias: bool = False):
+                 polar_antialias: bool = False, residual: bool = False):
         super().__init__()
-        self.polar_harmonics, self.polar_antialias = polar_harmonics, polar_antialias
+        self.polar_harmonics, self.polar_antialias, self.residual = polar_harmonics, polar_antialias, residual
         self.conv = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
         if polar_harmonics:
             self.position_conv = nn.Conv2d(1 + 2 * polar_harmonics, out_channels, 3, 1, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels, affine=False)
         self.affine = nn.Linear(condition_dim, 2 * out_channels)
+        if residual:
+            self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+            self.norm2 = nn.BatchNorm2d(out_channels, affine=False)
+            self.affine2 = nn.Linear(condition_dim, 2 * out_channels)
+            self.residual_gain = nn.Parameter(torch.zeros(()))
 
     def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """hidden [B, C_in, H, W] and condition [B, condition_dim] → [B, C_out, 2H, 2W]."""
@@ -154,9 +164,16 @@ class TextAffineUpBlock(nn.Module):
             if hidden.is_contiguous(memory_format=torch.channels_last):  # a mixed-layout add is 4× slower
                 term = term.contiguous(memory_format=torch.channels_last)
             hidden = hidden + term
-        hidden = self.norm(hidden)
-        scale, shift = self.affine(condition)[:, :, None, None].chunk(2, dim=1)
-        return torch.relu(hidden * (1 + scale) + shift)
+        hidden = torch.relu(_text_affine(self.norm(hidden), self.affine(condition)))
+        if self.residual:
+            refinement = torch.relu(_text_affine(self.norm2(self.conv2(hidden)), self.affine2(condition)))
+            hidden = hidden + self.residual_gain.to(hidden.dtype) * refinement
+        return hidden
+
+
+def _text_affine(hidden: torch.Tensor, scale_and_shift: torch.Tensor) -> torch.Tensor:
+    scale, shift = scale_and_shift[:, :, None, None].chunk(2, dim=1)
+    return hidden * (1 + scale) + shift
 
 
 class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
@@ -167,12 +184,13 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     projection φ by StackGAN's sampled code; ``normalize_text`` L2-normalises embeddings first, so a short prompt
     (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale;
     ``polar_harmonics`` K > 0 (``fusion="affine"`` only) gives every up-block polar position channels, and
-    ``polar_antialias`` fades their angle harmonics out where the pixel grid cannot show them (`polar_coordinates`).
+    ``polar_antialias`` fades their angle harmonics out where the pixel grid cannot show them (`polar_coordinates`);
+    ``residual_blocks`` (``fusion="affine"`` only) adds a residual second fused convolution to every up-block.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
 
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
-            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, or a resolution other than 64 or 128.
+            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` without ``fusion="affine"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -190,6 +208,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         normalize_text: bool = False,
         polar_harmonics: int = 0,
         polar_antialias: bool = False,
+        residual_blocks: bool = False,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -198,6 +217,8 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"polar_harmonics must be ≥ 0, and > 0 only with fusion='affine'; got {polar_harmonics} with {fusion!r}")
         if polar_antialias and not polar_harmonics:
             raise ValueError("polar_antialias windows the polar harmonics: it needs polar_harmonics > 0")
+        if residual_blocks and fusion != "affine":
+            raise ValueError(f"residual_blocks are text-affine up-blocks: they need fusion='affine', got {fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -225,14 +246,17 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
             widths = [width] + [max(width // 2**i, 8) for i in range(1, num_up + 1)]
             self.up_blocks = nn.ModuleList(
-                TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim, polar_harmonics, polar_antialias)
+                TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim, polar_harmonics, polar_antialias,
+                                  residual_blocks)
                 for i in range(num_up)
             )
             self.to_rgb = nn.Sequential(nn.Conv2d(widths[-1], out_channels, 3, 1, 1), nn.Tanh())
         dcgan_init_(self)
         for block in getattr(self, "up_blocks", []):
-            nn.init.zeros_(block.affine.weight)
-            nn.init.zeros_(block.affine.bias)
+            for affine in (block.affine, getattr(block, "affine2", None)):
+                if affine is not None:
+                    nn.init.zeros_(affine.weight)
+                    nn.init.zeros_(affine.bias)
 
     def text_code(self, text_embeds: torch.Tensor, code_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The text code the generator is conditioned on, [B, text_proj_dim], and with conditioning augmentation
@@ -261,6 +285,30 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         for block in self.up_blocks:
             hidden = block(hidden, condition)
         return self.to_rgb(hidden)
+
+    @torch.no_grad()
+    def grow_from_(self, trained: "GanClsGenerator") -> None:
+        """Copy a trained generator without ``residual_blocks`` into this one with them: every tensor it has is
+        copied, the residual branches keep their fresh weights behind a zero gain, so this generator then draws
+        exactly what ``trained`` draws and training goes on from there with more depth (a function-preserving
+        expansion, as Net2Net, Chen et al., ICLR 2016). Copying between equal configs is plain weight copying.
+
+        Raises:
+            ValueError: ``trained`` differs in any other config value, or this generator lacks residual blocks
+                that ``trained`` has.
+        """
+        mine, theirs = dict(self.config), dict(trained.config)
+        differing = sorted(k for k in set(mine) | set(theirs) if not k.startswith("_") and k != "residual_blocks"
+                           and mine.get(k) != theirs.get(k))
+        if differing or (theirs.get("residual_blocks") and not mine["residual_blocks"]):
+            detail = ", ".join(f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing) or "residual_blocks"
+            raise ValueError(f"cannot grow this generator from that one: they differ in {detail}")
+        state = self.state_dict()
+        for name, tensor in trained.state_dict().items():
+            state[name].copy_(tensor)
+        for block in getattr(self, "up_blocks", []):
+            if block.residual and not theirs.get("residual_blocks"):
+                block.residual_gain.zero_()
 
 
 def output_layers(generator: GanClsGenerator) -> tuple[nn.Module, nn.Module]:

@@ -115,7 +115,8 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
 
 @pytest.mark.parametrize("resolution", [64, 128])
 @pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True},
-                                     {"polar_harmonics": 3}, {"polar_harmonics": 2, "polar_antialias": True}])
+                                     {"polar_harmonics": 3}, {"polar_harmonics": 2, "polar_antialias": True},
+                                     {"polar_harmonics": 2, "residual_blocks": True}])
 def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_path):
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution, fusion="affine", **options)
@@ -306,3 +307,40 @@ def test_the_discriminator_probe_reads_a_discriminators_config_off_its_weights(c
     images, text = torch.randn(2, 3, discriminator.config.resolution, discriminator.config.resolution), torch.randn(4, config["text_embed_dim"])
     discriminator.eval(), rebuilt.eval()
     assert torch.equal(discriminator(images, text).logits, rebuilt(images, text).logits)
+
+
+def test_residual_blocks_grow_a_trained_generator_without_changing_what_it_draws():
+    torch.manual_seed(0)
+    options = dict(text_embed_dim=24, ngf=8, fusion="affine", normalize_text=True, text_batch_norm=True, polar_harmonics=2)
+    trained, grown = GanClsGenerator(**options), GanClsGenerator(**options, residual_blocks=True)
+    noise, text = torch.randn(6, 100), torch.randn(6, 24)
+    trained.train()(noise, text)  # running statistics, copied along
+    grown.grow_from_(trained)
+    assert all(block.residual and block.conv2.out_channels == block.conv.out_channels for block in grown.up_blocks)
+    assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
+    assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))  # batch statistics too
+    # The zero gain still learns: its gradient is the residual branch's output, which is not zero ...
+    grown.train()(noise, text).square().mean().backward()
+    gains = [block.residual_gain.grad for block in grown.up_blocks]
+    assert all(g is not None and g.abs() > 0 for g in gains)
+    # ... and once it moves, the second convolution changes the image.
+    with torch.no_grad():
+        grown.up_blocks[-1].residual_gain.fill_(0.5)
+    assert not torch.allclose(grown.eval()(noise, text), trained.eval()(noise, text), atol=1e-4)
+    # Equal configs copy every tensor, the residual gains included.
+    twin = GanClsGenerator(**options, residual_blocks=True)
+    twin.grow_from_(grown)
+    assert torch.equal(twin.eval()(noise, text), grown.eval()(noise, text))
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"ngf": 16}, r"ngf: 16 \(here 8\)"),
+    ({"polar_harmonics": 0}, r"polar_harmonics: 0 \(here 2\)"),
+    ({"residual_blocks": True}, "residual_blocks"),  # a deeper generator cannot be shrunk into this one
+])
+def test_growing_from_another_generator_is_refused_with_the_difference_named(other, message):
+    options = dict(text_embed_dim=24, ngf=8, fusion="affine", polar_harmonics=2)
+    with pytest.raises(ValueError, match=message):
+        GanClsGenerator(**options).grow_from_(GanClsGenerator(**{**options, **other}))
+    with pytest.raises(ValueError, match="need fusion='affine'"):
+        GanClsGenerator(fusion="input", residual_blocks=True)

@@ -229,6 +229,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--mode_seeking_mixtures", "--no-gan_int"], "--mode_seeking_mixtures pairs images on GAN-INT mixtures"),
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
+        (["--residual_blocks", "--fusion", "input"], "--residual_blocks adds a convolution to the text-affine blocks: it needs --fusion affine"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
         (["--counterfactual_negatives", "1.5"], "--counterfactual_negatives must be a probability in [0, 1], got 1.5"),
         (["--counterfactual_negatives", "nan"], "--counterfactual_negatives must be a probability in [0, 1], got nan"),
@@ -393,6 +394,30 @@ def test_evaluation_steps_keep_the_best_generator_not_the_last(train_args, tmp_p
     assert json.loads((second / "best_generator" / "evaluation.json").read_text())["step"] == expected
     assert_identical(load_file(second / "generator" / "diffusion_pytorch_model.safetensors"),
                      load_file(second / "best_generator" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
+    import re
+
+    # A learning rate too small to move any weight: what the run ends with is what it started from.
+    args = [*(a for a in train_args if a != "--use_ema"), "--pretrained_model_name_or_path", str(uninterrupted_run), "--residual_blocks",
+            "--max_train_steps", "2", "--evaluation_steps", "2", "--evaluation_samples", "40", "--learning_rate", "1e-12"]
+    result = run(args, tmp_path / "logged")
+    log = result.stdout + result.stderr
+    assert f"generator initialised from {uninterrupted_run} (grown: residual blocks added)" in log
+    assert sorted(int(step) for step in re.findall(r"step (\d+): text_image_agreement_mean", log)) == [0, 2]
+    source = load_file(uninterrupted_run / "generator" / "diffusion_pytorch_model.safetensors")
+    tuned = load_file(tmp_path / "logged" / "generator" / "diffusion_pytorch_model.safetensors")
+    assert GanClsPipeline.from_pretrained(tmp_path / "logged").generator.config.residual_blocks is True
+    weights = [k for k in source if "running" not in k and "num_batches" not in k]
+    assert weights and all(torch.allclose(tuned[k], source[k], atol=1e-8) for k in weights)
+    assert {k for k in tuned if k not in source} == {f"up_blocks.{i}.{name}" for i in range(4) for name in (
+        "conv2.weight", "norm2.running_mean", "norm2.running_var", "norm2.num_batches_tracked", "affine2.weight", "affine2.bias",
+        "residual_gain")}
+    # Another generator than the pipeline's is refused before any data is loaded or embedded.
+    refused = run([*train_args, "--pretrained_model_name_or_path", str(uninterrupted_run), "--ngf", "16"], tmp_path / "other", check=False)
+    assert refused.returncode != 0 and "they differ in ngf: 8 (here 16)" in refused.stderr
+    assert "text embeddings" not in refused.stderr
 
 
 def test_max_train_minutes_stops_at_a_saved_step(train_args, tmp_path):
