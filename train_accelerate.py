@@ -152,6 +152,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
 
     objective = parser.add_argument_group("objective")
+    objective.add_argument("--discriminator_warmup_steps", type=int, default=0,
+                           help="update only D for the first N steps (G frozen): with --pretrained_model_name_or_path, a fresh "
+                                "D learns to judge the trained G before G follows its gradients")
     objective.add_argument("--loss", default="bce", choices=LOSS_TYPES, help="bce (Reed) or hinge (DF-GAN)")
     objective.add_argument("--gan_int", action=argparse.BooleanOptionalAction, default=True, help="GAN-INT generator terms")
     objective.add_argument("--int_beta", type=_beta_or_random, default=0.5,
@@ -245,6 +248,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    if args.discriminator_warmup_steps < 0:
+        parser.error(f"--discriminator_warmup_steps must be ≥ 0, got {args.discriminator_warmup_steps}")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "evaluation_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
@@ -620,7 +625,8 @@ def main(argv: list[str] | None = None) -> None:
         for step_in_epoch, batch in enumerate(loader):
             if epoch == first_epoch and step_in_epoch < resume_step_in_epoch:
                 continue  # replayed to keep the loader's random stream where the checkpoint left it
-            losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, objective, noise_rng, joint_image_encoder)
+            losses = train_step(accelerator, generator, discriminator, optimizer_g, optimizer_d, batch, objective, noise_rng,
+                                joint_image_encoder, update_generator=global_step >= args.discriminator_warmup_steps)
             if ema_generator is not None:
                 update_ema(ema_generator, accelerator.unwrap_model(generator), args.ema_decay)
             global_step += 1

@@ -149,3 +149,23 @@ def test_mode_seeking_on_mixtures_changes_the_update():
 def test_bad_objectives_are_refused(fields, message):
     with pytest.raises(ValueError, match=message):
         GanClsObjective(**fields)
+
+
+def test_a_discriminator_only_step_trains_d_and_leaves_g_weights_alone():
+    accelerator = Accelerator(cpu=True)
+    generator, discriminator = _models()
+    g_before = {k: v.clone() for k, v in generator.named_parameters()}
+    d_before = {k: v.clone() for k, v in discriminator.named_parameters()}
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(8, 3, 64, 64, generator=data) * 2 - 1,
+             "text_embeds": torch.randn(8, 12, generator=data), "wrong_text_embeds": torch.randn(8, 12, generator=data)}
+    opt_g, opt_d = torch.optim.Adam(generator.parameters(), lr=1e-3), torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+    objective = GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=0.5, mode_seeking_mixtures=True)
+    losses = train_step(accelerator, generator, discriminator, opt_g, opt_d, batch, objective, torch.Generator().manual_seed(0),
+                        update_generator=False)
+    assert set(losses) == {"loss_d", "d_real_right", "d_real_wrong", "d_fake"}
+    assert all(torch.equal(p, g_before[k]) and p.grad is None for k, p in generator.named_parameters())
+    assert any(not torch.equal(p, d_before[k]) for k, p in discriminator.named_parameters())
+    # The D half of the step is the full step's: same models, data and noise give the same D loss.
+    full, _, _ = _step(objective)
+    assert full["loss_d"] == pytest.approx(losses["loss_d"]) and "loss_g" in full

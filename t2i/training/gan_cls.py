@@ -111,6 +111,7 @@ def train_step(
     objective: GanClsObjective,
     rng: torch.Generator,
     joint_image_encoder: torch.nn.Module | None = None,
+    update_generator: bool = True,
 ) -> dict[str, float]:
     """One discriminator update then one generator update; returns the losses for logging.
 
@@ -123,6 +124,8 @@ def train_step(
         rng: a CPU ``torch.Generator``; all the step's randomness (noise, conditioning augmentation's ε,
             DiffAugment) is drawn from it, so a saved generator state resumes the run exactly.
         joint_image_encoder: frozen θ, needed for ``objective.matching_loss_weight``.
+        update_generator: ``False`` makes it a discriminator-only step (no ``loss_g`` in the result): the fakes are
+            drawn without a graph and G is not updated, as when a fresh D is warmed up on a trained G.
     """
     real, right, wrong = batch["pixel_values"], batch["text_embeds"], batch["wrong_text_embeds"]
     batch_size, device = real.shape[0], real.device
@@ -155,7 +158,7 @@ def train_step(
     def augment(images: torch.Tensor) -> torch.Tensor:
         return diff_augment(images, objective.diff_augment, rng) if objective.diff_augment else images
 
-    with accelerator.autocast():
+    with accelerator.autocast(), torch.set_grad_enabled(update_generator):
         fake = generator(noise, text_for_g, code_noise)
 
     # Discriminator: (real, right) → real; (real, wrong) and (fake, right) → fake.
@@ -180,6 +183,14 @@ def train_step(
     optimizer_d.zero_grad(set_to_none=True)
     accelerator.backward(loss_d)
     optimizer_d.step()
+    d_stats = {
+        "loss_d": loss_d.detach().item(),
+        "d_real_right": torch.sigmoid(real_right.detach()).mean().item(),
+        "d_real_wrong": torch.sigmoid(real_wrong.detach()).mean().item(),
+        "d_fake": torch.sigmoid(fake_out.logits.detach()).mean().item(),
+    }
+    if not update_generator:
+        return d_stats
 
     # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
     with accelerator.autocast():
@@ -210,13 +221,7 @@ def train_step(
     accelerator.backward(loss_g)
     optimizer_g.step()
 
-    return {
-        "loss_d": loss_d.detach().item(),
-        "loss_g": loss_g.detach().item(),
-        "d_real_right": torch.sigmoid(real_right.detach()).mean().item(),
-        "d_real_wrong": torch.sigmoid(real_wrong.detach()).mean().item(),
-        "d_fake": torch.sigmoid(fake_out.logits.detach()).mean().item(),
-    }
+    return {**d_stats, "loss_g": loss_g.detach().item()}
 
 
 @torch.no_grad()
