@@ -146,6 +146,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
                             "plus --residual_blocks (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
                             "unless --text_encoder_path is given")
+    model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
+                       help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
+                            "captions) instead of random weights; needs --ndf equal to θ's first width (64 for the shipped one)")
     model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
@@ -298,12 +301,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"{shaping} shape(s) mode seeking: they need --mode_seeking_weight > 0")
     if args.matching_loss_weight < 0 or args.mode_seeking_weight < 0:
         parser.error("--matching_loss_weight and --mode_seeking_weight must be ≥ 0")
-    if args.matching_loss_weight > 0 and (
-        (args.text_encoder_path is None and args.text_encoder != "char-cnn-rnn")
-        or (args.text_encoder_path is not None and not os.path.isdir(os.path.join(args.text_encoder_path, JOINT_IMAGE_ENCODER_FOLDER)))
-    ):
-        parser.error(f"--matching_loss_weight needs a joint embedding's image encoder: train a char-CNN-RNN here "
-                     f"(--text_encoder char-cnn-rnn) or give a --text_encoder_path with a {JOINT_IMAGE_ENCODER_FOLDER}/ folder")
+    text_folder = args.text_encoder_path
+    if text_folder is None and args.pretrained_model_name_or_path is not None and os.path.isdir(args.pretrained_model_name_or_path):
+        text_folder = args.pretrained_model_name_or_path  # whose text encoder the run will use
+    for flag, on in (("--matching_loss_weight", args.matching_loss_weight > 0),
+                     ("--discriminator_from_joint_embedding", args.discriminator_from_joint_embedding)):
+        if on and ((text_folder is None and args.text_encoder != "char-cnn-rnn" and args.pretrained_model_name_or_path is None)
+                   or (text_folder is not None and not os.path.isdir(os.path.join(text_folder, JOINT_IMAGE_ENCODER_FOLDER)))):
+            parser.error(f"{flag} needs a joint embedding's image encoder: train a char-CNN-RNN here "
+                         f"(--text_encoder char-cnn-rnn) or give a --text_encoder_path with a {JOINT_IMAGE_ENCODER_FOLDER}/ folder")
+    theta_config = Path(text_folder or "", JOINT_IMAGE_ENCODER_FOLDER, "config.json")
+    if args.discriminator_from_joint_embedding and text_folder is not None and theta_config.is_file():
+        widths = json.loads(theta_config.read_text()).get("channels", [])
+        needed = [args.ndf * 2**i for i in range(int(math.log2(args.resolution)) - 2)]
+        if list(widths) != needed:
+            parser.error(f"--discriminator_from_joint_embedding: θ ({theta_config}) has widths {list(widths)}, a D with "
+                         f"--ndf {args.ndf} at {args.resolution} px has {needed}: use --ndf {widths[0] if widths else '?'}")
     if args.text_encoder_teacher is not None and (args.text_encoder != "char-cnn-rnn" or args.text_encoder_path is not None):
         parser.error("--text_encoder_teacher distils into a new char-CNN-RNN: use it with --text_encoder char-cnn-rnn "
                      "and without --text_encoder_path")
@@ -337,7 +350,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm", "residual_blocks")
+               "polar_antialias", "spectral_norm", "residual_blocks", "discriminator_from_joint_embedding")
 
 
 def generator_config(args: argparse.Namespace) -> dict:
@@ -506,7 +519,7 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
     validation_embeds = text_encoder.encode(args.validation_prompts)
     joint_image_encoder = None
-    if args.matching_loss_weight > 0:  # θ of the text encoder's joint embedding, frozen
+    if args.matching_loss_weight > 0 or args.discriminator_from_joint_embedding:  # θ of the text encoder's joint embedding
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         joint_image_encoder = load_joint_image_encoder(text_spec.folder(args.output_dir)).to(accelerator.device, memory_format=memory_format)
     scorer = None
@@ -549,8 +562,16 @@ def main(argv: list[str] | None = None) -> None:
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
-        spectral_norm=args.spectral_norm,
+        spectral_norm=args.spectral_norm, first_conv_bias=args.discriminator_from_joint_embedding,
     )
+    if joint_image_encoder is not None and args.discriminator_from_joint_embedding and resume_from is None:
+        try:
+            discriminator.init_image_encoder_from_(joint_image_encoder.features)
+        except ValueError as error:
+            raise ValueError(f"--discriminator_from_joint_embedding: {error}") from error
+        accelerator.print("discriminator image path initialised from the joint embedding's image encoder θ")
+    if args.matching_loss_weight == 0:
+        joint_image_encoder = None  # only the matching loss reads θ during training
     objective = GanClsObjective(
         loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, int_captions=args.int_captions,
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,

@@ -352,6 +352,8 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     ``spectral_norm`` replaces the image path's BatchNorm by spectral normalisation of every convolution and
     linear layer (SN-GAN, Miyato et al., ICLR 2018; the projection discriminator's own setting): D's Lipschitz
     constant is bounded per layer, and no batch statistics couple the images of one batch.
+    ``first_conv_bias`` gives the first convolution a bias, as the joint embedding's image encoder θ has, so that
+    the image path can start as θ (`init_image_encoder_from_`).
     """
 
     @register_to_config
@@ -367,6 +369,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         conditioning: str = "concat",
         projection_scales: int = 1,
         spectral_norm: bool = False,
+        first_conv_bias: bool = False,
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -375,7 +378,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if not 1 <= projection_scales <= num_down or (projection_scales > 1 and conditioning != "projection"):
             raise ValueError(f"projection_scales must be in [1, {num_down}], and > 1 only with conditioning='projection'; "
                              f"got {projection_scales} with {conditioning!r}")
-        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=first_conv_bias), nn.LeakyReLU(0.2, inplace=True)]
         width = ndf
         image_norm = (lambda channels: nn.Identity()) if spectral_norm else nn.BatchNorm2d
         for _ in range(num_down - 1):
@@ -403,6 +406,31 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             for module in list(self.modules()):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
                     nn.utils.parametrizations.spectral_norm(module)
+
+    @torch.no_grad()
+    def init_image_encoder_from_(self, image_encoder: nn.Sequential) -> None:
+        """Start the image path from a trained encoder of the same layout: the joint embedding's θ
+        (``JointImageEncoder.features``, DS-SJE, Reed et al., CVPR 2016), whose features were trained to match
+        images with their captions. D then reads flower features from its first step, as discriminators started
+        from pretrained networks do (Projected GANs, Sauer et al., NeurIPS 2021; Vision-aided GAN, Kumari et al.,
+        CVPR 2022), and a fresh D has less to learn before G can follow it. The rest of D (its logit, the text
+        projection) starts fresh.
+
+        Raises:
+            ValueError: the layouts differ (θ's channels must be ndf, 2·ndf, ... and D needs ``first_conv_bias``
+                and no ``spectral_norm``); the message names the first tensor that does not fit.
+        """
+        mine, theirs = self.image_encoder.state_dict(), image_encoder.state_dict()
+        if self.config.spectral_norm or mine.keys() != theirs.keys():
+            missing, extra = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
+            raise ValueError("the image encoder's layers do not match this discriminator's: "
+                             f"{missing[:2]} only in the encoder, {extra[:2]} only here (D needs first_conv_bias=True, "
+                             "spectral_norm=False and as many stride-2 layers)")
+        for name, tensor in theirs.items():
+            if mine[name].shape != tensor.shape:
+                raise ValueError(f"{name}: {list(tensor.shape)} in the image encoder, {list(mine[name].shape)} here "
+                                 f"(ndf={self.config.ndf}; θ's first width is {tensor.shape[0] if name == '0.weight' else '?'})")
+        self.image_encoder.load_state_dict(theirs)
 
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> DiscriminatorOutput:
         """Score images [B, C, R, R] against text embeddings [k·B, D]: k captions per image, stacked caption-major.

@@ -421,6 +421,33 @@ def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_ste
     assert "text embeddings" not in refused.stderr
 
 
+def test_discriminator_starts_from_the_joint_embeddings_image_encoder(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
+    from t2i.text_pretraining.joint_embedding import JointImageEncoder
+
+    # A text-encoder folder with a θ of a tiny D's layout (ndf 8 at 64 px: 8, 16, 32, 64).
+    folder = tmp_path / "text_encoder"
+    build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG).save_pretrained(folder)
+    torch.manual_seed(0)
+    theta = JointImageEncoder(TINY_TEXT_ENCODER_CONFIG["embed_dim"], (8, 16, 32, 64))
+    theta.save_pretrained(folder / JOINT_IMAGE_ENCODER_FOLDER)
+    args = ["--dataset_name", str(tiny_synthetic_dataset), "--text_encoder_path", str(folder), "--cache_dir", str(tmp_path / "cache"),
+            "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", "1", "--checkpointing_steps", "1",
+            "--report_to", "none", "--discriminator_from_joint_embedding", "--learning_rate", "1e-12"]
+    result = run(args, tmp_path / "out")
+    assert "discriminator image path initialised from the joint embedding's image encoder θ" in result.stdout
+    discriminator = load_file(list_checkpoints(tmp_path / "out")[-1] / "model_1.safetensors")
+    convolutions = [k for k in theta.features.state_dict() if k.endswith("weight") and theta.features.state_dict()[k].ndim == 4]
+    assert len(convolutions) == 4 and "0.bias" in theta.features.state_dict()
+    for name, tensor in theta.features.state_dict().items():
+        if "running" not in name and "num_batches" not in name:  # one step at lr 1e-12 moves nothing visible
+            assert torch.allclose(discriminator[f"image_encoder.{name}"], tensor, atol=1e-6), name
+    # A D of another width is refused before any work, with the width to use.
+    refused = run([*args, "--ndf", "16"], tmp_path / "wide", check=False)
+    assert refused.returncode == 2 and "has widths [8, 16, 32, 64]" in refused.stderr and "use --ndf 8" in refused.stderr
+    bare = run([*args[:2], "--text_encoder_path", str(tiny_text_encoder), *args[4:]], tmp_path / "bare", check=False)
+    assert bare.returncode == 2 and "--discriminator_from_joint_embedding needs a joint embedding's image encoder" in bare.stderr
+
+
 def test_max_train_minutes_stops_at_a_saved_step(train_args, tmp_path):
     result = run([*train_args, "--max_train_steps", "100000", "--max_train_minutes", "0.001"], tmp_path)
     steps = json.loads((tmp_path / "training_summary.json").read_text())["training_steps"]
