@@ -200,7 +200,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     optim.add_argument("--max_train_minutes", type=float, default=None,
                        help="stop (checkpoint, evaluate and save as at the last step) once the GAN steps have taken this long, "
                             "counted over every resume (data loading and text-encoder training excluded): equal budgets for comparisons")
-    optim.add_argument("--learning_rate", type=float, default=2e-4)
+    optim.add_argument("--learning_rate", type=float, default=2e-4, help="G's (and D's, unless --discriminator_learning_rate)")
+    optim.add_argument("--discriminator_learning_rate", type=float, default=None,
+                       help="D's own learning rate (two time-scale updates, Heusel et al., 2017): e.g. a lower --learning_rate "
+                            "for a fine-tuned G, whose fresh Adam state would otherwise move every weight by about the "
+                            "learning rate per step, with D's kept at 2e-4")
     optim.add_argument("--adam_beta1", type=float, default=0.5)
     optim.add_argument("--adam_beta2", type=float, default=0.999)
     optim.add_argument("--mixed_precision", default=None, choices=["no", "fp16", "bf16"])
@@ -242,7 +246,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
-    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
+    for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
                  "mode_seeking_weight", "matching_loss_weight", "feature_matching_weight", "aux_class_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
@@ -280,7 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.ema_decay < 1.0:
         parser.error(f"--ema_decay must be in (0, 1), got {args.ema_decay}")
-    for name in ("learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
+    for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
     for name in ("kl_weight", "feature_matching_weight", "aux_class_weight", "unconditional_weight"):
@@ -585,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
         generator, discriminator = generator.to(memory_format=torch.channels_last), discriminator.to(memory_format=torch.channels_last)
     betas = (args.adam_beta1, args.adam_beta2)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=args.learning_rate, betas=betas)
-    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.learning_rate, betas=betas)
+    optimizer_d = torch.optim.Adam(discriminator.parameters(), lr=args.discriminator_learning_rate or args.learning_rate, betas=betas)
     generator, discriminator, optimizer_g, optimizer_d = accelerator.prepare(generator, discriminator, optimizer_g, optimizer_d)
     if args.torch_compile:
         generator, discriminator = torch.compile(generator), torch.compile(discriminator)

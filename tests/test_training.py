@@ -229,6 +229,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--mode_seeking_mixtures", "--no-gan_int"], "--mode_seeking_mixtures pairs images on GAN-INT mixtures"),
         (["--polar_harmonics", "4", "--fusion", "input"], "> 0 needs --fusion affine"),
         (["--polar_harmonics", "-1"], "must be ≥ 0"),
+        (["--discriminator_learning_rate", "0"], "--discriminator_learning_rate must be > 0, got 0.0"),
         (["--discriminator_warmup_steps", "-1"], "--discriminator_warmup_steps must be ≥ 0, got -1"),
         (["--residual_blocks", "--fusion", "input"], "--residual_blocks adds a convolution to the text-affine blocks: it needs --fusion affine"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
@@ -419,6 +420,21 @@ def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_ste
     refused = run([*train_args, "--pretrained_model_name_or_path", str(uninterrupted_run), "--ngf", "16"], tmp_path / "other", check=False)
     assert refused.returncode != 0 and "they differ in ngf: 8 (here 16)" in refused.stderr
     assert "text embeddings" not in refused.stderr
+
+
+def test_discriminator_learning_rate_is_ds_own(train_args, uninterrupted_run, tmp_path):
+    args = [*(a for a in train_args if a != "--use_ema"), "--pretrained_model_name_or_path", str(uninterrupted_run),
+            "--max_train_steps", "2", "--checkpointing_steps", "2", "--learning_rate", "1e-12"]
+    run(args, tmp_path / "same")
+    run([*args, "--discriminator_learning_rate", "1e-3"], tmp_path / "own")
+    weights = lambda state: {k: v for k, v in state.items() if "running" not in k and "num_batches" not in k}  # noqa: E731
+    source = weights(load_file(uninterrupted_run / "generator" / "diffusion_pytorch_model.safetensors"))
+    for folder in ("same", "own"):  # G at 1e-12 stays where it started either way
+        tuned = weights(load_file(list_checkpoints(tmp_path / folder)[-1] / "model.safetensors"))
+        assert all(torch.allclose(tuned[k], source[k], atol=1e-8) for k in source)
+    same, own = (weights(load_file(list_checkpoints(tmp_path / f)[-1] / "model_1.safetensors")) for f in ("same", "own"))
+    moved = sum((own[k] - same[k]).abs().max().item() > 1e-4 for k in same)
+    assert moved >= len(same) // 2  # D at 1e-3 moved, from the same fresh start
 
 
 def test_discriminator_starts_from_the_joint_embeddings_image_encoder(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
