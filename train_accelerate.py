@@ -149,6 +149,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
                        help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
                             "captions) instead of random weights; needs --ndf equal to θ's first width (64 for the shipped one)")
+    model.add_argument("--freeze_discriminator_blocks", type=int, default=0,
+                       help="with --discriminator_from_joint_embedding: keep D's first N stride-2 blocks fixed at θ's weights "
+                            "(FreezeD; all of them: a projection head on θ's features), so D cannot memorise the training "
+                            "images there. Not a model flag: a resumed run may change it")
     model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
@@ -255,6 +259,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in positive:
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+    num_blocks = int(math.log2(args.resolution)) - 2
+    if not 0 <= args.freeze_discriminator_blocks <= num_blocks:
+        parser.error(f"--freeze_discriminator_blocks must be in [0, {num_blocks}] (D's stride-2 blocks at {args.resolution} px), "
+                     f"got {args.freeze_discriminator_blocks}")
+    if args.freeze_discriminator_blocks and not args.discriminator_from_joint_embedding:
+        parser.error("--freeze_discriminator_blocks keeps θ's features fixed in D: it needs --discriminator_from_joint_embedding")
     if args.discriminator_warmup_steps < 0:
         parser.error(f"--discriminator_warmup_steps must be ≥ 0, got {args.discriminator_warmup_steps}")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "evaluation_steps"):
@@ -574,6 +584,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as error:
             raise ValueError(f"--discriminator_from_joint_embedding: {error}") from error
         accelerator.print("discriminator image path initialised from the joint embedding's image encoder θ")
+    discriminator.freeze_image_encoder_(args.freeze_discriminator_blocks)  # Adam skips the frozen ones: they get no gradient
     if args.matching_loss_weight == 0:
         joint_image_encoder = None  # only the matching loss reads θ during training
     objective = GanClsObjective(

@@ -432,6 +432,34 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                                  f"(ndf={self.config.ndf}; θ's first width is {tensor.shape[0] if name == '0.weight' else '?'})")
         self.image_encoder.load_state_dict(theirs)
 
+    def freeze_image_encoder_(self, num_blocks: int) -> None:
+        """FreezeD (Mo et al., CVPR Workshops 2020): keep the first ``num_blocks`` stride-2 blocks of the image path
+        fixed, their BatchNorm on its running statistics (also after ``train()``), and train only the layers above.
+
+        With a pretrained image path (`init_image_encoder_from_`), the frozen blocks are features that already
+        generalise past the training images, so D cannot memorise them there; with all blocks frozen, D is a
+        projection head on fixed features, as in Projected GANs (Sauer et al., NeurIPS 2021). Frozen blocks need
+        no weight gradients, so D's step is cheaper too. Not saved in the config: a training choice, re-applied by
+        ``train_accelerate.py --freeze_discriminator_blocks`` on every (re)start.
+
+        Raises:
+            ValueError: ``num_blocks`` is not in [0, number of stride-2 blocks].
+        """
+        starts = [i for i, layer in enumerate(self.image_encoder) if isinstance(layer, nn.Conv2d)] + [len(self.image_encoder)]
+        if not 0 <= num_blocks < len(starts):
+            raise ValueError(f"num_blocks must be in [0, {len(starts) - 1}] (D's stride-2 blocks), got {num_blocks}")
+        self.image_encoder.requires_grad_(True)
+        self._frozen_layers = list(self.image_encoder)[:starts[num_blocks]]  # a list: no submodule, no state-dict keys
+        for layer in self._frozen_layers:
+            layer.requires_grad_(False)
+        self.train(self.training)
+
+    def train(self, mode: bool = True) -> "GanClsDiscriminator":
+        super().train(mode)
+        for layer in getattr(self, "_frozen_layers", ()):
+            layer.eval()
+        return self
+
     def forward(self, images: torch.Tensor, text_embeds: torch.Tensor) -> DiscriminatorOutput:
         """Score images [B, C, R, R] against text embeddings [k·B, D]: k captions per image, stacked caption-major.
 

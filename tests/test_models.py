@@ -344,3 +344,27 @@ def test_growing_from_another_generator_is_refused_with_the_difference_named(oth
         GanClsGenerator(**options).grow_from_(GanClsGenerator(**{**options, **other}))
     with pytest.raises(ValueError, match="need fusion='affine'"):
         GanClsGenerator(fusion="input", residual_blocks=True)
+
+
+def test_freezing_discriminator_blocks_keeps_them_fixed_and_on_running_statistics():
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, conditioning="projection", first_conv_bias=True)
+    keys = set(discriminator.state_dict())
+    discriminator.freeze_image_encoder_(2)
+    assert set(discriminator.state_dict()) == keys  # nothing extra to save or to miss on load
+    frozen = {k for k, p in discriminator.named_parameters() if not p.requires_grad}
+    assert frozen == {"image_encoder.0.weight", "image_encoder.0.bias", "image_encoder.2.weight",
+                      "image_encoder.3.weight", "image_encoder.3.bias"}  # blocks 1 and 2: conv, conv + BatchNorm
+    before = {k: v.clone() for k, v in discriminator.state_dict().items()}
+    optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-2)
+    discriminator.train()
+    assert not discriminator.image_encoder[3].training and discriminator.image_encoder[6].training
+    discriminator(torch.randn(4, 3, 64, 64) * 3, torch.randn(4, 24)).logits.sum().backward()
+    optimizer.step()
+    after = discriminator.state_dict()
+    for key in before:  # frozen weights and running statistics stay; everything above moved, statistics included
+        assert torch.equal(before[key], after[key]) == key.startswith(("image_encoder.0.", "image_encoder.2.", "image_encoder.3.")), key
+    discriminator.freeze_image_encoder_(0)  # unfreezing gives every layer back to training
+    assert all(p.requires_grad for p in discriminator.parameters()) and discriminator.image_encoder[3].training
+    with pytest.raises(ValueError, match=r"num_blocks must be in \[0, 4\]"):
+        discriminator.freeze_image_encoder_(5)

@@ -462,6 +462,16 @@ def test_discriminator_starts_from_the_joint_embeddings_image_encoder(tiny_synth
     assert refused.returncode == 2 and "has widths [8, 16, 32, 64]" in refused.stderr and "use --ndf 8" in refused.stderr
     bare = run([*args[:2], "--text_encoder_path", str(tiny_text_encoder), *args[4:]], tmp_path / "bare", check=False)
     assert bare.returncode == 2 and "--discriminator_from_joint_embedding needs a joint embedding's image encoder" in bare.stderr
+    # FreezeD: θ's first two blocks stay exactly θ (running statistics too) while the blocks above train.
+    frozen = run([*args, "--freeze_discriminator_blocks", "2", "--learning_rate", "1e-3", "--max_train_steps", "2"], tmp_path / "frozen")
+    discriminator = load_file(list_checkpoints(tmp_path / "frozen")[-1] / "model_1.safetensors")
+    for name, tensor in theta.features.state_dict().items():
+        assert torch.equal(discriminator[f"image_encoder.{name}"], tensor) == (int(name.split(".")[0]) < 5), name
+    assert frozen.returncode == 0
+    for flags, message in ((["--freeze_discriminator_blocks", "5"], "must be in [0, 4]"),
+                           (["--no-discriminator_from_joint_embedding", "--freeze_discriminator_blocks", "1"], "it needs --discriminator_from_joint_embedding")):
+        refused = run([*args, *flags], tmp_path / "refused", check=False)
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
 
 
 def test_max_train_minutes_stops_at_a_saved_step(train_args, tmp_path):
