@@ -149,10 +149,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
                        help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
                             "captions) instead of random weights; needs --ndf equal to θ's first width (64 for the shipped one)")
-    model.add_argument("--freeze_discriminator_blocks", type=int, default=0,
-                       help="with --discriminator_from_joint_embedding: keep D's first N stride-2 blocks fixed at θ's weights "
-                            "(FreezeD; all of them: a projection head on θ's features), so D cannot memorise the training "
-                            "images there. Not a model flag: a resumed run may change it")
+    model.add_argument("--freeze_discriminator_blocks", type=int, default=0, metavar="K",
+                       help="with --discriminator_from_joint_embedding: keep D's first K stride-2 blocks (0 to 4 at 64 px, "
+                            "5 at 128; default 0: none) fixed at θ's weights and running statistics (FreezeD), so D cannot "
+                            "memorise the training images there; with all of them frozen D is a projection head on θ's "
+                            "features. A resumed run may change K")
     model.add_argument("--spectral_norm", action=argparse.BooleanOptionalAction, default=False,
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
@@ -227,7 +228,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--validation_epochs", type=int, default=5)
     run.add_argument("--evaluation_steps", type=int, default=None,
                      help="every N steps, score the model with the attribute oracle on fixed test captions, and end "
-                          "with the best-scoring generator (needs a test split with an 'attributes' column)")
+                          "with the best-scoring generator (needs a test split with an 'attributes' column); "
+                          "leave it out for no evaluation")
     run.add_argument("--evaluation_metric", default="text_image_agreement_mean",
                      help="the headline metric (higher is better) that picks the best generator")
     run.add_argument("--evaluation_samples", type=int, default=500, help="test captions per evaluation")
@@ -269,7 +271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--discriminator_warmup_steps must be ≥ 0, got {args.discriminator_warmup_steps}")
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "evaluation_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
-            parser.error(f"--{name} must be ≥ 1, got {getattr(args, name)}")
+            parser.error(f"--{name} must be ≥ 1 (leave it out for none), got {getattr(args, name)}")
     if args.train_batch_size < 2 and (args.text_batch_norm or args.mode_seeking_weight > 0):
         parser.error(f"--train_batch_size {args.train_batch_size}: --text_batch_norm needs more than one caption per batch "
                      "for its statistics, and --mode_seeking_weight pairs the batch's first half with second images; use "
@@ -585,6 +587,8 @@ def main(argv: list[str] | None = None) -> None:
             raise ValueError(f"--discriminator_from_joint_embedding: {error}") from error
         accelerator.print("discriminator image path initialised from the joint embedding's image encoder θ")
     discriminator.freeze_image_encoder_(args.freeze_discriminator_blocks)  # Adam skips the frozen ones: they get no gradient
+    if args.freeze_discriminator_blocks:
+        accelerator.print(f"discriminator: the first {args.freeze_discriminator_blocks} image blocks are frozen (FreezeD)")
     if args.matching_loss_weight == 0:
         joint_image_encoder = None  # only the matching loss reads θ during training
     objective = GanClsObjective(

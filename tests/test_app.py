@@ -196,7 +196,7 @@ def test_interpolate_endpoints(client):
 
     frames, strip_png, strip_gif, _ = client.predict(PROMPT, 11, 12, 4, api_name="/interpolate_noise")
     assert len(frames) == 4 and Image.open(strip_png).size == (4 * 64, 64) and Image.open(strip_gif).n_frames == 6
-    # The ends are the noise of each seed as Generate draws it.
+    # The ends are what Generate draws for each seed with one image (a batch of several draws other noise).
     for end, seed in [(frames[0], 11), (frames[-1], 12)]:
         single, _ = client.predict(PROMPT, 1, seed, api_name="/generate")
         assert np.abs(pixels(end["image"]).astype(int) - pixels(single[0]["image"])).max() <= 2

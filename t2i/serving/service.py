@@ -86,12 +86,13 @@ class App:
 
     @torch.inference_mode()
     def interpolate_noise(self, prompt: object, seed_a: object, seed_b: object, num_steps: object) -> Result:
-        """A strip for one prompt while the noise moves from seed A's to seed B's (each as Generate draws it)."""
+        """A strip for one prompt while the noise moves from seed A's to seed B's (each as Generate draws it for one image)."""
         notices: list[str] = []
         text = self._prompt(prompt, notices)
         seed_a, seed_b = check_int(seed_a, "seed A", 0, MAX_SEED), check_int(seed_b, "seed B", 0, MAX_SEED)
         steps = check_int(num_steps, "number of steps", MIN_STEPS, MAX_STEPS)
-        # One generator per end: the ends are the noise of Generate's first image for each seed.
+        # One generator per end: the ends are Generate's image for that seed with one image. torch draws a batch
+        # of n rows from one seed differently from one row, so a 4-image batch's first image is not an end.
         generators = [torch.Generator().manual_seed(seed_a), torch.Generator().manual_seed(seed_b)]
         images = self.pipeline.interpolate_noise(text, steps, generator=generators).images
         what = f"{steps} steps for “{text}”, noise moving from seed **{seed_a}** to seed **{seed_b}**"
