@@ -195,13 +195,14 @@ def _mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tens
 
 @torch.no_grad()
 def unreadable_characters(tokenizer: PreTrainedTokenizer, text: str) -> list[str]:
-    """The distinct non-space characters of ``text`` that ``tokenizer`` turns into nothing or its unknown token, sorted.
+    """The distinct non-space characters of ``text`` that ``tokenizer`` turns into nothing or its unknown token, in
+    the order they first appear (so a message lists them as the user typed them).
 
     Reed's char tokenizer reads lower-case English letters, digits and punctuation, so "玫瑰花" or "🌸" are
     unreadable to it; a sub-word tokenizer may read far more.
     """
     unknown = getattr(tokenizer, "unk_token", None)
-    return sorted(ch for ch in set(text) if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown]))
+    return list(dict.fromkeys(ch for ch in text if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown])))
 
 
 def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str]) -> None:

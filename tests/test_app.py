@@ -66,7 +66,8 @@ def page_config(url: str) -> str:
         ("a red flower\u202e\u200d", "a red flower", "Removed 2 control"),  # right-to-left override, zero-width joiner
         ("a red flower 🌸", "a red flower", "Ignored characters the model cannot read: 🌸"),
         ("a red flower פרח", "a red flower", "Ignored characters"),
-        ("a red \ue000 flower ❤\ufe0f", "a red flower", "Ignored characters the model cannot read: ❤ U+E000 U+FE0F"),  # invisible: by code point
+        ("a red \ue000 flower ❤\ufe0f", "a red flower", "Ignored characters the model cannot read: U+E000 ❤ U+FE0F"),  # in text order; invisible ones by code point
+        ("rose وردة", "rose", "Ignored characters the model cannot read: و ر د ة"),  # as typed, not by code point
         ("a crème flower with café-brown petals", "a creme flower with cafe-brown petals", "Read accented or special letters as plain ones: è→e é→e"),
         ("ａ ｒｅｄ ﬂower", "a red flower", "Read accented or special letters"),  # full-width letters, the fl ligature
         (LONG_PROMPT, LONG_PROMPT.strip()[:201].rstrip(), "cut to 201 characters"),
@@ -222,6 +223,7 @@ GENERATE_OK = (PROMPT, 2, 0)
         ("/generate", (PROMPT, 2, 10**30), "seed must be a whole number from 0 to 4294967295"),
         ("/generate", (PROMPT, 2, "lucky"), "seed must be a whole number from 0 to 4294967295"),
         ("/interpolate", (PROMPT, "", 4, 0), "prompt B: the prompt is empty"),
+        ("/interpolate", ("玫瑰花", "  ", 4, 0), "prompt A: the prompt has no characters .* prompt B: the prompt is empty"),  # both at once
         ("/interpolate", (PROMPT, PROMPT, 1, 0), "number of steps must be a whole number from 2 to 16"),
         ("/interpolate", (PROMPT, PROMPT, 17, 0), "number of steps must be a whole number from 2 to 16"),
         ("/interpolate", (PROMPT, PROMPT, 4, -5), "seed must be a whole number"),

@@ -152,7 +152,7 @@ def test_runs_on_cuda_with_the_cpu_seed(tiny_pipeline):
 def test_prompts_the_tokenizer_cannot_read_are_refused_by_name(tiny_pipeline, prompt):
     with pytest.raises(ValueError, match="no characters this model can read") as error:
         tiny_pipeline(prompt)
-    assert repr(sorted(set(prompt) - {" "})[0])[1:-1] in str(error.value)  # the message names what it cannot read
+    assert repr(prompt[0])[1:-1] in str(error.value)  # the message names what it cannot read, first as typed first
     with pytest.raises(ValueError, match="no characters this model can read"):
         tiny_pipeline.encode_prompt(["a red flower", prompt])  # in a batch too
 

@@ -76,7 +76,15 @@ class App:
     def interpolate(self, prompt_a: object, prompt_b: object, num_steps: object, seed: object) -> Result:
         """A strip from ``prompt_a`` to ``prompt_b`` with the noise of ``seed`` held fixed (GAN-INT)."""
         notices: list[str] = []
-        text_a, text_b = self._prompt(prompt_a, notices, "prompt A"), self._prompt(prompt_b, notices, "prompt B")
+        texts, errors = [], []
+        for prompt, label in ((prompt_a, "prompt A"), (prompt_b, "prompt B")):
+            try:
+                texts.append(self._prompt(prompt, notices, label))
+            except InputError as error:
+                errors.append(str(error))
+        if errors:  # both at once, so fixing A does not just uncover B's problem
+            raise InputError(" ".join(errors))
+        text_a, text_b = texts
         steps = check_int(num_steps, "number of steps", MIN_STEPS, MAX_STEPS)
         seed = check_int(seed, "seed", 0, MAX_SEED)
         images = self.pipeline.interpolate(text_a, text_b, steps, generator=torch.Generator().manual_seed(seed)).images
