@@ -329,7 +329,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     theta_config = Path(text_folder or "", JOINT_IMAGE_ENCODER_FOLDER, "config.json")
     if args.discriminator_from_joint_embedding and text_folder is not None and theta_config.is_file():
         widths = json.loads(theta_config.read_text()).get("channels", [])
-        needed = [args.ndf * 2**i for i in range(int(math.log2(args.resolution)) - 2)]
+        needed = [args.ndf * 2**i for i in range(num_blocks)]
         if list(widths) != needed:
             parser.error(f"--discriminator_from_joint_embedding: θ ({theta_config}) has widths {list(widths)}, a D with "
                          f"--ndf {args.ndf} at {args.resolution} px has {needed}: use --ndf {widths[0] if widths else '?'}")
