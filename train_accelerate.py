@@ -618,7 +618,7 @@ def main(argv: list[str] | None = None) -> None:
     global_step, first_epoch, resume_step_in_epoch, seconds_before_resume, gan_seconds_before_resume = 0, 0, 0, 0.0, 0.0
     best = None  # {"step", "metric", "value"} of the best evaluation so far, with --evaluation_steps
     if resume_from is not None:
-        training_state, rng_state = load_checkpoint(accelerator, resume_from, ema_generator)
+        training_state, rng_state = load_checkpoint(accelerator, resume_from, (generator, discriminator), (optimizer_g, optimizer_d), ema_generator)
         global_step, first_epoch = training_state["global_step"], training_state["epoch"]
         resume_step_in_epoch = training_state["step_in_epoch"]
         seconds_before_resume = training_state.get("train_seconds", 0.0)  # so the model card's wall time covers every run
@@ -689,7 +689,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
                                   "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
-                path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, ema_generator, args.checkpoints_total_limit)
+                path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, (generator, discriminator), (optimizer_g, optimizer_d),
+                                       ema_generator, args.checkpoints_total_limit)
                 logger.info(f"Saved {path}")
             if global_step >= max_train_steps:
                 break

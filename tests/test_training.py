@@ -2,9 +2,11 @@
 
 import json
 import os
+import pickle
 import random
 import re
 import resource
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,7 +18,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 import train_accelerate
 from t2i.training import check_resumable, list_checkpoints
@@ -25,6 +27,7 @@ from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, loa
 from t2i.text_encoders import build_char_cnn_rnn
 
 from conftest import TINY_TEXT_ENCODER_CONFIG
+from test_hub import _Tripwire
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = str(REPO / "train_accelerate.py")
@@ -85,6 +88,8 @@ def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
     assert "accelerate launch train_accelerate.py --dataset_name" in card and f"| steps | {STEPS} |" in card
     assert "not on Oxford-102" in card  # the synthetic set is named as such
     assert [p.name for p in list_checkpoints(uninterrupted_run)][-1] == f"checkpoint-{STEPS}"
+    # Safetensors and JSON only: accelerate's save_state would have added optimizer.bin and random_states_0.pkl.
+    assert {p.suffix for c in list_checkpoints(uninterrupted_run) for p in c.iterdir()} == {".safetensors", ".json"}
     assert sorted((uninterrupted_run / "samples").glob("*.png"))  # validation grids
     summary = json.loads((uninterrupted_run / "training_summary.json").read_text())
     assert set(summary["final_losses"]) >= {"loss_d", "loss_g"}
@@ -145,6 +150,72 @@ def test_full_disk_while_checkpointing_keeps_the_previous_checkpoint(train_args,
 
     run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
     assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+
+
+def _write_legacy_checkpoint(checkpoint: Path, tripwire: Path | None = None) -> None:
+    """Turn a checkpoint into what t2i wrote before its own safetensors state: accelerate's real writer puts the
+    optimizer states in optimizer*.bin and the global random streams in random_states_0.pkl (torch.save pickles)."""
+    from types import SimpleNamespace
+    from accelerate.checkpointing import save_accelerator_state
+    from safetensors import safe_open
+    from t2i.training.checkpoints import optimizer_state_from_safetensors, set_global_rng_state
+
+    def read(path):
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata()
+
+    optimizers = [SimpleNamespace(state_dict=lambda s=optimizer_state_from_safetensors(*read(checkpoint / name)): s)
+                  for name in ("optimizer.safetensors", "optimizer_1.safetensors")]
+    rng, metadata = read(checkpoint / "t2i_rng_0.safetensors")
+    saved = torch.get_rng_state(), np.random.get_state(), random.getstate()
+    set_global_rng_state(rng, metadata)  # accelerate's writer records the global streams as they are now
+    save_accelerator_state(str(checkpoint), [], optimizers, [], [], process_index=0, step=0)
+    torch.set_rng_state(saved[0]), np.random.set_state(saved[1]), random.setstate(saved[2])
+    for name in ("optimizer.safetensors", "optimizer_1.safetensors"):
+        (checkpoint / name).unlink()
+    save_file({k: v for k, v in rng.items() if not k.startswith("global/")}, str(checkpoint / "t2i_rng_0.safetensors"))
+    if tripwire is not None:
+        (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps(_Tripwire(tripwire)))
+
+
+def test_a_pickled_checkpoint_is_refused_unread_then_converted_and_resumed_exactly(train_args, uninterrupted_run, tmp_path):
+    shutil.copytree(list_checkpoints(uninterrupted_run)[2], tmp_path / "checkpoint-9")
+    _write_legacy_checkpoint(tmp_path / "checkpoint-9", tripwire=tmp_path / "unpickled")
+    refused = run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert refused.returncode != 0 and "optimizer.bin, optimizer_1.bin, random_states_0.pkl" in refused.stderr
+    assert f"python -m t2i.training convert {tmp_path / 'checkpoint-9'}" in refused.stderr
+    assert "steps/epoch" not in refused.stdout and not (tmp_path / "unpickled").exists()
+
+    # The converter reads pickles with torch's weights-only loader: code in one is refused, and nothing changes.
+    convert = [sys.executable, "-m", "t2i.training", "convert", str(tmp_path / "checkpoint-9")]
+    malicious = subprocess.run(convert, capture_output=True, text=True, cwd=REPO)
+    assert malicious.returncode == 1 and "refused by torch's weights-only loader" in malicious.stderr
+    assert not (tmp_path / "unpickled").exists() and (tmp_path / "checkpoint-9" / "optimizer.bin").is_file()
+    assert not (tmp_path / "checkpoint-9" / "optimizer.safetensors").exists()
+
+    shutil.rmtree(tmp_path / "checkpoint-9")
+    shutil.copytree(list_checkpoints(uninterrupted_run)[2], tmp_path / "checkpoint-9")
+    _write_legacy_checkpoint(tmp_path / "checkpoint-9")  # the same checkpoint with honest pickles
+    converted = subprocess.run(convert, capture_output=True, text=True, cwd=REPO, check=True)
+    assert "converted optimizer.bin, optimizer_1.bin, random_states_0.pkl" in converted.stdout
+    assert {p.suffix for p in (tmp_path / "checkpoint-9").iterdir()} == {".safetensors", ".json"}
+    run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
+    assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+
+
+def test_a_checkpoint_with_another_models_weights_is_refused_by_name(train_args, uninterrupted_run, tmp_path):
+    shutil.copytree(list_checkpoints(uninterrupted_run)[2], tmp_path / "checkpoint-9")
+    weights = load_file(tmp_path / "checkpoint-9" / "model_1.safetensors")
+    weights["not_a_layer.weight"] = torch.zeros(1)
+    save_file(weights, str(tmp_path / "checkpoint-9" / "model_1.safetensors"))
+    refused = run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert refused.returncode != 0
+    assert "checkpoint-9/model_1.safetensors does not fit this run's GanClsDiscriminator" in refused.stderr and "not_a_layer" in refused.stderr
+
+    (tmp_path / "checkpoint-9" / "optimizer.safetensors").write_bytes(b"\x00" * 7)  # truncated
+    refused = run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path, check=False)
+    assert refused.returncode != 0 and "checkpoint-9/optimizer.safetensors: missing or unreadable" in refused.stderr
+    assert "steps/epoch" not in refused.stdout  # refused before the data was loaded
 
 
 def _free_port() -> int:
@@ -550,7 +621,8 @@ def test_a_model_flag_newer_than_the_checkpoint_resumes_only_while_off(tmp_path)
     # A checkpoint written before --polar_harmonics existed records no such flag: it was off.
     (tmp_path / "training_state.json").write_text(json.dumps(
         {"num_processes": 1, "per_process_batch_size": 4, "model_config": {"fusion": "affine", "ngf": 32}}))
-    (tmp_path / "t2i_rng_0.safetensors").write_bytes(b"")
+    for name in ("t2i_rng_0", "model", "model_1", "optimizer", "optimizer_1"):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / f"{name}.safetensors"))
     check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 0, "conditioning_augmentation": False})
     with pytest.raises(ValueError, match=r"holds another model: polar_harmonics None \(now 4\).*\(--polar_harmonics 0\)"):
         check_resumable(tmp_path, 1, 4, {"fusion": "affine", "ngf": 32, "polar_harmonics": 4})

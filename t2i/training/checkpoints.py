@@ -1,5 +1,11 @@
-"""Training checkpoints: accelerate's state (models as safetensors, optimizers, RNGs) plus t2i's own, made visible
-atomically.
+"""Training checkpoints in safetensors and JSON only, made visible atomically.
+
+A checkpoint holds G and D (``model.safetensors``, ``model_1.safetensors``), their Adam states
+(``optimizer.safetensors``, ``optimizer_1.safetensors``), the fp16 loss scale (``scaler.json``), every random
+stream of every process (``t2i_rng_{rank}.safetensors``), the EMA generator and ``training_state.json``. Nothing in
+it is a pickle: accelerate's ``save_state`` writes optimizers and random states with ``torch.save``, so t2i writes
+them itself. Checkpoints from before this (with ``optimizer.bin``, ``random_states_*.pkl``) are refused unread and
+converted once with ``python -m t2i.training convert CHECKPOINT``.
 
 A checkpoint is written to ``.checkpoint-{step}.partial`` and renamed to ``checkpoint-{step}`` only when every
 file is on disk, so `--resume_from_checkpoint latest` never picks up half a checkpoint, whatever moment a run is
@@ -10,14 +16,83 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from t2i.hub import CheckpointError
+
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+LEGACY_PICKLES = ("optimizer*.bin", "random_states_*.pkl", "scaler.pt")  # what accelerate's save_state wrote
+
+
+def _numbered(stem: str, index: int, suffix: str) -> str:
+    return f"{stem}{'' if index == 0 else f'_{index}'}{suffix}"  # accelerate's names: model, model_1, ...
+
+
+def optimizer_state_to_safetensors(state_dict: dict) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Split ``optimizer.state_dict()`` into tensors (``state/{param}/{key}``) and JSON metadata (param groups,
+    non-tensor state). Inverse: `optimizer_state_from_safetensors`.
+
+    Raises:
+        TypeError: a param-group value JSON cannot hold (e.g. a tensor learning rate).
+    """
+    tensors, scalars = {}, {}
+    for index, entries in state_dict["state"].items():
+        for key, value in entries.items():
+            if torch.is_tensor(value):
+                tensors[f"state/{index}/{key}"] = value.detach().contiguous()
+            else:
+                scalars[f"{index}/{key}"] = value
+    try:
+        metadata = {"param_groups": json.dumps(state_dict["param_groups"]), "scalars": json.dumps(scalars)}
+    except TypeError as error:
+        raise TypeError(f"optimizer state that safetensors metadata (JSON) cannot hold: {error}") from error
+    return tensors, metadata
+
+
+def optimizer_state_from_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> dict:
+    """The ``optimizer.load_state_dict`` input that `optimizer_state_to_safetensors` split (betas come back as lists)."""
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        _, index, key = name.split("/", 2)
+        state.setdefault(int(index), {})[key] = value
+    for name, value in json.loads(metadata["scalars"]).items():
+        index, key = name.split("/", 1)
+        state.setdefault(int(index), {})[key] = value
+    return {"state": state, "param_groups": json.loads(metadata["param_groups"])}
+
+
+def global_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """This process's global random streams (torch CPU and CUDA, NumPy, Python) as tensors and JSON metadata."""
+    tensors = {"global/torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"global/cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    tensors["global/numpy_keys"] = torch.from_numpy(keys.astype(np.int64))  # uint32 words; safetensors' torch side lacks uint32
+    version, words, gauss_next = random.getstate()
+    tensors["global/python_words"] = torch.tensor(words, dtype=torch.int64)
+    metadata = {"numpy": json.dumps([kind, position, has_gauss, cached_gaussian]), "python": json.dumps([version, gauss_next])}
+    return tensors, metadata
+
+
+def set_global_rng_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    """Restore what `global_rng_state` recorded (CUDA streams only where this process has CUDA)."""
+    torch.set_rng_state(tensors["global/torch"])
+    cuda = [tensors[k] for k in sorted((k for k in tensors if k.startswith("global/cuda/")), key=lambda k: int(k.rsplit("/", 1)[1]))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    kind, position, has_gauss, cached_gaussian = json.loads(metadata["numpy"])
+    np.random.set_state((kind, tensors["global/numpy_keys"].numpy().astype(np.uint32), position, has_gauss, cached_gaussian))
+    version, gauss_next = json.loads(metadata["python"])
+    random.setstate((version, tuple(tensors["global/python_words"].tolist()), gauss_next))
 
 
 def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
@@ -51,14 +126,17 @@ def save_checkpoint(
     output_dir: str | os.PathLike,
     training_state: dict,
     rng_state: dict[str, torch.Tensor],
+    models: Sequence[torch.nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
     ema_generator: torch.nn.Module | None = None,
     checkpoints_total_limit: int | None = None,
 ) -> Path:
     """Write ``output_dir/checkpoint-{step}`` (step = ``training_state["global_step"]``) through a temporary folder.
 
-    ``training_state`` (JSON) is written by the main process, ``rng_state`` (this process's ``torch.Generator``
-    states) by every process as ``t2i_rng_{rank}.safetensors``. Older checkpoints beyond
-    ``checkpoints_total_limit`` are removed after the new one is complete.
+    The main process writes ``models`` and ``optimizers`` (as prepared by accelerate; numbered in order: G, then D),
+    the loss scale, the EMA generator and ``training_state`` (JSON); every process writes ``rng_state`` (its
+    ``torch.Generator`` states) with its global random streams as ``t2i_rng_{rank}.safetensors``. Older
+    checkpoints beyond ``checkpoints_total_limit`` are removed after the new one is complete.
     """
     step = training_state["global_step"]
     final = Path(output_dir) / f"checkpoint-{step}"
@@ -67,9 +145,20 @@ def save_checkpoint(
         shutil.rmtree(partial, ignore_errors=True)
     accelerator.wait_for_everyone()
     try:
-        accelerator.save_state(str(partial), safe_serialization=True)
-        save_file(rng_state, str(partial / f"t2i_rng_{accelerator.process_index}.safetensors"))
         if accelerator.is_main_process:
+            partial.mkdir(parents=True)
+        accelerator.wait_for_everyone()
+        global_tensors, global_metadata = global_rng_state()
+        save_file({**rng_state, **global_tensors}, str(partial / f"t2i_rng_{accelerator.process_index}.safetensors"), metadata=global_metadata)
+        if accelerator.is_main_process:
+            for i, model in enumerate(models):  # channels-last weights are not contiguous in safetensors' sense
+                state = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+                save_file(state, str(partial / _numbered("model", i, ".safetensors")))
+            for i, optimizer in enumerate(optimizers):
+                tensors, metadata = optimizer_state_to_safetensors(optimizer.state_dict())
+                save_file(tensors, str(partial / _numbered("optimizer", i, ".safetensors")), metadata=metadata)
+            if accelerator.scaler is not None:
+                (partial / "scaler.json").write_text(json.dumps(accelerator.scaler.state_dict()))
             if ema_generator is not None:
                 save_file(ema_generator.state_dict(), str(partial / "ema_generator.safetensors"))
             (partial / "training_state.json").write_text(json.dumps(training_state))
@@ -98,9 +187,18 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
     and raises the same error, so none is left waiting for the others.
 
     Raises:
+        CheckpointError: pickled optimizer or random states (a checkpoint from before t2i wrote them as safetensors;
+            `convert` turns it into one), or a missing or unreadable safetensors file (named).
         ValueError: another process count, batch size or model, with what resumes the run.
         FileNotFoundError: a process's random-state file is missing (named).
     """
+    legacy = sorted(p.name for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
+    if legacy:
+        raise CheckpointError(
+            f"{checkpoint} holds pickled training state ({', '.join(legacy)}), as accelerate's save_state wrote it before "
+            "t2i saved checkpoints as safetensors only. t2i never unpickles on resume. Convert it once (it reads the pickles "
+            f"with torch's weights-only loader, which refuses code): python -m t2i.training convert {checkpoint}"
+        )
     state = json.loads((checkpoint / "training_state.json").read_text())
     saved_processes = state.get("num_processes", len(list(checkpoint.glob("t2i_rng_*.safetensors"))))
     saved_batch = state.get("per_process_batch_size")
@@ -132,13 +230,103 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
         rng_file = checkpoint / f"t2i_rng_{rank}.safetensors"
         if not rng_file.is_file():
             raise FileNotFoundError(f"{rng_file}: this process's random-state file is missing, so {checkpoint} cannot be resumed exactly")
+    for name in ("model.safetensors", "model_1.safetensors", "optimizer.safetensors", "optimizer_1.safetensors",
+                 *(f"t2i_rng_{rank}.safetensors" for rank in range(num_processes))):
+        try:
+            with safe_open(str(checkpoint / name), "pt"):
+                pass
+        except (OSError, SafetensorError) as error:
+            raise CheckpointError(f"{checkpoint / name}: missing or unreadable ({error}), so {checkpoint} cannot be resumed; "
+                                  "resume from an earlier checkpoint (--resume_from_checkpoint PATH)") from error
 
 
-def load_checkpoint(accelerator, checkpoint: Path, ema_generator: torch.nn.Module | None = None) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Restore models, optimizers and RNGs; return the training state and this process's generator states."""
-    accelerator.load_state(str(checkpoint))
+def load_checkpoint(
+    accelerator,
+    checkpoint: Path,
+    models: Sequence[torch.nn.Module],
+    optimizers: Sequence[torch.optim.Optimizer],
+    ema_generator: torch.nn.Module | None = None,
+) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore models, optimizers, the loss scale and every random stream from a `save_checkpoint` folder; return the
+    training state and this process's ``torch.Generator`` states. Run `check_resumable` first.
+
+    Raises:
+        CheckpointError: a file whose tensors do not fit the model or optimizer (wrong or missing keys, shapes).
+    """
+    def read(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        path = checkpoint / name
+        with safe_open(str(path), "pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+
+    def restore(target, state, name: str) -> None:
+        try:
+            target.load_state_dict(state)
+        except (RuntimeError, ValueError, KeyError) as error:
+            raise CheckpointError(f"{checkpoint / name} does not fit this run's {type(target).__name__}: {error}") from error
+
+    for i, model in enumerate(models):
+        name = _numbered("model", i, ".safetensors")
+        restore(accelerator.unwrap_model(model), read(name)[0], name)
+    for i, optimizer in enumerate(optimizers):
+        name = _numbered("optimizer", i, ".safetensors")
+        restore(optimizer, optimizer_state_from_safetensors(*read(name)), name)
+    if accelerator.scaler is not None and (checkpoint / "scaler.json").is_file():
+        accelerator.scaler.load_state_dict(json.loads((checkpoint / "scaler.json").read_text()))
     training_state = json.loads((checkpoint / "training_state.json").read_text())
-    rng_state = load_file(str(checkpoint / f"t2i_rng_{accelerator.process_index}.safetensors"))
+    tensors, metadata = read(f"t2i_rng_{accelerator.process_index}.safetensors")
+    set_global_rng_state(tensors, metadata)
     if ema_generator is not None:
-        ema_generator.load_state_dict(load_file(str(checkpoint / "ema_generator.safetensors")))
-    return training_state, rng_state
+        restore(ema_generator, load_file(str(checkpoint / "ema_generator.safetensors")), "ema_generator.safetensors")
+    return training_state, {k: v for k, v in tensors.items() if not k.startswith("global/")}
+
+
+def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
+    """Rewrite a checkpoint's pickled accelerate state (``optimizer*.bin``, ``random_states_{rank}.pkl``,
+    ``scaler.pt``) as t2i's safetensors and JSON files, then delete the pickles; return the converted names
+    (none for a checkpoint that holds no pickles).
+
+    The pickles are read with torch's weights-only unpickler (accelerate's ``load``: tensors, containers and NumPy
+    arrays only, never code). All of them are read before anything is written; each new file is written next to
+    its source and renamed into place, and the pickles are deleted last, so a conversion killed part-way can simply
+    be run again.
+
+    Raises:
+        CheckpointError: a pickle the weights-only loader refuses (nothing is changed then).
+    """
+    from accelerate.utils import load
+
+    def safe_load(path: Path):
+        try:
+            return load(path, map_location="cpu")
+        except Exception as error:  # torch raises UnpicklingError (or RuntimeError) for anything but plain data
+            raise CheckpointError(f"{path}: refused by torch's weights-only loader ({error}); not converted") from error
+
+    def write(path: Path, tensors: dict, metadata: dict | None = None) -> None:
+        temporary = path.with_name(f".{path.name}.partial")
+        save_file(tensors, str(temporary), metadata=metadata)
+        os.replace(temporary, path)
+
+    pickles = sorted(p for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
+    states = {path: safe_load(path) for path in pickles}  # every pickle is read (and vetted) before anything is written
+    for path, state in states.items():
+        if path.suffix == ".bin":  # optimizer.bin, optimizer_1.bin
+            tensors, metadata = optimizer_state_to_safetensors(state)
+            write(path.with_suffix(".safetensors"), tensors, metadata)
+        elif path.suffix == ".pkl":  # random_states_{rank}.pkl: merged into that rank's t2i_rng file
+            rank = path.stem.rsplit("_", 1)[1]
+            own = load_file(str(checkpoint / f"t2i_rng_{rank}.safetensors"))
+            kind, keys, position, has_gauss, cached_gaussian = state["numpy_random_seed"]
+            version, words, gauss_next = state["random_state"]
+            tensors = {**{k: v for k, v in own.items() if not k.startswith("global/")}, "global/torch": state["torch_manual_seed"],
+                       "global/numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
+                       "global/python_words": torch.tensor(words, dtype=torch.int64)}
+            tensors.update({f"global/cuda/{i}": s for i, s in enumerate(state.get("torch_cuda_manual_seed", []))})
+            write(checkpoint / f"t2i_rng_{rank}.safetensors", tensors,
+                  {"numpy": json.dumps([kind, int(position), int(has_gauss), float(cached_gaussian)]), "python": json.dumps([version, gauss_next])})
+        else:  # scaler.pt
+            (checkpoint / ".scaler.json.partial").write_text(json.dumps(state))
+            os.replace(checkpoint / ".scaler.json.partial", checkpoint / "scaler.json")
+    fsync_tree(checkpoint)
+    for path in pickles:  # last: until they are gone, check_resumable refuses the checkpoint and convert redoes it
+        path.unlink()
+    return [p.name for p in pickles]
