@@ -4,6 +4,7 @@ import zlib
 from pathlib import Path
 
 import datasets
+import pytest
 import torch
 
 from t2i.data import CaptionEmbeddings, load_or_build_caption_embeddings
@@ -59,6 +60,33 @@ def test_other_captions_or_encoder_miss(tmp_path):
     load_or_build_caption_embeddings(CAPTIONS, other, cache_dir=tmp_path)
     assert changed.calls == 1 and other.calls == 1
     assert len(list(tmp_path.glob("*.safetensors"))) == 3
+
+
+def test_a_killed_build_resumes_from_its_finished_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr("t2i.data.embedding_cache._ENCODE_CHUNK", 2)  # 5 distinct captions: chunks of 2, 2, 1
+
+    class DiesOnThirdChunk(CountingEncoder):
+        def encode(self, texts, batch_size=256):
+            if self.calls == 2:
+                raise KeyboardInterrupt  # as if killed
+            return super().encode(texts, batch_size)
+
+    with pytest.raises(KeyboardInterrupt):
+        load_or_build_caption_embeddings(CAPTIONS, DiesOnThirdChunk(), cache_dir=tmp_path)
+    path = cache_path("counting-v1", captions_fingerprint(CAPTIONS), tmp_path)
+    assert not path.exists() and len(list(path.with_name(f"{path.stem}.chunks").glob("*.safetensors"))) == 2
+
+    other = CountingEncoder("another-encoder")  # another key: nothing of the first build is taken
+    load_or_build_caption_embeddings(CAPTIONS, other, cache_dir=tmp_path)
+    assert len(other.texts) == 5
+
+    resumed = CountingEncoder()
+    embeddings = load_or_build_caption_embeddings(CAPTIONS, resumed, cache_dir=tmp_path)
+    assert resumed.texts == ["thin petals"]  # only the unfinished chunk
+    reference = CountingEncoder()
+    for i, captions in enumerate(CAPTIONS):
+        assert torch.equal(embeddings.of_image(i), reference.encode(captions))
+    assert path.exists() and not path.with_name(f"{path.stem}.chunks").exists()
 
 
 def test_dataset_input_and_default_location(tiny_synthetic_dataset):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 CACHE_SUBDIR = "t2i_text_embeddings"
-_ENCODE_CHUNK = 8192  # captions per encoder call, for progress logging
+_ENCODE_CHUNK = 8192  # distinct captions per encoder call: the unit of progress logs and of a resumed build
 
 
 class TextEncoderLike(Protocol):
@@ -106,18 +107,47 @@ def default_cache_dir() -> Path:
     return Path(config.HF_DATASETS_CACHE) / CACHE_SUBDIR
 
 
-def encode_captions(captions: Sequence[Sequence[str]], encoder: TextEncoderLike, batch_size: int = 256) -> CaptionEmbeddings:
-    """Encode every caption (each distinct text once), without any caching."""
+def encode_captions(
+    captions: Sequence[Sequence[str]],
+    encoder: TextEncoderLike,
+    batch_size: int = 256,
+    chunk_dir: str | os.PathLike | None = None,
+    chunk_metadata: dict[str, str] | None = None,
+) -> CaptionEmbeddings:
+    """Encode every caption (each distinct text once), without any caching.
+
+    With ``chunk_dir``, every 8,192 distinct captions are also written there as they are done (with
+    ``chunk_metadata``), and chunks already there with the same metadata are read instead of encoded, so an
+    interrupted build resumes where it stopped (`load_or_build_caption_embeddings` uses this).
+    """
     flat = [caption for image_captions in captions for caption in image_captions]
     unique = list(dict.fromkeys(flat))
     position = {text: i for i, text in enumerate(unique)}
     parts = []
     for start in range(0, len(unique), _ENCODE_CHUNK):
-        parts.append(encoder.encode(unique[start : start + _ENCODE_CHUNK], batch_size=batch_size).float().cpu())
-        logger.info("encoded %d / %d distinct captions", min(start + _ENCODE_CHUNK, len(unique)), len(unique))
+        texts = unique[start : start + _ENCODE_CHUNK]
+        chunk = Path(chunk_dir) / f"{start}.safetensors" if chunk_dir is not None else None
+        metadata = {**(chunk_metadata or {}), "first_caption": texts[0], "count": str(len(texts))}
+        if chunk is not None and chunk.is_file():
+            with safe_open(str(chunk), framework="pt") as done:
+                if done.metadata() == metadata:
+                    parts.append(done.get_tensor("embeddings"))
+                    logger.info("reused %d / %d distinct captions from %s", start + len(texts), len(unique), chunk)
+                    continue
+        parts.append(encoder.encode(texts, batch_size=batch_size).float().cpu())
+        if chunk is not None:
+            chunk.parent.mkdir(parents=True, exist_ok=True)
+            _save_atomically({"embeddings": parts[-1].contiguous()}, chunk, metadata)
+        logger.info("encoded %d / %d distinct captions", start + len(texts), len(unique))
     embeddings = torch.cat(parts)[torch.tensor([position[text] for text in flat], dtype=torch.long)]
     offsets = torch.tensor([0, *(len(c) for c in captions)], dtype=torch.long).cumsum(0)
     return CaptionEmbeddings(embeddings.contiguous(), offsets)
+
+
+def _save_atomically(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # readers never see half a file
+    save_file(tensors, str(partial), metadata=metadata)
+    os.replace(partial, path)
 
 
 def cache_path(encoder_fingerprint: str, dataset_fingerprint: str, cache_dir: str | os.PathLike | None = None) -> Path:
@@ -136,7 +166,7 @@ def load_or_build_caption_embeddings(
     """Caption embeddings of a dataset, from the cache when present, else encoded and cached.
 
     `captions` is a `datasets.Dataset` (its `caption_column` is read) or a list of caption lists. A cache
-    hit does not call the encoder. Under multi-process training, call this on the main process first
+    hit does not call the encoder; a build that was killed resumes from the chunks it had finished. Under multi-process training, call this on the main process first
     (e.g. inside `accelerator.main_process_first()`), so the other processes get a hit.
     """
     if hasattr(captions, "column_names"):  # a datasets.Dataset: read only the caption column
@@ -150,13 +180,10 @@ def load_or_build_caption_embeddings(
                 return CaptionEmbeddings(cached.get_tensor("embeddings"), cached.get_tensor("offsets"))
         logger.warning("text embeddings: %s belongs to other fingerprints; rebuilding", path)
     logger.info("text embeddings: encoding %d images' captions into %s", len(captions), path)
-    result = encode_captions(captions, encoder, batch_size)
+    metadata = {"encoder_fingerprint": encoder_fp, "dataset_fingerprint": dataset_fp}
+    chunks = path.with_name(f"{path.stem}.chunks")  # what a killed build had done: reused, removed once complete
+    result = encode_captions(captions, encoder, batch_size, chunk_dir=chunks, chunk_metadata=metadata)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # atomic: readers never see half a file
-    save_file(
-        {"embeddings": result.embeddings, "offsets": result.offsets},
-        str(partial),
-        metadata={"encoder_fingerprint": encoder_fp, "dataset_fingerprint": dataset_fp},
-    )
-    os.replace(partial, path)
+    _save_atomically({"embeddings": result.embeddings, "offsets": result.offsets}, path, metadata)
+    shutil.rmtree(chunks, ignore_errors=True)
     return result
