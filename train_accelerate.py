@@ -496,7 +496,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint == "latest" else [Path(args.resume_from_checkpoint)]
         if checkpoints:
             resume_from = checkpoints[-1]
-            check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_config)
+            check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_config, use_ema=args.use_ema)
     pretrained_generator = None
     if args.pretrained_model_name_or_path is not None:
         pretrained_generator, pretrained_folder = load_pretrained_generator(args.pretrained_model_name_or_path, generator_config(args))
@@ -657,10 +657,15 @@ def main(argv: list[str] | None = None) -> None:
         # The starting generator is scored too: output_dir ends with it if fine-tuning only makes it worse.
         best = evaluate_and_keep_best(accelerator, scorer, generator, ema_generator, embeddings, args.output_dir,
                                       args.evaluation_metric, best, 0, args.train_batch_size, args.seed)
+    finished = global_step >= max_train_steps or (
+        args.max_train_minutes is not None and gan_seconds_before_resume >= 60 * args.max_train_minutes)
+    if finished:  # e.g. killed after its last checkpoint: one more step would end it with other weights
+        accelerator.print(f"{resume_from} is the end of this run (step {global_step}): no more steps, saving the pipeline")
+        max_train_steps = global_step
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
     loop_started = time.monotonic()  # --max_train_minutes counts GAN steps only, not data loading or text-encoder training
-    losses: dict[str, float] = {}
-    for epoch in range(first_epoch, num_epochs):
+    losses: dict[str, float] = training_state.get("losses", {}) if resume_from is not None else {}  # the last step's, for the card
+    for epoch in range(first_epoch, first_epoch if finished else num_epochs):
         epoch_start_rng = loader.generator.get_state()
         for step_in_epoch, batch in enumerate(loader):
             if epoch == first_epoch and step_in_epoch < resume_step_in_epoch:
@@ -687,7 +692,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "num_processes": accelerator.num_processes, "per_process_batch_size": args.train_batch_size,
                                   "model_config": model_config,
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
-                                  "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best}
+                                  "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best,
+                                  "losses": losses}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
                 path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, (generator, discriminator), (optimizer_g, optimizer_d),
                                        ema_generator, args.checkpoints_total_limit)

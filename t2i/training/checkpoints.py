@@ -151,8 +151,8 @@ def save_checkpoint(
         global_tensors, global_metadata = global_rng_state()
         save_file({**rng_state, **global_tensors}, str(partial / f"t2i_rng_{accelerator.process_index}.safetensors"), metadata=global_metadata)
         if accelerator.is_main_process:
-            for i, model in enumerate(models):  # channels-last weights are not contiguous in safetensors' sense
-                state = {k: v.contiguous() for k, v in accelerator.unwrap_model(model).state_dict().items()}
+            for i, model in enumerate(models):  # the plain module's names, compiled or not; channels-last is not contiguous
+                state = {k: v.contiguous() for k, v in accelerator.unwrap_model(model, keep_torch_compile=False).state_dict().items()}
                 save_file(state, str(partial / _numbered("model", i, ".safetensors")))
             for i, optimizer in enumerate(optimizers):
                 tensors, metadata = optimizer_state_to_safetensors(optimizer.state_dict())
@@ -176,30 +176,47 @@ def save_checkpoint(
     return final
 
 
-def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size: int, model_config: dict | None = None) -> None:
+RNG_KEYS = ("loader_epoch_start", "noise", "global/torch", "global/numpy_keys", "global/python_words")
+
+
+def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size: int, model_config: dict | None = None,
+                    use_ema: bool = False) -> None:
     """Refuse, before any work, a checkpoint this launch cannot continue exactly.
 
     A run's random streams are per process and its batches are global, so a checkpoint continues only with the
     process count and per-process batch size it was written with (``training_state.json`` records both; for older
-    checkpoints the count is that of their ``t2i_rng_*.safetensors`` files), and with the model it holds
+    checkpoints the count is that of their ``t2i_rng_*.safetensors`` files), with the model it holds
     (``model_config``: the flags that shape G and D, also recorded; a flag a checkpoint does not record is newer
-    than it, so it was off: 0, False or None). Every process runs this check on every file,
-    and raises the same error, so none is left waiting for the others.
+    than it, so it was off: 0, False or None), and with an EMA generator exactly when it has one (``use_ema``).
+    Every file is opened and its keys and metadata checked; tensors are checked against the models in
+    `load_checkpoint`. Every process runs this check on every file, and raises the same error, so none is left
+    waiting for the others.
 
     Raises:
-        CheckpointError: pickled optimizer or random states (a checkpoint from before t2i wrote them as safetensors;
-            `convert` turns it into one), or a missing or unreadable safetensors file (named).
+        CheckpointError: a run folder instead of a checkpoint; pickled optimizer or random states (a checkpoint from
+            before t2i wrote them as safetensors: `python -m t2i.training convert` rewrites it); a missing,
+            unreadable or incomplete file (named); EMA present or absent against ``use_ema``.
         ValueError: another process count, batch size or model, with what resumes the run.
         FileNotFoundError: a process's random-state file is missing (named).
     """
+    if not (checkpoint / "training_state.json").exists() and list_checkpoints(checkpoint):
+        raise CheckpointError(f"{checkpoint} is a run folder, not a checkpoint: pass one of its checkpoints "
+                              f"(the latest is {list_checkpoints(checkpoint)[-1]}), or --output_dir {checkpoint} --resume_from_checkpoint latest")
     legacy = sorted(p.name for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
     if legacy:
         raise CheckpointError(
             f"{checkpoint} holds pickled training state ({', '.join(legacy)}), as accelerate's save_state wrote it before "
-            "t2i saved checkpoints as safetensors only. t2i never unpickles on resume. Convert it once (it reads the pickles "
-            f"with torch's weights-only loader, which refuses code): python -m t2i.training convert {checkpoint}"
+            "t2i saved checkpoints as safetensors only. t2i never unpickles on resume. Convert it once, in place (it reads the "
+            f"pickles with torch's weights-only loader, which refuses code): python -m t2i.training convert {checkpoint}"
         )
-    state = json.loads((checkpoint / "training_state.json").read_text())
+    earlier = "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start a new run in another --output_dir"
+    try:
+        state = json.loads((checkpoint / "training_state.json").read_text())
+        missing = [k for k in ("global_step", "epoch", "step_in_epoch") if k not in state]
+    except (OSError, ValueError, TypeError) as error:
+        raise CheckpointError(f"{checkpoint / 'training_state.json'}: missing or unreadable ({error}); {earlier}") from error
+    if missing:
+        raise CheckpointError(f"{checkpoint / 'training_state.json'} lacks {', '.join(missing)}; {earlier}")
     saved_processes = state.get("num_processes", len(list(checkpoint.glob("t2i_rng_*.safetensors"))))
     saved_batch = state.get("per_process_batch_size")
     if saved_processes != num_processes or (saved_batch is not None and saved_batch != per_process_batch_size):
@@ -230,14 +247,41 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
         rng_file = checkpoint / f"t2i_rng_{rank}.safetensors"
         if not rng_file.is_file():
             raise FileNotFoundError(f"{rng_file}: this process's random-state file is missing, so {checkpoint} cannot be resumed exactly")
-    for name in ("model.safetensors", "model_1.safetensors", "optimizer.safetensors", "optimizer_1.safetensors",
-                 *(f"t2i_rng_{rank}.safetensors" for rank in range(num_processes))):
+    has_ema = (checkpoint / "ema_generator.safetensors").exists()
+    if has_ema != use_ema:  # without it the run would end with the raw G, or have no EMA to continue
+        raise CheckpointError(f"{checkpoint} was written {'with' if has_ema else 'without'} --use_ema: resume "
+                              f"{'with' if has_ema else 'without'} it, or start a new run in another --output_dir")
+    generator_state, global_state = torch.Generator().get_state(), torch.get_rng_state()
+    expected = {"model.safetensors": ((), ()), "model_1.safetensors": ((), ()),
+                "optimizer.safetensors": ((), ("param_groups", "scalars")), "optimizer_1.safetensors": ((), ("param_groups", "scalars")),
+                **({"ema_generator.safetensors": ((), ())} if use_ema else {}),
+                **{f"t2i_rng_{rank}.safetensors": (RNG_KEYS, ("numpy", "python")) for rank in range(num_processes)}}
+    for name, (keys, metadata_keys) in expected.items():
         try:
-            with safe_open(str(checkpoint / name), "pt"):
-                pass
+            with safe_open(str(checkpoint / name), "pt") as f:
+                absent = [k for k in keys if k not in f.keys()] + [k for k in metadata_keys if k not in (f.metadata() or {})]
+                if name.startswith("t2i_rng_") and not absent:
+                    sizes = {k: f.get_slice(k).get_shape() for k in ("loader_epoch_start", "noise", "global/torch")}
+                    if sizes != {"loader_epoch_start": list(generator_state.shape), "noise": list(generator_state.shape),
+                                 "global/torch": list(global_state.shape)}:
+                        absent = [f"random states of torch's size (found {sizes})"]
         except (OSError, SafetensorError) as error:
-            raise CheckpointError(f"{checkpoint / name}: missing or unreadable ({error}), so {checkpoint} cannot be resumed; "
-                                  "resume from an earlier checkpoint (--resume_from_checkpoint PATH)") from error
+            raise CheckpointError(f"{checkpoint / name}: missing or unreadable ({error}), so {checkpoint} cannot be resumed; {earlier}") from error
+        if absent:
+            raise CheckpointError(f"{checkpoint / name} lacks {', '.join(absent)}, so {checkpoint} cannot be resumed; {earlier}")
+
+
+def _check_optimizer_state_fits(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """torch checks only the parameter counts per group; a moment of another shape would fail in the first step."""
+    if len(state["param_groups"]) != len(optimizer.param_groups):
+        raise ValueError(f"{len(state['param_groups'])} parameter groups, the optimizer has {len(optimizer.param_groups)}")
+    for saved, group in zip(state["param_groups"], optimizer.param_groups):
+        if len(saved["params"]) != len(group["params"]):
+            raise ValueError(f"a group of {len(saved['params'])} parameters, the optimizer's has {len(group['params'])}")
+        for index, param in zip(saved["params"], group["params"]):
+            for key, value in state["state"].get(index, {}).items():
+                if torch.is_tensor(value) and value.ndim > 0 and value.shape != param.shape:
+                    raise ValueError(f"state {key} of parameter {index} has shape {tuple(value.shape)}, the parameter {tuple(param.shape)}")
 
 
 def load_checkpoint(
@@ -251,82 +295,101 @@ def load_checkpoint(
     training state and this process's ``torch.Generator`` states. Run `check_resumable` first.
 
     Raises:
-        CheckpointError: a file whose tensors do not fit the model or optimizer (wrong or missing keys, shapes).
+        CheckpointError: a file whose contents do not fit the models or optimizers (wrong or missing keys, shapes),
+            named.
     """
     def read(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        path = checkpoint / name
-        with safe_open(str(path), "pt") as f:
+        with safe_open(str(checkpoint / name), "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
 
-    def restore(target, state, name: str) -> None:
+    def restore(name: str, load) -> None:
         try:
-            target.load_state_dict(state)
-        except (RuntimeError, ValueError, KeyError) as error:
-            raise CheckpointError(f"{checkpoint / name} does not fit this run's {type(target).__name__}: {error}") from error
+            load()
+        except (RuntimeError, ValueError, KeyError, TypeError) as error:
+            raise CheckpointError(f"{checkpoint / name} does not fit this run: {error}") from error
 
-    for i, model in enumerate(models):
+    def restore_optimizer(optimizer, name: str) -> None:
+        state = optimizer_state_from_safetensors(*read(name))
+        _check_optimizer_state_fits(optimizer, state)
+        optimizer.load_state_dict(state)
+
+    for i, model in enumerate(models):  # compiled or not: checkpoints hold the plain module's names
         name = _numbered("model", i, ".safetensors")
-        restore(accelerator.unwrap_model(model), read(name)[0], name)
+        restore(name, lambda: accelerator.unwrap_model(model, keep_torch_compile=False).load_state_dict(read(name)[0]))
     for i, optimizer in enumerate(optimizers):
         name = _numbered("optimizer", i, ".safetensors")
-        restore(optimizer, optimizer_state_from_safetensors(*read(name)), name)
+        restore(name, lambda: restore_optimizer(optimizer, name))
     if accelerator.scaler is not None and (checkpoint / "scaler.json").is_file():
-        accelerator.scaler.load_state_dict(json.loads((checkpoint / "scaler.json").read_text()))
+        restore("scaler.json", lambda: accelerator.scaler.load_state_dict(json.loads((checkpoint / "scaler.json").read_text())))
     training_state = json.loads((checkpoint / "training_state.json").read_text())
-    tensors, metadata = read(f"t2i_rng_{accelerator.process_index}.safetensors")
-    set_global_rng_state(tensors, metadata)
+    rng_name = f"t2i_rng_{accelerator.process_index}.safetensors"
+    tensors, metadata = read(rng_name)
+    restore(rng_name, lambda: set_global_rng_state(tensors, metadata))
     if ema_generator is not None:
-        restore(ema_generator, load_file(str(checkpoint / "ema_generator.safetensors")), "ema_generator.safetensors")
+        restore("ema_generator.safetensors", lambda: ema_generator.load_state_dict(load_file(str(checkpoint / "ema_generator.safetensors"))))
     return training_state, {k: v for k, v in tensors.items() if not k.startswith("global/")}
 
 
 def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
-    """Rewrite a checkpoint's pickled accelerate state (``optimizer*.bin``, ``random_states_{rank}.pkl``,
-    ``scaler.pt``) as t2i's safetensors and JSON files, then delete the pickles; return the converted names
-    (none for a checkpoint that holds no pickles).
+    """Rewrite, in place, a checkpoint's pickled accelerate state (``optimizer*.bin``, ``random_states_{rank}.pkl``,
+    ``scaler.pt``) as t2i's safetensors and JSON files, then delete those pickles; return their names (none for a
+    checkpoint that holds no such pickles). Other files are neither read nor changed.
 
-    The pickles are read with torch's weights-only unpickler (accelerate's ``load``: tensors, containers and NumPy
-    arrays only, never code). All of them are read before anything is written; each new file is written next to
-    its source and renamed into place, and the pickles are deleted last, so a conversion killed part-way can simply
-    be run again.
+    The pickles are read with torch's weights-only unpickler (tensors, containers and NumPy arrays only, never code).
+    Every one of them is read and converted in memory before anything is written; each new file is written next to
+    its final name and renamed into place, and the pickles are deleted last, so a conversion killed part-way can
+    simply be run again.
 
     Raises:
-        CheckpointError: a pickle the weights-only loader refuses (nothing is changed then).
+        CheckpointError: a pickle the weights-only loader refuses, or one that is not accelerate's layout, or a
+            missing ``t2i_rng_{rank}.safetensors`` (nothing is changed then).
     """
-    from accelerate.utils import load
+    from accelerate.utils import load  # torch.load with NumPy's array types allowed, as accelerate wrote them
 
     def safe_load(path: Path):
         try:
-            return load(path, map_location="cpu")
+            return load(path, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises UnpicklingError (or RuntimeError) for anything but plain data
-            raise CheckpointError(f"{path}: refused by torch's weights-only loader ({error}); not converted") from error
+            raise CheckpointError(
+                f"{path}: refused by torch's weights-only loader, so it holds more than tensors and may run code "
+                f"({type(error).__name__}). Treat it as untrusted and do not load it otherwise: resume from another "
+                "checkpoint or start a new run. Nothing was changed."
+            ) from error
 
-    def write(path: Path, tensors: dict, metadata: dict | None = None) -> None:
-        temporary = path.with_name(f".{path.name}.partial")
-        save_file(tensors, str(temporary), metadata=metadata)
-        os.replace(temporary, path)
-
-    pickles = sorted(p for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
-    states = {path: safe_load(path) for path in pickles}  # every pickle is read (and vetted) before anything is written
-    for path, state in states.items():
+    def convert(path: Path, state) -> tuple[Path, dict[str, torch.Tensor] | str, dict[str, str] | None]:
         if path.suffix == ".bin":  # optimizer.bin, optimizer_1.bin
-            tensors, metadata = optimizer_state_to_safetensors(state)
-            write(path.with_suffix(".safetensors"), tensors, metadata)
-        elif path.suffix == ".pkl":  # random_states_{rank}.pkl: merged into that rank's t2i_rng file
-            rank = path.stem.rsplit("_", 1)[1]
-            own = load_file(str(checkpoint / f"t2i_rng_{rank}.safetensors"))
+            return path.with_suffix(".safetensors"), *optimizer_state_to_safetensors(state)
+        if path.suffix == ".pkl":  # random_states_{rank}.pkl: merged into that rank's t2i_rng file
+            own_file = checkpoint / f"t2i_rng_{path.stem.rsplit('_', 1)[1]}.safetensors"
+            own = load_file(str(own_file))
             kind, keys, position, has_gauss, cached_gaussian = state["numpy_random_seed"]
             version, words, gauss_next = state["random_state"]
             tensors = {**{k: v for k, v in own.items() if not k.startswith("global/")}, "global/torch": state["torch_manual_seed"],
                        "global/numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
                        "global/python_words": torch.tensor(words, dtype=torch.int64)}
             tensors.update({f"global/cuda/{i}": s for i, s in enumerate(state.get("torch_cuda_manual_seed", []))})
-            write(checkpoint / f"t2i_rng_{rank}.safetensors", tensors,
-                  {"numpy": json.dumps([kind, int(position), int(has_gauss), float(cached_gaussian)]), "python": json.dumps([version, gauss_next])})
-        else:  # scaler.pt
-            (checkpoint / ".scaler.json.partial").write_text(json.dumps(state))
-            os.replace(checkpoint / ".scaler.json.partial", checkpoint / "scaler.json")
-    fsync_tree(checkpoint)
+            metadata = {"numpy": json.dumps([kind, int(position), int(has_gauss), float(cached_gaussian)]), "python": json.dumps([version, gauss_next])}
+            return own_file, tensors, metadata
+        return checkpoint / "scaler.json", json.dumps(state), None  # scaler.pt
+
+    pickles = sorted(p for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
+    outputs = []
+    for path in pickles:
+        state = safe_load(path)
+        try:
+            outputs.append(convert(path, state))
+        except (KeyError, TypeError, ValueError, OSError, SafetensorError) as error:
+            raise CheckpointError(f"{path}: not the accelerate checkpoint layout t2i wrote, or its t2i_rng file is missing "
+                                  f"({type(error).__name__}: {error}); nothing was changed") from error
+    for target, content, metadata in outputs:
+        temporary = target.with_name(f".{target.name}.partial")
+        if isinstance(content, str):
+            temporary.write_text(content)
+        else:
+            save_file(content, str(temporary), metadata=metadata)
+        os.replace(temporary, target)
+    if pickles:
+        fsync_tree(checkpoint)
     for path in pickles:  # last: until they are gone, check_resumable refuses the checkpoint and convert redoes it
         path.unlink()
     return [p.name for p in pickles]
