@@ -693,7 +693,7 @@ def main(argv: list[str] | None = None) -> None:
                                   "model_config": model_config,
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
                                   "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best,
-                                  "losses": losses}
+                                  "losses": losses, "use_ema": ema_generator is not None}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
                 path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, (generator, discriminator), (optimizer_g, optimizer_d),
                                        ema_generator, args.checkpoints_total_limit)

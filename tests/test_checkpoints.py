@@ -91,7 +91,7 @@ def _models_and_optimizers(accelerator, width: int = 4):
 
 def _save(accelerator, folder: Path, models, optimizers, ema: torch.nn.Module | None = None, model_config: dict | None = None) -> Path:
     state = {"global_step": 3, "epoch": 0, "step_in_epoch": 3, "num_processes": 1, "per_process_batch_size": 4,
-             "model_config": model_config or {}}
+             "model_config": model_config or {}, "use_ema": ema is not None}
     rng = {"loader_epoch_start": torch.Generator().get_state(), "noise": torch.Generator().manual_seed(1).get_state()}
     return save_checkpoint(accelerator, folder, state, rng, models, optimizers, ema)
 
@@ -137,6 +137,24 @@ def _damage(checkpoint: Path, case: str) -> None:
         with safe_open(str(rng), "pt") as f:
             metadata = f.metadata()
         save_file({**load_file(str(rng)), "global/torch": torch.zeros(7, dtype=torch.uint8)}, str(rng), metadata=metadata)
+    elif case == "optimizer lost tensors":
+        optimizer = checkpoint / "optimizer.safetensors"
+        with safe_open(str(optimizer), "pt") as f:
+            metadata = f.metadata()
+        save_file({k: v for k, v in load_file(str(optimizer)).items() if not k.startswith("state/0/")}, str(optimizer), metadata=metadata)
+    elif case == "training state step as text":
+        (checkpoint / "training_state.json").write_text('{"global_step": "3", "epoch": 0, "step_in_epoch": 3}')
+    elif case == "rng numpy state of another size":
+        with safe_open(str(rng), "pt") as f:
+            metadata = f.metadata()
+        save_file({**load_file(str(rng)), "global/numpy_keys": torch.zeros(10, dtype=torch.int64)}, str(rng), metadata=metadata)
+    elif case == "rng noise as floats":
+        with safe_open(str(rng), "pt") as f:
+            metadata = f.metadata()
+        tensors = load_file(str(rng))
+        save_file({**tensors, "noise": tensors["noise"].float()}, str(rng), metadata=metadata)
+    elif case == "ema deleted":
+        (checkpoint / "ema_generator.safetensors").unlink()
     elif case == "ema truncated":
         (checkpoint / "ema_generator.safetensors").write_bytes(b"\x08\x00\x00")
 
@@ -145,10 +163,15 @@ DAMAGE = {  # case: the file named in the error and what it says
     "training state deleted": ("training_state.json", "missing or unreadable"),
     "training state truncated": ("training_state.json", "missing or unreadable"),
     "training state without epoch": ("training_state.json", "lacks epoch"),
-    "optimizer without metadata": ("optimizer.safetensors", "lacks param_groups, scalars"),
+    "optimizer without metadata": ("optimizer.safetensors", "lacks param_groups, scalars, tensors in its metadata"),
+    "optimizer lost tensors": ("optimizer.safetensors", "lacks the tensors state/0/exp_avg, state/0/exp_avg_sq, state/0/step"),
+    "training state step as text": ("training_state.json", r"lacks global_step \(as integers\)"),
+    "rng numpy state of another size": ("t2i_rng_0.safetensors", "global/numpy_keys of shape"),
+    "rng noise as floats": ("t2i_rng_0.safetensors", "noise of shape .* and dtype F32"),
+    "ema deleted": ("ema_generator.safetensors", "missing or unreadable"),
     "rng without noise": ("t2i_rng_0.safetensors", "lacks noise"),
     "rng without metadata": ("t2i_rng_0.safetensors", "lacks numpy, python"),
-    "rng state of another size": ("t2i_rng_0.safetensors", "random states of torch's size"),
+    "rng state of another size": ("t2i_rng_0.safetensors", "global/torch of shape \\[7\\]"),
     "ema truncated": ("ema_generator.safetensors", "missing or unreadable"),
 }
 

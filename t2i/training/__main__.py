@@ -16,17 +16,18 @@ def main(argv: list[str] | None = None) -> None:
         "convert", help="rewrite older checkpoints' pickled optimizer and random states as safetensors",
         description="Rewrite, in place, the pickled accelerate state of checkpoints written before t2i saved them as "
                     "safetensors only (optimizer*.bin, random_states_*.pkl, scaler.pt) and delete those pickles. They are read "
-                    "with torch's weights-only loader, which refuses code; other files are left alone. A conversion killed "
+                    "with torch's weights-only loader, which refuses code; the random streams go into t2i_rng_*.safetensors, and other files are left alone. A conversion killed "
                     "part-way can be run again.")
     convert.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint-N folders (not the run folder)")
     args = parser.parse_args(argv)
-    for checkpoint in args.checkpoints:
+    failed = []
+    for checkpoint in args.checkpoints:  # one bad checkpoint does not stop the others
         if not (checkpoint / "training_state.json").is_file():
             inside = list_checkpoints(checkpoint) if checkpoint.is_dir() else []
             hint = f"; its checkpoints: {' '.join(str(c) for c in inside)}" if inside else ""
-            convert.error(f"{checkpoint} is not a training checkpoint (no training_state.json){hint}")
-    failed = []
-    for checkpoint in args.checkpoints:  # one bad checkpoint does not stop the others
+            print(f"error: {checkpoint} is not a training checkpoint (no training_state.json){hint}", file=sys.stderr)
+            failed.append(str(checkpoint))
+            continue
         try:
             converted = convert_legacy_checkpoint(checkpoint)
         except CheckpointError as error:

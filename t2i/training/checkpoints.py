@@ -30,7 +30,12 @@ from safetensors.torch import load_file, save_file
 from t2i.hub import CheckpointError
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
-LEGACY_PICKLES = ("optimizer*.bin", "random_states_*.pkl", "scaler.pt")  # what accelerate's save_state wrote
+LEGACY_PICKLE = re.compile(r"^(optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$")  # accelerate's save_state's names
+
+
+def legacy_pickles(checkpoint: Path) -> list[Path]:
+    """The pickles accelerate's ``save_state`` wrote into ``checkpoint`` (exact names: a user's backup is not one)."""
+    return sorted(p for p in checkpoint.iterdir() if LEGACY_PICKLE.match(p.name)) if checkpoint.is_dir() else []
 
 
 def _numbered(stem: str, index: int, suffix: str) -> str:
@@ -52,7 +57,8 @@ def optimizer_state_to_safetensors(state_dict: dict) -> tuple[dict[str, torch.Te
             else:
                 scalars[f"{index}/{key}"] = value
     try:
-        metadata = {"param_groups": json.dumps(state_dict["param_groups"]), "scalars": json.dumps(scalars)}
+        metadata = {"param_groups": json.dumps(state_dict["param_groups"]), "scalars": json.dumps(scalars),
+                    "tensors": json.dumps(sorted(tensors))}  # the manifest: a file that lost tensors is refused
     except TypeError as error:
         raise TypeError(f"optimizer state that safetensors metadata (JSON) cannot hold: {error}") from error
     return tensors, metadata
@@ -202,7 +208,7 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
     if not (checkpoint / "training_state.json").exists() and list_checkpoints(checkpoint):
         raise CheckpointError(f"{checkpoint} is a run folder, not a checkpoint: pass one of its checkpoints "
                               f"(the latest is {list_checkpoints(checkpoint)[-1]}), or --output_dir {checkpoint} --resume_from_checkpoint latest")
-    legacy = sorted(p.name for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
+    legacy = [p.name for p in legacy_pickles(checkpoint)]
     if legacy:
         raise CheckpointError(
             f"{checkpoint} holds pickled training state ({', '.join(legacy)}), as accelerate's save_state wrote it before "
@@ -212,11 +218,11 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
     earlier = "resume from an earlier checkpoint (--resume_from_checkpoint PATH) or start a new run in another --output_dir"
     try:
         state = json.loads((checkpoint / "training_state.json").read_text())
-        missing = [k for k in ("global_step", "epoch", "step_in_epoch") if k not in state]
-    except (OSError, ValueError, TypeError) as error:
+        missing = [k for k in ("global_step", "epoch", "step_in_epoch") if not isinstance(state.get(k), int)]
+    except (OSError, ValueError, TypeError, AttributeError) as error:
         raise CheckpointError(f"{checkpoint / 'training_state.json'}: missing or unreadable ({error}); {earlier}") from error
     if missing:
-        raise CheckpointError(f"{checkpoint / 'training_state.json'} lacks {', '.join(missing)}; {earlier}")
+        raise CheckpointError(f"{checkpoint / 'training_state.json'} lacks {', '.join(missing)} (as integers); {earlier}")
     saved_processes = state.get("num_processes", len(list(checkpoint.glob("t2i_rng_*.safetensors"))))
     saved_batch = state.get("per_process_batch_size")
     if saved_processes != num_processes or (saved_batch is not None and saved_batch != per_process_batch_size):
@@ -247,28 +253,53 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
         rng_file = checkpoint / f"t2i_rng_{rank}.safetensors"
         if not rng_file.is_file():
             raise FileNotFoundError(f"{rng_file}: this process's random-state file is missing, so {checkpoint} cannot be resumed exactly")
-    has_ema = (checkpoint / "ema_generator.safetensors").exists()
+    has_ema = state.get("use_ema", (checkpoint / "ema_generator.safetensors").exists())  # recorded since the safetensors state
     if has_ema != use_ema:  # without it the run would end with the raw G, or have no EMA to continue
         raise CheckpointError(f"{checkpoint} was written {'with' if has_ema else 'without'} --use_ema: resume "
                               f"{'with' if has_ema else 'without'} it, or start a new run in another --output_dir")
-    generator_state, global_state = torch.Generator().get_state(), torch.get_rng_state()
-    expected = {"model.safetensors": ((), ()), "model_1.safetensors": ((), ()),
-                "optimizer.safetensors": ((), ("param_groups", "scalars")), "optimizer_1.safetensors": ((), ("param_groups", "scalars")),
-                **({"ema_generator.safetensors": ((), ())} if use_ema else {}),
-                **{f"t2i_rng_{rank}.safetensors": (RNG_KEYS, ("numpy", "python")) for rank in range(num_processes)}}
-    for name, (keys, metadata_keys) in expected.items():
+    for name in ("model.safetensors", "model_1.safetensors", "optimizer.safetensors", "optimizer_1.safetensors",
+                 *(["ema_generator.safetensors"] if use_ema else []), *(f"t2i_rng_{rank}.safetensors" for rank in range(num_processes))):
         try:
             with safe_open(str(checkpoint / name), "pt") as f:
-                absent = [k for k in keys if k not in f.keys()] + [k for k in metadata_keys if k not in (f.metadata() or {})]
-                if name.startswith("t2i_rng_") and not absent:
-                    sizes = {k: f.get_slice(k).get_shape() for k in ("loader_epoch_start", "noise", "global/torch")}
-                    if sizes != {"loader_epoch_start": list(generator_state.shape), "noise": list(generator_state.shape),
-                                 "global/torch": list(global_state.shape)}:
-                        absent = [f"random states of torch's size (found {sizes})"]
+                problems = _file_problems(name, f)
         except (OSError, SafetensorError) as error:
             raise CheckpointError(f"{checkpoint / name}: missing or unreadable ({error}), so {checkpoint} cannot be resumed; {earlier}") from error
+        if problems:
+            raise CheckpointError(f"{checkpoint / name}: {'; '.join(problems)}, so {checkpoint} cannot be resumed; {earlier}")
+
+
+def _file_problems(name: str, f) -> list[str]:
+    """What is wrong with an open checkpoint file's keys, metadata and random-state shapes (empty: nothing found)."""
+    keys, metadata = set(f.keys()), f.metadata() or {}
+    if name.startswith("optimizer"):
+        absent = [k for k in ("param_groups", "scalars", "tensors") if k not in metadata]
         if absent:
-            raise CheckpointError(f"{checkpoint / name} lacks {', '.join(absent)}, so {checkpoint} cannot be resumed; {earlier}")
+            return [f"lacks {', '.join(absent)} in its metadata"]
+        try:
+            json.loads(metadata["param_groups"]), json.loads(metadata["scalars"])
+            manifest = set(json.loads(metadata["tensors"]))
+        except ValueError as error:
+            return [f"metadata that is not JSON ({error})"]
+        lost, extra = sorted(manifest - keys), sorted(keys - manifest)
+        return [f"{what} {', '.join(names[:3])}{' ...' if len(names) > 3 else ''}" for what, names in
+                (("lacks the tensors", lost), ("holds unlisted tensors", extra)) if names]
+    if not name.startswith("t2i_rng_"):
+        return []
+    absent = [k for k in RNG_KEYS if k not in keys] + [k for k in ("numpy", "python") if k not in metadata]
+    if absent:
+        return [f"lacks {', '.join(absent)}"]
+    torch_size = list(torch.get_rng_state().shape)
+    expected = {"loader_epoch_start": (torch_size, "U8"), "noise": (torch_size, "U8"), "global/torch": (torch_size, "U8"),
+                "global/numpy_keys": ([624], "I64"), "global/python_words": ([625], "I64")}  # MT19937's state
+    found = {k: (f.get_slice(k).get_shape(), f.get_slice(k).get_dtype()) for k in expected}
+    problems = [f"{k} of shape {found[k][0]} and dtype {found[k][1]}, not {shape} {dtype} (random states of this torch)"
+                for k, (shape, dtype) in expected.items() if list(found[k][0]) != shape or found[k][1] != dtype]
+    try:
+        kind, position, has_gauss, cached = json.loads(metadata["numpy"])
+        version, _ = json.loads(metadata["python"])
+    except (ValueError, TypeError) as error:
+        problems.append(f"numpy or python metadata that is not the recorded state ({error})")
+    return problems
 
 
 def _check_optimizer_state_fits(optimizer: torch.optim.Optimizer, state: dict) -> None:
@@ -305,8 +336,9 @@ def load_checkpoint(
     def restore(name: str, load) -> None:
         try:
             load()
-        except (RuntimeError, ValueError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{checkpoint / name} does not fit this run: {error}") from error
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as error:
+            raise CheckpointError(f"{checkpoint / name} does not fit this run: {error}; resume from an earlier checkpoint "
+                                  "or start a new run in another --output_dir") from error
 
     def restore_optimizer(optimizer, name: str) -> None:
         state = optimizer_state_from_safetensors(*read(name))
@@ -333,7 +365,8 @@ def load_checkpoint(
 def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
     """Rewrite, in place, a checkpoint's pickled accelerate state (``optimizer*.bin``, ``random_states_{rank}.pkl``,
     ``scaler.pt``) as t2i's safetensors and JSON files, then delete those pickles; return their names (none for a
-    checkpoint that holds no such pickles). Other files are neither read nor changed.
+    checkpoint that holds no such pickles). Each ``t2i_rng_{rank}.safetensors`` gets that rank's global streams;
+    other files are neither read nor changed.
 
     The pickles are read with torch's weights-only unpickler (tensors, containers and NumPy arrays only, never code).
     Every one of them is read and converted in memory before anything is written; each new file is written next to
@@ -372,7 +405,7 @@ def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
             return own_file, tensors, metadata
         return checkpoint / "scaler.json", json.dumps(state), None  # scaler.pt
 
-    pickles = sorted(p for pattern in LEGACY_PICKLES for p in checkpoint.glob(pattern))
+    pickles = legacy_pickles(checkpoint)
     outputs = []
     for path in pickles:
         state = safe_load(path)
