@@ -188,6 +188,7 @@ def _write_legacy_checkpoint(checkpoint: Path, tripwire: Path | None = None) -> 
         (checkpoint / "random_states_0.pkl").write_bytes(pickle.dumps(_Tripwire(tripwire)))
 
 
+@pytest.mark.slow  # the same checks run in seconds in tests/test_checkpoints.py; this is the real launch
 def test_a_pickled_checkpoint_is_refused_unread_then_converted_and_resumed_exactly(train_args, uninterrupted_run, tmp_path):
     shutil.copytree(list_checkpoints(uninterrupted_run)[2], tmp_path / "checkpoint-9")
     _write_legacy_checkpoint(tmp_path / "checkpoint-9", tripwire=tmp_path / "unpickled")
@@ -217,6 +218,7 @@ def test_a_pickled_checkpoint_is_refused_unread_then_converted_and_resumed_exact
     assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
 
 
+@pytest.mark.slow  # the same checks run in seconds in tests/test_checkpoints.py; this is the real launch
 def test_a_checkpoint_with_another_models_weights_is_refused_by_name(train_args, uninterrupted_run, tmp_path):
     shutil.copytree(list_checkpoints(uninterrupted_run)[2], tmp_path / "checkpoint-9")
     weights = load_file(tmp_path / "checkpoint-9" / "model_1.safetensors")
