@@ -76,17 +76,23 @@ def optimizer_state_from_safetensors(tensors: dict[str, torch.Tensor], metadata:
     return {"state": state, "param_groups": json.loads(metadata["param_groups"])}
 
 
+def rng_state_to_safetensors(torch_state: torch.Tensor, cuda_states: Sequence[torch.Tensor], numpy_state: tuple,
+                             python_state: tuple) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Global random streams (as ``torch.get_rng_state``, ``torch.cuda.get_rng_state_all``, ``np.random.get_state``
+    and ``random.getstate`` return them) as tensors and JSON metadata; `set_global_rng_state` restores them."""
+    kind, keys, position, has_gauss, cached_gaussian = numpy_state
+    version, words, gauss_next = python_state
+    tensors = {"global/torch": torch_state, **{f"global/cuda/{i}": s for i, s in enumerate(cuda_states)},
+               "global/numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),  # uint32 words; safetensors' torch side lacks uint32
+               "global/python_words": torch.tensor(words, dtype=torch.int64)}
+    metadata = {"numpy": json.dumps([kind, int(position), int(has_gauss), float(cached_gaussian)]), "python": json.dumps([version, gauss_next])}
+    return tensors, metadata
+
+
 def global_rng_state() -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """This process's global random streams (torch CPU and CUDA, NumPy, Python) as tensors and JSON metadata."""
-    tensors = {"global/torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        tensors.update({f"global/cuda/{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
-    kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
-    tensors["global/numpy_keys"] = torch.from_numpy(keys.astype(np.int64))  # uint32 words; safetensors' torch side lacks uint32
-    version, words, gauss_next = random.getstate()
-    tensors["global/python_words"] = torch.tensor(words, dtype=torch.int64)
-    metadata = {"numpy": json.dumps([kind, position, has_gauss, cached_gaussian]), "python": json.dumps([version, gauss_next])}
-    return tensors, metadata
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return rng_state_to_safetensors(torch.get_rng_state(), cuda, np.random.get_state(), random.getstate())
 
 
 def set_global_rng_state(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
@@ -358,7 +364,7 @@ def load_checkpoint(
     tensors, metadata = read(rng_name)
     restore(rng_name, lambda: set_global_rng_state(tensors, metadata))
     if ema_generator is not None:
-        restore("ema_generator.safetensors", lambda: ema_generator.load_state_dict(load_file(str(checkpoint / "ema_generator.safetensors"))))
+        restore("ema_generator.safetensors", lambda: ema_generator.load_state_dict(read("ema_generator.safetensors")[0]))
     return training_state, {k: v for k, v in tensors.items() if not k.startswith("global/")}
 
 
@@ -394,15 +400,10 @@ def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
             return path.with_suffix(".safetensors"), *optimizer_state_to_safetensors(state)
         if path.suffix == ".pkl":  # random_states_{rank}.pkl: merged into that rank's t2i_rng file
             own_file = checkpoint / f"t2i_rng_{path.stem.rsplit('_', 1)[1]}.safetensors"
-            own = load_file(str(own_file))
-            kind, keys, position, has_gauss, cached_gaussian = state["numpy_random_seed"]
-            version, words, gauss_next = state["random_state"]
-            tensors = {**{k: v for k, v in own.items() if not k.startswith("global/")}, "global/torch": state["torch_manual_seed"],
-                       "global/numpy_keys": torch.from_numpy(np.asarray(keys).astype(np.int64)),
-                       "global/python_words": torch.tensor(words, dtype=torch.int64)}
-            tensors.update({f"global/cuda/{i}": s for i, s in enumerate(state.get("torch_cuda_manual_seed", []))})
-            metadata = {"numpy": json.dumps([kind, int(position), int(has_gauss), float(cached_gaussian)]), "python": json.dumps([version, gauss_next])}
-            return own_file, tensors, metadata
+            own = {k: v for k, v in load_file(str(own_file)).items() if not k.startswith("global/")}
+            tensors, metadata = rng_state_to_safetensors(state["torch_manual_seed"], state.get("torch_cuda_manual_seed", []),
+                                                         state["numpy_random_seed"], state["random_state"])
+            return own_file, {**own, **tensors}, metadata
         return checkpoint / "scaler.json", json.dumps(state), None  # scaler.pt
 
     pickles = legacy_pickles(checkpoint)
