@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--residual_blocks", action=argparse.BooleanOptionalAction, default=False,
                        help="with --fusion affine: a residual second fused 3×3 convolution in every G block, behind a "
                             "zero-initialised gain (ReZero), so a generator without them can be grown into this one")
+    model.add_argument("--transposed_up_blocks", action=argparse.BooleanOptionalAction, default=False,
+                       help="with --fusion affine: each G block up-samples by a 4×4 stride-2 transposed convolution "
+                            "(DCGAN's) instead of nearest + 3×3: under half the multiply-adds, with checkerboard risk")
     model.add_argument("--pretrained_model_name_or_path", default=None,
                        help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
@@ -280,8 +283,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--polar_harmonics {args.polar_harmonics}: must be ≥ 0, and > 0 needs --fusion affine")
     if args.polar_antialias and args.polar_harmonics == 0:
         parser.error("--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0")
-    if args.residual_blocks and args.fusion != "affine":
-        parser.error("--residual_blocks adds a convolution to the text-affine blocks: it needs --fusion affine")
+    for flag in ("residual_blocks", "transposed_up_blocks"):
+        if getattr(args, flag) and args.fusion != "affine":
+            parser.error(f"--{flag} shapes the text-affine blocks: it needs --fusion affine")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -366,7 +370,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm", "residual_blocks", "discriminator_from_joint_embedding")
+               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "discriminator_from_joint_embedding")
 
 
 def generator_config(args: argparse.Namespace) -> dict:
@@ -377,6 +381,7 @@ def generator_config(args: argparse.Namespace) -> dict:
         text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
         conditioning_augmentation=args.conditioning_augmentation, normalize_text=args.normalize_text,
         polar_harmonics=args.polar_harmonics, polar_antialias=args.polar_antialias, residual_blocks=args.residual_blocks,
+        transposed_up_blocks=args.transposed_up_blocks,
     )
 
 

@@ -11,7 +11,7 @@
 # trains N steps instead, for options that cost nothing per step: equal steps are then equal compute, however
 # the shared machine's speed drifts between runs.
 # Finished runs (a training_summary.json) are skipped, so the script can be stopped and restarted. ONLY=REGEX runs
-# only the rows whose name matches (e.g. ONLY='^uncond').
+# only the rows whose name matches (e.g. ONLY='^uncond'), SEEDS='1' only those seeds (default '0 1').
 # Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.evaluation.robustness
 # for the free-text and interpolation checks of each run.
 set -euo pipefail
@@ -46,9 +46,11 @@ ROWS=(
   "v5_ps3|t2i-v5 + the text match judged on D's 16×16 map too (three projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 3"
   "v5_ps4|t2i-v5 + the text match judged on D's 16×16 and 32×32 maps too (four projection scales)|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --projection_scales 4"
   "v5_cf|t2i-v5 + counterfactual negatives: half of GAN-CLS's wrong captions are the right one with one colour, count or shape word swapped|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --counterfactual_negatives 0.5"
+  "lean_reed|Reed's generator with the projection D on one scale, GAN-CLS only (no GAN-INT, no mode seeking): a DCGAN-cost step|--fusion input --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
+  "lean_norm|the lean step with L2-normalised text and GAN-INT on mixtures of 3 captions (no mode seeking)|--fusion input --normalize_text --int_beta random --int_captions 3 --mode_seeking_weight 0 --projection_scales 1"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
-for seed in 0 1; do
+for seed in ${SEEDS:-0 1}; do
   for row in "${ROWS[@]}"; do
     IFS='|' read -r name _ flags <<< "$row"
     [[ "$name" =~ ${ONLY:-.} ]] || continue

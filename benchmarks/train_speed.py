@@ -64,6 +64,7 @@ def main() -> None:
     parser.add_argument("--projection_scales", type=int, default=1)
     parser.add_argument("--polar_harmonics", type=int, default=0)
     parser.add_argument("--residual_blocks", action="store_true")
+    parser.add_argument("--transposed_up_blocks", action="store_true")
     parser.add_argument("--int_captions", type=int, default=2, help="> 2: GAN-INT on flat-Dirichlet mixtures of this many captions")
     parser.add_argument("--mode_seeking_mixtures", action="store_true")
     parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
@@ -88,7 +89,7 @@ def main() -> None:
     generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution, fusion=bench.fusion,
                                 conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm,
                                 polar_harmonics=bench.polar_harmonics,
-                                residual_blocks=bench.residual_blocks)
+                                residual_blocks=bench.residual_blocks, transposed_up_blocks=bench.transposed_up_blocks)
     discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution,
                                         text_batch_norm=bench.text_batch_norm, conditioning=bench.conditioning,
                                         projection_scales=bench.projection_scales)
@@ -139,6 +140,7 @@ def main() -> None:
         "projection_scales": bench.projection_scales,
         "polar_harmonics": bench.polar_harmonics,
         "residual_blocks": bench.residual_blocks,
+        "transposed_up_blocks": bench.transposed_up_blocks,
         "int_captions": bench.int_captions,
         "mode_seeking_mixtures": bench.mode_seeking_mixtures,
         "diff_augment": bench.diff_augment,

@@ -133,6 +133,11 @@ class TextAffineUpBlock(nn.Module):
     A 3×3 convolution of [h; p] is conv(h) + conv'(p), and conv'(p) is the same for every image, so it is computed
     once per call on a single map and broadcast: concatenating the channels doubled the generator's step time.
 
+    With ``transposed`` the up-sampling and convolution are one 4×4 stride-2 transposed convolution (DCGAN's,
+    Radford et al., 2016): 4 instead of 9 multiply-adds per output pixel and channel pair, and no interpolated map
+    (the step gets only 10–17 % faster: at small widths element-wise work dominates it). Odena et al. (2016) trace checkerboard artefacts to this
+    layer's uneven overlap; the nearest + 3×3 default avoids them by construction.
+
     With ``residual`` a second fused convolution refines the block's output at the same resolution, as a residual
     branch with a learnt gain α that starts at zero (ReZero, Bachlechner et al., 2020; DF-GAN's up-blocks carry the
     same γ): h + α·ReLU(affine₂(BN(conv₂(h)))). It doubles the depth and the text affines per resolution, and a
@@ -140,10 +145,12 @@ class TextAffineUpBlock(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, condition_dim: int, polar_harmonics: int = 0,
-                 polar_antialias: bool = False, residual: bool = False):
+                 polar_antialias: bool = False, residual: bool = False, transposed: bool = False):
         super().__init__()
         self.polar_harmonics, self.polar_antialias, self.residual = polar_harmonics, polar_antialias, residual
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False)
+        self.transposed = transposed
+        self.conv = (nn.ConvTranspose2d(in_channels, out_channels, 4, 2, 1, bias=False) if transposed
+                     else nn.Conv2d(in_channels, out_channels, 3, 1, 1, bias=False))
         if polar_harmonics:
             self.position_conv = nn.Conv2d(1 + 2 * polar_harmonics, out_channels, 3, 1, 1, bias=False)
         self.norm = nn.BatchNorm2d(out_channels, affine=False)
@@ -156,7 +163,7 @@ class TextAffineUpBlock(nn.Module):
 
     def forward(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
         """hidden [B, C_in, H, W] and condition [B, condition_dim] → [B, C_out, 2H, 2W]."""
-        hidden = self.conv(nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest"))
+        hidden = self.conv(hidden if self.transposed else nn.functional.interpolate(hidden, scale_factor=2.0, mode="nearest"))
         if self.polar_harmonics:
             position = polar_coordinates(hidden.shape[-1], self.polar_harmonics, hidden.device, self.position_conv.weight.dtype,
                                          self.polar_antialias)
@@ -185,12 +192,13 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     (norm ≈ 0.75 with the shipped char-CNN-RNN) and a long caption (≈ 1.0) reach the generator on one scale;
     ``polar_harmonics`` K > 0 (``fusion="affine"`` only) gives every up-block polar position channels, and
     ``polar_antialias`` fades their angle harmonics out where the pixel grid cannot show them (`polar_coordinates`);
-    ``residual_blocks`` (``fusion="affine"`` only) adds a residual second fused convolution to every up-block.
+    ``residual_blocks`` (``fusion="affine"`` only) adds a residual second fused convolution to every up-block, and
+    ``transposed_up_blocks`` (``fusion="affine"`` only) makes each block up-sample by a transposed convolution.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
 
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
-            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` without ``fusion="affine"``, or a resolution other than 64 or 128.
+            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -209,6 +217,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         polar_harmonics: int = 0,
         polar_antialias: bool = False,
         residual_blocks: bool = False,
+        transposed_up_blocks: bool = False,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -217,8 +226,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"polar_harmonics must be ≥ 0, and > 0 only with fusion='affine'; got {polar_harmonics} with {fusion!r}")
         if polar_antialias and not polar_harmonics:
             raise ValueError("polar_antialias windows the polar harmonics: it needs polar_harmonics > 0")
-        if residual_blocks and fusion != "affine":
-            raise ValueError(f"residual_blocks are text-affine up-blocks: they need fusion='affine', got {fusion!r}")
+        for name, value in (("residual_blocks", residual_blocks), ("transposed_up_blocks", transposed_up_blocks)):
+            if value and fusion != "affine":
+                raise ValueError(f"{name} shape the text-affine up-blocks: they need fusion='affine', got {fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -247,7 +257,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             widths = [width] + [max(width // 2**i, 8) for i in range(1, num_up + 1)]
             self.up_blocks = nn.ModuleList(
                 TextAffineUpBlock(widths[i], widths[i + 1], noise_dim + text_proj_dim, polar_harmonics, polar_antialias,
-                                  residual_blocks)
+                                  residual_blocks, transposed_up_blocks)
                 for i in range(num_up)
             )
             self.to_rgb = nn.Sequential(nn.Conv2d(widths[-1], out_channels, 3, 1, 1), nn.Tanh())

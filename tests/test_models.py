@@ -116,7 +116,9 @@ def test_projection_discriminator_scores_matching_as_one_inner_product():
 @pytest.mark.parametrize("resolution", [64, 128])
 @pytest.mark.parametrize("options", [{}, {"conditioning_augmentation": True}, {"normalize_text": True, "text_batch_norm": True},
                                      {"polar_harmonics": 3}, {"polar_harmonics": 2, "polar_antialias": True},
-                                     {"polar_harmonics": 2, "residual_blocks": True}])
+                                     {"polar_harmonics": 2, "residual_blocks": True},
+                                     {"polar_harmonics": 2, "transposed_up_blocks": True},
+                                     {"transposed_up_blocks": True, "residual_blocks": True}])
 def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_path):
     torch.manual_seed(0)
     generator = GanClsGenerator(text_embed_dim=24, ngf=8, resolution=resolution, fusion="affine", **options)
@@ -124,7 +126,10 @@ def test_affine_fusion_generator_shapes_and_round_trip(resolution, options, tmp_
     generator.train()(noise, text)  # running statistics for eval mode
     images = generator.eval()(noise, text)
     assert images.shape == (3, 3, resolution, resolution) and images.abs().max() <= 1
-    assert not any(isinstance(m, torch.nn.ConvTranspose2d) for m in generator.modules())  # no checkerboard source
+    transposed = [m for m in generator.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    # Nearest + 3×3 has no checkerboard source; the transposed option has one 4×4 stride-2 layer per up-block.
+    assert len(transposed) == (len(generator.up_blocks) if options.get("transposed_up_blocks") else 0)
+    assert all(m.kernel_size == (4, 4) and m.stride == (2, 2) for m in transposed)
     assert len(generator.up_blocks) == (4 if resolution == 64 else 5)
     generator.save_pretrained(tmp_path)
     reloaded = GanClsGenerator.from_pretrained(tmp_path)
@@ -342,8 +347,9 @@ def test_growing_from_another_generator_is_refused_with_the_difference_named(oth
     options = dict(text_embed_dim=24, ngf=8, fusion="affine", polar_harmonics=2)
     with pytest.raises(ValueError, match=message):
         GanClsGenerator(**options).grow_from_(GanClsGenerator(**{**options, **other}))
-    with pytest.raises(ValueError, match="need fusion='affine'"):
-        GanClsGenerator(fusion="input", residual_blocks=True)
+    for option in ("residual_blocks", "transposed_up_blocks"):
+        with pytest.raises(ValueError, match=f"{option} shape the text-affine up-blocks: they need fusion='affine'"):
+            GanClsGenerator(fusion="input", **{option: True})
 
 
 def test_freezing_discriminator_blocks_keeps_them_fixed_and_on_running_statistics():
