@@ -68,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     from t2i.data import augment_batch, images_to_uint8, load_captioned_dataset, load_size_for
-    from t2i.evaluation.metrics import frechet_distance
+    from t2i.evaluation.metrics import frechet_distance_and_real_reference
     from t2i.evaluation.oracle import ORACLE_RESOLUTION, load_oracle
     from t2i.evaluation.robustness import flower_pixel_share, real_image_statistics, roughness
     from t2i.models import dcgan_init_
@@ -133,17 +133,14 @@ def main(argv=None) -> dict:
         noise = torch.randn(args.num_samples, args.noise_dim, 1, 1, generator=torch.Generator().manual_seed(args.seed + 1))
         generated = torch.cat([generator(chunk).float() for chunk in noise.split(250)]).clamp(-1, 1)
     test = augment_batch(images_to_uint8(dataset["test"], load_size_for(ORACLE_RESOLUTION)), ORACLE_RESOLUTION, train=False)
-    size = min(args.num_samples, len(test))
-    pick = torch.randperm(len(dataset["train"]), generator=torch.Generator().manual_seed(0))[:size].sort().values
-    train_ref = augment_batch(images_to_uint8(dataset["train"].select(pick.tolist()), load_size_for(ORACLE_RESOLUTION)), ORACLE_RESOLUTION, train=False)
     with torch.inference_mode():
-        _, generated_features = oracle.predict(generated[:size])
-        _, test_features = oracle.predict(test[:size])
-        _, train_features = oracle.predict(train_ref)
+        _, generated_features = oracle.predict(generated)
+        _, test_features = oracle.predict(test)
+        fd, fd_real, size = frechet_distance_and_real_reference(oracle, generated_features, test_features, dataset["train"],
+                                                                torch.Generator().manual_seed(0))
     if size <= generated_features.shape[1]:
         print(f"warning: {size} samples for {generated_features.shape[1]}-d features: the Fréchet distance is rough "
               "(use --num_samples 1000)", file=sys.stderr)
-    fd, fd_real = frechet_distance(generated_features, test_features), frechet_distance(train_features, test_features)
     reference, generated01 = real_image_statistics(), (generated + 1) / 2
     summary = {
         "generator": f"DCGAN unconditional, ngf {args.ngf}, ndf {args.ndf}", "steps": step, "train_seconds": train_seconds,

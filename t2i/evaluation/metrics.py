@@ -112,6 +112,21 @@ def _inception_fid(weights_path: str, real: torch.Tensor, fake: torch.Tensor) ->
     return float(fid.compute())
 
 
+def frechet_distance_and_real_reference(oracle: AttributeOracle, generated_features: torch.Tensor, real_test_features: torch.Tensor,
+                                        train_dataset: Dataset, rng: torch.Generator) -> tuple[float, float, int]:
+    """Fréchet distance of generated to real test features, and of real train to real test images: the reference
+    the evaluation divides by. Both use the same sample size n (the smallest of the three sets), so the reference
+    has the same small-sample bias. Returns (generated vs test, train vs test, n); n train images and n test
+    features are drawn with ``rng``, the train images encoded by ``oracle``."""
+    size = min(len(generated_features), len(train_dataset), len(real_test_features))
+    train_pick = torch.randperm(len(train_dataset), generator=rng)[:size].sort().values
+    real_train = augment_batch(images_to_uint8(train_dataset.select(train_pick.tolist()), load_size_for(ORACLE_RESOLUTION)), ORACLE_RESOLUTION, train=False)
+    _, train_features = oracle.predict(real_train)
+    test_pick = torch.randperm(len(real_test_features), generator=rng)[:size]
+    real_test = real_test_features[test_pick]
+    return frechet_distance(generated_features[:size], real_test), frechet_distance(train_features, real_test), size
+
+
 def evaluate_pipeline(
     pipeline: GanClsPipeline,
     test_dataset: Dataset,
@@ -145,14 +160,7 @@ def evaluate_pipeline(
     generated_predictions, generated_features = oracle.predict(generated)
     real_predictions, real_features = oracle.predict(real_test)
 
-    # Fréchet distances with equal sample sizes, so the real-vs-real reference has the same bias.
-    reference_size = min(num_samples, len(train_dataset), len(test_dataset))
-    train_pick = torch.randperm(len(train_dataset), generator=rng)[:reference_size].sort().values
-    real_train = augment_batch(images_to_uint8(train_dataset.select(train_pick.tolist()), load_size_for(ORACLE_RESOLUTION)), ORACLE_RESOLUTION, train=False)
-    _, train_features = oracle.predict(real_train)
-    test_pick = torch.randperm(len(test_dataset), generator=rng)[:reference_size]
-    fd_generated = frechet_distance(generated_features[:reference_size], real_features[test_pick])
-    fd_real = frechet_distance(train_features, real_features[test_pick])
+    fd_generated, fd_real, reference_size = frechet_distance_and_real_reference(oracle, generated_features, real_features, train_dataset, rng)
 
     # Diversity: per test class, one caption × `diversity_seeds` seeds against that many real images of the class.
     generated_spread, real_spread, counts = [], [], []
