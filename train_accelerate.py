@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
 from t2i.hub import check_before_loading, resolve_pretrained_folder
-from t2i.data import TensorBatchLoader, counterfactual_captions, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
+from t2i.data import TensorBatchLoader, caption_fragments, counterfactual_captions, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
 from t2i.diffaugment import DIFF_AUGMENT_POLICIES
 from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_oracle
 from t2i.hardware import cpu_has_fast_bf16
@@ -172,6 +172,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="GAN-INT's interpolation weight β (Reed: 0.5), or 'random': flat-Dirichlet weights per row")
     objective.add_argument("--int_captions", type=int, default=2,
                            help="captions each GAN-INT embedding mixes (Reed: 2; more needs --int_beta random)")
+    objective.add_argument("--int_fraction", type=float, default=1.0,
+                           help="share of the batch's captions that also get a GAN-INT mixture, in (0, 1] (Reed: 1); "
+                                "each mixture costs a generator pass")
     objective.add_argument("--hard_negatives", type=int, default=1,
                            help="GAN-CLS's mismatched caption: the closest to the right one of this many captions of "
                                 "other-class images (VSE++'s hard negatives; 1: Reed's random one)")
@@ -179,6 +182,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="probability that GAN-CLS's mismatched caption is instead the right caption with one colour, "
                                 "count or shape word swapped (t2i.data.counterfactual), so D must check each stated value; "
                                 "0: never")
+    objective.add_argument("--fragment_captions", type=float, default=0.0,
+                           help="probability that a row's right caption is a span of 1-4 of its words instead "
+                                "(t2i.data.fragments), so G and D also train on short texts such as visitors type; 0: never")
     objective.add_argument("--unconditional_weight", type=float, default=0.0,
                            help="StackGAN++'s unconditional real/fake term for D and G, on every fake (needs --conditioning projection)")
     objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
@@ -292,10 +298,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--projection_scales must be between 1 and {4 if args.resolution == 64 else 5} at {args.resolution} px")
     if args.int_captions < 2 or (args.int_captions > 2 and args.int_beta is not None):
         parser.error(f"--int_captions {args.int_captions}: must be ≥ 2, and > 2 only with --int_beta random")
+    if not 0.0 < args.int_fraction <= 1.0:  # NaN fails this too
+        parser.error(f"--int_fraction must be in (0, 1], got {args.int_fraction}")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
         parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
-    if not 0.0 <= args.counterfactual_negatives <= 1.0:  # NaN fails this too
-        parser.error(f"--counterfactual_negatives must be a probability in [0, 1], got {args.counterfactual_negatives}")
+    for name in ("counterfactual_negatives", "fragment_captions"):
+        if not 0.0 <= getattr(args, name) <= 1.0:  # NaN fails this too
+            parser.error(f"--{name} must be a probability in [0, 1], got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
         parser.error(f"--label_smoothing must be in [0, 1), got {args.label_smoothing}")
     if not 0.0 < args.ema_decay < 1.0:
@@ -538,6 +547,10 @@ def main(argv: list[str] | None = None) -> None:
             counterfactual_embeddings = load_or_build_caption_embeddings(counterfactuals, text_encoder, cache_dir=args.cache_dir)
             swapped = torch.tensor(swapped)
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
+        fragment_embeddings = None
+        if args.fragment_captions > 0:  # drawn with a fixed seed, not --seed, like the counterfactuals
+            fragment_embeddings = load_or_build_caption_embeddings(caption_fragments(train_dataset["captions"]), text_encoder,
+                                                                   cache_dir=args.cache_dir)
     validation_embeds = text_encoder.encode(args.validation_prompts)
     joint_image_encoder = None
     if args.matching_loss_weight > 0 or args.discriminator_from_joint_embedding:  # θ of the text encoder's joint embedding
@@ -560,6 +573,8 @@ def main(argv: list[str] | None = None) -> None:
         counterfactual_negatives=args.counterfactual_negatives,
         counterfactual_embeddings=counterfactual_embeddings,
         swapped=swapped,
+        fragment_captions=args.fragment_captions,
+        fragment_embeddings=fragment_embeddings,
         generator=torch.Generator().manual_seed(args.seed),
         device=accelerator.device,
         process_index=accelerator.process_index,
@@ -598,6 +613,7 @@ def main(argv: list[str] | None = None) -> None:
         joint_image_encoder = None  # only the matching loss reads θ during training
     objective = GanClsObjective(
         loss=args.loss, gan_int=args.gan_int, int_beta=args.int_beta, int_captions=args.int_captions,
+        int_fraction=args.int_fraction,
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
@@ -670,6 +686,15 @@ def main(argv: list[str] | None = None) -> None:
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
     loop_started = time.monotonic()  # --max_train_minutes counts GAN steps only, not data loading or text-encoder training
     losses: dict[str, float] = training_state.get("losses", {}) if resume_from is not None else {}  # the last step's, for the card
+
+    def draw_validation_grid(epoch: int) -> None:
+        if ema_generator is not None:  # the next update_ema overwrites these statistics again, so training is unchanged
+            recalibrate_ema(ema_generator, embeddings, args.train_batch_size, args.seed, accelerator.device)
+        sample_model = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
+        logger.info(f"Validation grid: {log_validation(accelerator, sample_model, validation_embeds, args.output_dir, args.seed, epoch, global_step)}")
+
+    if finished and accelerator.is_main_process:  # it may have been killed between its last checkpoint and its grid
+        draw_validation_grid(first_epoch)
     for epoch in range(first_epoch, first_epoch if finished else num_epochs):
         epoch_start_rng = loader.generator.get_state()
         for step_in_epoch, batch in enumerate(loader):
@@ -706,11 +731,7 @@ def main(argv: list[str] | None = None) -> None:
             if global_step >= max_train_steps:
                 break
         if accelerator.is_main_process and ((epoch + 1) % args.validation_epochs == 0 or global_step >= max_train_steps):
-            if ema_generator is not None:  # the next update_ema overwrites these statistics again, so training is unchanged
-                recalibrate_ema(ema_generator, embeddings, args.train_batch_size, args.seed, accelerator.device)
-            sample_model = ema_generator if ema_generator is not None else accelerator.unwrap_model(generator)
-            grid = log_validation(accelerator, sample_model, validation_embeds, args.output_dir, args.seed, epoch, global_step)
-            logger.info(f"Validation grid: {grid}")
+            draw_validation_grid(epoch)
         if global_step >= max_train_steps:
             break
     progress.close()

@@ -48,6 +48,9 @@ ROWS=(
   "v5_cf|t2i-v5 + counterfactual negatives: half of GAN-CLS's wrong captions are the right one with one colour, count or shape word swapped|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --counterfactual_negatives 0.5"
   "lean_reed|Reed's generator with the projection D on one scale, GAN-CLS only (no GAN-INT, no mode seeking): a DCGAN-cost step|--fusion input --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
   "lean_norm|the lean step with L2-normalised text and GAN-INT on mixtures of 3 captions (no mode seeking)|--fusion input --normalize_text --int_beta random --int_captions 3 --mode_seeking_weight 0 --projection_scales 1"
+  "aff_lean|the lean step with text affines in every block (transposed up-sampling) and L2-normalised text, GAN-CLS only|--fusion affine --transposed_up_blocks --normalize_text --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
+  "aff_mixq|aff_lean + GAN-INT on mixtures of 3 captions for a quarter of the batch|--fusion affine --transposed_up_blocks --normalize_text --int_beta random --int_captions 3 --int_fraction 0.25 --mode_seeking_weight 0 --projection_scales 1"
+  "lean_frag|the lean step with L2-normalised text and caption fragments: a quarter of the right captions are spans of 1-4 of their words|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in ${SEEDS:-0 1}; do

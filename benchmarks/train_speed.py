@@ -65,7 +65,9 @@ def main() -> None:
     parser.add_argument("--polar_harmonics", type=int, default=0)
     parser.add_argument("--residual_blocks", action="store_true")
     parser.add_argument("--transposed_up_blocks", action="store_true")
+    parser.add_argument("--gan_int", action=argparse.BooleanOptionalAction, default=True, help="--no-gan_int: GAN-CLS only")
     parser.add_argument("--int_captions", type=int, default=2, help="> 2: GAN-INT on flat-Dirichlet mixtures of this many captions")
+    parser.add_argument("--int_fraction", type=float, default=1.0, help="share of the batch that gets a GAN-INT mixture")
     parser.add_argument("--mode_seeking_mixtures", action="store_true")
     parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
     parser.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES)
@@ -75,8 +77,8 @@ def main() -> None:
     accelerator = Accelerator(mixed_precision=bench.mixed_precision, cpu=not torch.cuda.is_available())
     device = accelerator.device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    objective = GanClsObjective(mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
-                                diff_augment=tuple(bench.diff_augment), int_captions=bench.int_captions,
+    objective = GanClsObjective(gan_int=bench.gan_int, mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
+                                diff_augment=tuple(bench.diff_augment), int_captions=bench.int_captions, int_fraction=bench.int_fraction,
                                 int_beta=None if bench.int_captions > 2 else 0.5, mode_seeking_mixtures=bench.mode_seeking_mixtures)
 
     torch.manual_seed(0)
@@ -141,7 +143,9 @@ def main() -> None:
         "polar_harmonics": bench.polar_harmonics,
         "residual_blocks": bench.residual_blocks,
         "transposed_up_blocks": bench.transposed_up_blocks,
+        "gan_int": bench.gan_int,
         "int_captions": bench.int_captions,
+        "int_fraction": bench.int_fraction,
         "mode_seeking_mixtures": bench.mode_seeking_mixtures,
         "diff_augment": bench.diff_augment,
         "steps": bench.steps,

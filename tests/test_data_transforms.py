@@ -201,3 +201,39 @@ def test_counterfactual_negatives_are_the_right_captions_with_a_word_swapped():
                             counterfactual_negatives=0.0, counterfactual_embeddings=counterfactual, swapped=swapped)
     for a, b in zip(plain, off):
         assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_fragment_captions_replace_the_right_text_by_its_own_fragments():
+    images, labels = _images(n=12), torch.arange(12) % 3
+    embeddings = _embeddings([2] * 12)
+    fragments = CaptionEmbeddings(embeddings.embeddings + 100.0, embeddings.offsets)  # each caption's fragment, far from every caption
+
+    def batches(p: float, captions_per_image: int = 1) -> list[dict]:
+        loader = TensorBatchLoader(images, embeddings, labels, 12, 64, captions_per_image=captions_per_image,
+                                   generator=torch.Generator().manual_seed(3), fragment_captions=p, fragment_embeddings=fragments)
+        return [batch for _ in range(20) for batch in loader]
+
+    rows = 0
+    for batch in batches(1.0):
+        # Every right text is a fragment of one of the image's own captions (the same caption row, shifted by 100).
+        own = embeddings.embeddings.view(12, 2, -1)[batch["indices"]] + 100.0
+        assert all(any(torch.equal(text, fragment) for fragment in mine) for text, mine in zip(batch["text_embeds"], own))
+        assert (batch["wrong_text_embeds"][:, 0] < 50).all()  # the mismatched caption stays a whole caption
+        rows += len(batch["indices"])
+    share = sum(int((b["text_embeds"][:, 0] > 50).sum()) for b in batches(0.25)) / rows
+    assert 0.15 < share < 0.35
+    for batch in batches(1.0, captions_per_image=2):  # Reed's averaged captions: the average of the same captions' fragments
+        own = embeddings.embeddings.view(12, 2, -1)[batch["indices"]].mean(dim=1) + 100.0
+        assert torch.allclose(batch["text_embeds"], own)
+    for p in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fragment_captions must be a probability"):
+            TensorBatchLoader(images, embeddings, labels, 4, 64, fragment_captions=p, fragment_embeddings=fragments)
+    with pytest.raises(ValueError, match="needs fragment_embeddings with one row per caption"):
+        TensorBatchLoader(images, embeddings, labels, 4, 64, fragment_captions=0.5)
+    with pytest.raises(ValueError, match="needs fragment_embeddings with one row per caption"):
+        TensorBatchLoader(images, embeddings, labels, 4, 64, fragment_captions=0.5,
+                          fragment_embeddings=CaptionEmbeddings(fragments.embeddings[:-1], torch.arange(24)))
+    plain = TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(4))
+    off = TensorBatchLoader(images, embeddings, labels, 4, 64, generator=torch.Generator().manual_seed(4), fragment_embeddings=fragments)
+    for a, b in zip(plain, off):
+        assert all(torch.equal(a[key], b[key]) for key in a)

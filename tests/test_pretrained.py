@@ -97,7 +97,7 @@ def test_training_defaults_are_the_shipped_models_recipe():
     argv[argv.index("--dataset_name") + 1] = str(PRETRAINED)  # the synthetic set need not exist here
     argv[argv.index("--text_encoder_path") + 1] = str(PRETRAINED)
     recorded = train_accelerate.parse_args(argv)
-    objective = ("gan_int", "int_beta", "int_captions", "unconditional_weight", "loss", "mode_seeking_weight",
+    objective = ("gan_int", "int_beta", "int_captions", "int_fraction", "unconditional_weight", "loss", "mode_seeking_weight",
                  "diff_augment", "matching_loss_weight", "feature_matching_weight", "label_smoothing", "ma_gp", "kl_weight")
     for flag in (*train_accelerate.MODEL_FLAGS, *objective, "learning_rate", "train_batch_size"):
         assert getattr(recorded, flag) == getattr(args, flag), flag

@@ -135,6 +135,7 @@ def test_a_finished_run_resumed_again_takes_no_more_steps(train_args, uninterrup
     result = run([*train_args, "--resume_from_checkpoint", "latest"], tmp_path)
     assert f"is the end of this run (step {STEPS}): no more steps" in result.stdout
     assert_identical(final_state(tmp_path), final_state(uninterrupted_run))
+    assert list((tmp_path / "samples").glob(f"*_step_{STEPS:07d}.png"))  # the last grid, which the kill may have cut
     summary = json.loads((tmp_path / "training_summary.json").read_text())
     assert summary["training_steps"] == STEPS and set(summary["final_losses"]) >= {"loss_d", "loss_g"}
 
@@ -303,6 +304,8 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--int_beta", "half"], "expected a number in [0, 1] or 'random'"),
         (["--int_captions", "3", "--int_beta", "0.5"], "> 2 only with --int_beta random"),
         (["--int_captions", "1", "--int_beta", "random"], "must be ≥ 2"),
+        (["--int_fraction", "0"], "--int_fraction must be in (0, 1]"),
+        (["--int_fraction", "nan"], "--int_fraction must be in (0, 1]"),
         (["--unconditional_weight", "1", "--conditioning", "concat", "--projection_scales", "1"], "--unconditional_weight needs --conditioning projection"),
         (["--unconditional_weight", "-1"], "--unconditional_weight must be ≥ 0"),
         (["--label_smoothing", "1"], "--label_smoothing must be in"),
@@ -324,6 +327,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
         (["--counterfactual_negatives", "1.5"], "--counterfactual_negatives must be a probability in [0, 1], got 1.5"),
         (["--counterfactual_negatives", "nan"], "--counterfactual_negatives must be a probability in [0, 1], got nan"),
+        (["--fragment_captions", "1.5"], "--fragment_captions must be a probability in [0, 1], got 1.5"),
         (["--mode_seeking_weight", "nan"], "--mode_seeking_weight must be a finite number"),
         (["--matching_loss_weight", "inf"], "--matching_loss_weight must be a finite number"),
         (["--polar_antialias", "--polar_harmonics", "0"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),

@@ -93,6 +93,34 @@ def test_mode_seeking_pairs_captions_or_mixtures(on_mixtures):
     assert not any(torch.allclose(m, c) for m in mixtures for c in captions)
 
 
+@pytest.mark.parametrize("fraction, mixtures", [(1.0, 8), (0.25, 2), (0.01, 1)])
+def test_int_fraction_mixes_that_share_of_the_captions(fraction, mixtures):
+    objective = GanClsObjective(int_beta=None, int_captions=3, int_fraction=fraction, mode_seeking_weight=1.0,
+                                mode_seeking_mixtures=True)
+    texts, captions = _generator_texts(objective)
+    on_mixtures = min(2, mixtures)  # ⌊B/4⌋ pairs on mixtures, when there are that many
+    assert texts.shape == (8 + mixtures + 4, 12)
+    assert torch.equal(texts[:8], captions)
+    full, _ = _generator_texts(GanClsObjective(int_beta=None, int_captions=3, mode_seeking_weight=1.0, mode_seeking_mixtures=True))
+    assert torch.equal(texts[8:8 + mixtures], full[8:8 + mixtures])  # the same mixtures of the same first captions
+    second = texts[8 + mixtures:]
+    assert torch.equal(second, torch.cat([captions[:4 - on_mixtures], texts[8:8 + on_mixtures]]))
+
+
+def test_gan_cls_and_gan_int_terms_weigh_equally_whatever_the_fraction(monkeypatch):
+    """The generator loss is (GAN-CLS term + GAN-INT term) / 2: a spy on the adversarial loss sees the two row sets."""
+    import t2i.training.gan_cls as gan_cls
+
+    seen = []
+    real_loss = gan_cls.generator_adversarial_loss
+    monkeypatch.setattr(gan_cls, "generator_adversarial_loss", lambda logits, loss: seen.append(logits.shape[0]) or real_loss(logits, loss))
+    losses, _, _ = _step(GanClsObjective(int_beta=None, int_captions=3, int_fraction=0.25))
+    assert seen == [8, 2]
+    seen.clear()
+    plain, _, _ = _step(GanClsObjective(gan_int=False))
+    assert seen == [8] and losses["loss_g"] != pytest.approx(plain["loss_g"])
+
+
 @pytest.mark.parametrize("batch_size", [2, 3, 8])
 @pytest.mark.parametrize("conditioning_augmentation", [False, True])
 def test_mode_seeking_compares_images_of_one_text_with_their_own_noise(batch_size, conditioning_augmentation, monkeypatch):
@@ -141,6 +169,9 @@ def test_mode_seeking_on_mixtures_changes_the_update():
     ({"int_captions": 3}, "> 2 only with int_beta=None"),
     ({"int_captions": 1, "int_beta": None}, "int_captions must be ≥ 2"),
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
+    ({"int_fraction": 0.0}, "int_fraction must be in"),
+    ({"int_fraction": 1.5}, "int_fraction must be in"),
+    ({"int_fraction": float("nan")}, "int_fraction must be in"),
     ({"gan_int": False, "mode_seeking_mixtures": True, "mode_seeking_weight": 1.0}, "needs gan_int"),
     ({"mode_seeking_scale": 0, "mode_seeking_weight": 1.0}, "mode_seeking_scale must be ≥ 1"),
     ({"mode_seeking_mixtures": True}, "need mode_seeking_weight > 0"),

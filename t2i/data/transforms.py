@@ -168,7 +168,9 @@ class TensorBatchLoader:
     is instead, with probability p, the counterfactual of its right captions: the same caption rows of
     `counterfactual_embeddings`, the embeddings of each caption with one attribute word swapped,
     `t2i.data.counterfactual`, for rows whose captions all have one, `swapped` [total captions] bool),
-    `labels` and `indices`. All randomness comes from
+    `labels` and `indices`. With `fragment_captions` p > 0 a row's right text is, with probability p, the
+    mean of the same captions' fragments instead (`fragment_embeddings`, one row per caption: spans of a few
+    of its words, `t2i.data.fragments`), so G and D also train on the short texts visitors type. All randomness comes from
     `generator`, so a seeded generator replays the same epochs; with several processes, give each the same
     seed and its `process_index`: they share the permutation and take disjoint parts of every batch.
     """
@@ -191,6 +193,8 @@ class TensorBatchLoader:
         counterfactual_negatives: float = 0.0,
         counterfactual_embeddings: CaptionEmbeddings | None = None,
         swapped: torch.Tensor | None = None,
+        fragment_captions: float = 0.0,
+        fragment_embeddings: CaptionEmbeddings | None = None,
     ) -> None:
         if hard_negatives < 1:
             raise ValueError(f"hard_negatives must be ≥ 1 (1: a random mismatched caption), got {hard_negatives}")
@@ -203,6 +207,11 @@ class TensorBatchLoader:
             if counterfactual_embeddings.embeddings.shape != embeddings.embeddings.shape or swapped.shape != embeddings.embeddings.shape[:1]:
                 raise ValueError(f"counterfactual embeddings {tuple(counterfactual_embeddings.embeddings.shape)} and swapped "
                                  f"{tuple(swapped.shape)} must have one row per caption, as the embeddings {tuple(embeddings.embeddings.shape)}")
+        if not 0.0 <= fragment_captions <= 1.0:
+            raise ValueError(f"fragment_captions must be a probability in [0, 1], got {fragment_captions}")
+        if fragment_captions > 0 and (fragment_embeddings is None or fragment_embeddings.embeddings.shape != embeddings.embeddings.shape):
+            raise ValueError("fragment_captions > 0 needs fragment_embeddings with one row per caption, as the embeddings "
+                             f"{tuple(embeddings.embeddings.shape)}")
         if len(images) != len(embeddings):
             raise ValueError(f"{len(images)} images but caption embeddings for {len(embeddings)}")
         self.device = torch.device(device) if device is not None else images.device
@@ -219,6 +228,9 @@ class TensorBatchLoader:
         if counterfactual_negatives > 0:
             self.counterfactual_embeddings = counterfactual_embeddings.to(self.device)
             self.swapped = swapped.cpu()
+        self.fragment_captions = fragment_captions
+        if fragment_captions > 0:
+            self.fragment_embeddings = fragment_embeddings.to(self.device)
 
     def __len__(self) -> int:
         global_batch = self.batch_size * self.num_processes
@@ -236,6 +248,9 @@ class TensorBatchLoader:
             pixels = augment_batch(self.images[batch.to(self.device)], self.resolution, self.train, self.generator)
             rows = self.embeddings.sample_rows(batch, self.generator, self.captions_per_image)
             text = self.embeddings.mean_of(rows)
+            if self.fragment_captions > 0:
+                use = torch.rand(len(batch), generator=self.generator) < self.fragment_captions
+                text = torch.where(use.to(self.device)[:, None], self.fragment_embeddings.mean_of(rows), text)
             wrong_text = self.embeddings.sample(wrong, self.generator)
             if self.hard_negatives > 1:
                 candidates = wrong_text.view(len(batch), self.hard_negatives, -1)

@@ -44,6 +44,9 @@ class GanClsObjective:
             row from the flat Dirichlet (β ~ U(0, 1) for two captions).
         int_captions: how many captions of the batch each GAN-INT embedding mixes (2 is Reed's; more reach the
             interior of the caption set, where short prompts embed); > 2 needs ``int_beta=None``.
+        int_fraction: the share of the batch's B captions that also get a GAN-INT mixture, in (0, 1] (Reed: 1).
+            The mixtures cost a generator pass each; a quarter of them costs a quarter as much, and the GAN-CLS
+            and GAN-INT terms keep equal weight in the generator loss whatever their numbers.
         unconditional_weight: StackGAN++'s unconditional real/fake term for D and G (needs a projection D), ≥ 0.
         label_smoothing: one-sided label smoothing of the real target, in [0, 1).
         feature_matching_weight: Salimans et al.'s feature matching, ≥ 0.
@@ -64,6 +67,7 @@ class GanClsObjective:
     gan_int: bool = True
     int_beta: float | None = 0.5
     int_captions: int = 2
+    int_fraction: float = 1.0
     unconditional_weight: float = 0.0
     label_smoothing: float = 0.0
     feature_matching_weight: float = 0.0
@@ -84,6 +88,8 @@ class GanClsObjective:
         if self.int_captions < 2 or (self.int_captions > 2 and self.int_beta is not None):
             raise ValueError(f"int_captions must be ≥ 2, and > 2 only with int_beta=None; got {self.int_captions} "
                              f"with int_beta={self.int_beta}")
+        if not 0.0 < self.int_fraction <= 1.0:  # NaN fails this too
+            raise ValueError(f"int_fraction must be in (0, 1], got {self.int_fraction}")
         if self.mode_seeking_scale < 1:
             raise ValueError(f"mode_seeking_scale must be ≥ 1, got {self.mode_seeking_scale}")
         if self.mode_seeking_mixtures and not self.gan_int:
@@ -131,21 +137,23 @@ def train_step(
     batch_size, device = real.shape[0], real.device
     model = accelerator.unwrap_model(generator)
 
-    # The generator's inputs: B captions for GAN-CLS; for GAN-INT, B mixtures of each caption with other captions
-    # of the batch; for mode seeking, second images with other noise of the first B/2 captions, or of the first
-    # B/2 − ⌊B/4⌋ captions and the first ⌊B/4⌋ mixtures.
+    # The generator's inputs: B captions for GAN-CLS; for GAN-INT, M = max(1, round(int_fraction·B)) mixtures of
+    # the first M captions with other captions of the batch; for mode seeking, second images with other noise of
+    # the first B/2 captions, or of the first B/2 − P captions and the first P = min(⌊B/4⌋, M) mixtures.
     text_for_g = right
+    num_mixtures = max(1, round(objective.int_fraction * batch_size)) if objective.gan_int else 0
     if objective.gan_int:
         if objective.int_beta is None:
             weights = flat_dirichlet(batch_size, objective.int_captions, rng)
         else:
             weights = torch.tensor([[objective.int_beta, 1.0 - objective.int_beta]]).expand(batch_size, 2)
-        text_for_g = torch.cat([right, mix_text_embeddings(right, weights.to(device))])
+        text_for_g = torch.cat([right, mix_text_embeddings(right, weights.to(device))[:num_mixtures]])
     num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
     half = batch_size // 2
     paired = torch.arange(half, device=device)  # rows of text_for_g that get a second image
     if objective.mode_seeking_mixtures:
-        paired = torch.cat([paired[: half - half // 2], batch_size + paired[: half // 2]])
+        on_mixtures = min(half // 2, num_mixtures)
+        paired = torch.cat([paired[: half - on_mixtures], batch_size + paired[:on_mixtures]])
     if objective.mode_seeking_weight > 0:
         text_for_g = torch.cat([text_for_g, text_for_g[paired]])
     noise = torch.randn(text_for_g.shape[0], model.config.noise_dim, generator=rng).to(device)
@@ -195,8 +203,11 @@ def train_step(
     # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
     with accelerator.autocast():
         g_out = discriminator(augment(fake[:num_judged]), text_for_g[:num_judged].detach())
-        # With GAN-INT the logits hold the GAN-CLS and the interpolated fakes: their mean weighs both terms equally.
-        loss_g = generator_adversarial_loss(g_out.logits.float(), objective.loss)
+        # Reed's generator loss weighs the GAN-CLS and the GAN-INT terms equally, however many mixtures there are.
+        logits = g_out.logits.float()
+        loss_g = generator_adversarial_loss(logits[:batch_size], objective.loss)
+        if objective.gan_int:
+            loss_g = (loss_g + generator_adversarial_loss(logits[batch_size:], objective.loss)) / 2
         if objective.unconditional_weight > 0:  # every fake, the GAN-INT mixtures' too, must look real
             loss_g = loss_g + objective.unconditional_weight * generator_adversarial_loss(g_out.unconditional_logits.float(), objective.loss)
         if objective.feature_matching_weight > 0:
