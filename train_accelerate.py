@@ -77,7 +77,12 @@ RECIPES["t2i-v4"] = {**RECIPES["t2i-v3"], "int_beta": None, "int_captions": 3}
 # Model v5: t2i-v4, with half of mode seeking's pairs on those mixtures (so prompts off the captions vary with
 # the seed) and polar position channels in every G block (a centred flower with a ring and a disc), pilots round 3.
 RECIPES["t2i-v5"] = {**RECIPES["t2i-v4"], "mode_seeking_mixtures": True, "polar_harmonics": 6}
-DEFAULT_RECIPE = "t2i-v5"  # the recipe of the embedded default in pretrained/
+# Model v7: the lean step (Reed's generator, GAN-CLS only, a one-scale projection D, DiffAugment: 2.8x the steps of
+# t2i-v5 per minute) on L2-normalised text, with caption fragments for a quarter of the right captions, which buy
+# back the robustness off the captions that v5's costlier step paid for (docs/results.md, round 7).
+RECIPES["t2i-v6"] = {**RECIPES["t2i-v2"], "normalize_text": True, "mode_seeking_weight": 0.0, "gan_int": False,
+                     "diff_augment": ["translation", "cutout"], "fragment_captions": 0.25}
+DEFAULT_RECIPE = "t2i-v6"  # the recipe of the embedded default in pretrained/
 
 
 def _beta_or_random(value: str) -> float | None:
@@ -173,8 +178,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     objective.add_argument("--int_captions", type=int, default=2,
                            help="captions each GAN-INT embedding mixes (Reed: 2; more needs --int_beta random)")
     objective.add_argument("--int_fraction", type=float, default=1.0,
-                           help="share of the batch's captions that also get a GAN-INT mixture, in (0, 1] (Reed: 1); "
-                                "each mixture costs a generator pass")
+                           help="share of the batch's captions that also get a GAN-INT mixture, in (0, 1] (Reed: 1): "
+                                "round(F x per-process batch), at least one; each mixture costs a generator pass, and "
+                                "--mode_seeking_mixtures pairs at most that many")
     objective.add_argument("--hard_negatives", type=int, default=1,
                            help="GAN-CLS's mismatched caption: the closest to the right one of this many captions of "
                                 "other-class images (VSE++'s hard negatives; 1: Reed's random one)")
@@ -184,7 +190,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "0: never")
     objective.add_argument("--fragment_captions", type=float, default=0.0,
                            help="probability that a row's right caption is a span of 1-4 of its words instead "
-                                "(t2i.data.fragments), so G and D also train on short texts such as visitors type; 0: never")
+                                "(t2i.data.fragments: one fixed span per caption, encoded once into --cache_dir; with "
+                                "--captions_per_image k the mean of k spans), so G and D also train on short texts such "
+                                "as visitors type; 0: never")
     objective.add_argument("--unconditional_weight", type=float, default=0.0,
                            help="StackGAN++'s unconditional real/fake term for D and G, on every fake (needs --conditioning projection)")
     objective.add_argument("--label_smoothing", type=float, default=0.0, help="one-sided: real target = 1 - value")
@@ -300,6 +308,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--int_captions {args.int_captions}: must be ≥ 2, and > 2 only with --int_beta random")
     if not 0.0 < args.int_fraction <= 1.0:  # NaN fails this too
         parser.error(f"--int_fraction must be in (0, 1], got {args.int_fraction}")
+    if args.int_fraction != 1.0 and not args.gan_int:
+        parser.error(f"--int_fraction {args.int_fraction} sizes GAN-INT's share of the batch: it needs --gan_int")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
         parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
     for name in ("counterfactual_negatives", "fragment_captions"):
@@ -549,8 +559,10 @@ def main(argv: list[str] | None = None) -> None:
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
         fragment_embeddings = None
         if args.fragment_captions > 0:  # drawn with a fixed seed, not --seed, like the counterfactuals
-            fragment_embeddings = load_or_build_caption_embeddings(caption_fragments(train_dataset["captions"]), text_encoder,
-                                                                   cache_dir=args.cache_dir)
+            fragments = caption_fragments(train_dataset["captions"])
+            accelerator.print(f"caption fragments: {len({f for row in fragments for f in row})} distinct spans of the "
+                              f"{sum(map(len, fragments))} training captions (their embeddings follow)")
+            fragment_embeddings = load_or_build_caption_embeddings(fragments, text_encoder, cache_dir=args.cache_dir)
     validation_embeds = text_encoder.encode(args.validation_prompts)
     joint_image_encoder = None
     if args.matching_loss_weight > 0 or args.discriminator_from_joint_embedding:  # θ of the text encoder's joint embedding

@@ -248,14 +248,17 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), SCRIPT, *train_args,
         "--max_train_steps", "6", "--output_dir", str(tmp_path),
-        # Hard and counterfactual negatives are picked on the global batch; both ranks must still agree on every weight.
-        "--polar_harmonics", "2", "--polar_antialias", "--hard_negatives", "4", "--counterfactual_negatives", "0.5",
+        # Hard and counterfactual negatives and caption fragments are picked on the global batch, GAN-INT's share of it
+        # per process; both ranks must still agree on every weight.
+        "--hard_negatives", "4", "--counterfactual_negatives", "0.5", "--fragment_captions", "0.5",
+        "--fusion", "affine", "--polar_harmonics", "2", "--polar_antialias", "--gan_int", "--int_fraction", "0.5",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     assert "generator weights identical on all 2 rank(s): True" in result.stdout
     assert "global batch 32" in result.stdout
     assert re.search(r"counterfactual negatives: \d+ of \d+ captions have a swappable word", result.stdout)
+    assert re.search(r"caption fragments: \d+ distinct spans of the \d+ training captions", result.stdout)
     config = GanClsPipeline.from_pretrained(tmp_path).generator.config
     assert config.ngf == 8 and config.polar_harmonics == 2 and config.polar_antialias is True
 
@@ -306,6 +309,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--int_captions", "1", "--int_beta", "random"], "must be ≥ 2"),
         (["--int_fraction", "0"], "--int_fraction must be in (0, 1]"),
         (["--int_fraction", "nan"], "--int_fraction must be in (0, 1]"),
+        (["--int_fraction", "0.5", "--no-gan_int"], "--int_fraction 0.5 sizes GAN-INT's share of the batch: it needs --gan_int"),
         (["--unconditional_weight", "1", "--conditioning", "concat", "--projection_scales", "1"], "--unconditional_weight needs --conditioning projection"),
         (["--unconditional_weight", "-1"], "--unconditional_weight must be ≥ 0"),
         (["--label_smoothing", "1"], "--label_smoothing must be in"),
@@ -332,7 +336,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--matching_loss_weight", "inf"], "--matching_loss_weight must be a finite number"),
         (["--polar_antialias", "--polar_harmonics", "0"], "--polar_antialias windows the polar channels: it needs --polar_harmonics K > 0"),
         (["--mode_seeking_scale", "3"], "must be ≥ 1 and divide --resolution 64"),
-        (["--mode_seeking_weight", "0", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
+        (["--mode_seeking_weight", "0", "--gan_int", "--mode_seeking_mixtures"], "they need --mode_seeking_weight > 0"),
         (["--conditioning", "attention"], "invalid choice: 'attention'"),
         # Combinations that could only fail after data and encoder loading (Hardening, item 5)
         (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),
@@ -494,14 +498,18 @@ def test_evaluation_steps_keep_the_best_generator_not_the_last(train_args, tmp_p
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
     import re
 
+    # Residual blocks grow the text-affine generator (t2i-v5's; the default recipe's is Reed's): a tiny one first.
+    affine_args = [*(a for a in train_args if a != "--use_ema"), "--recipe", "t2i-v5"]
+    trained = tmp_path / "affine"
+    run([*affine_args, "--max_train_steps", "2", "--checkpointing_steps", "2"], trained)
     # Two D-only warm-up steps: G is never updated, so the run ends with the generator it started from.
-    args = [*(a for a in train_args if a != "--use_ema"), "--pretrained_model_name_or_path", str(uninterrupted_run), "--residual_blocks",
+    args = [*affine_args, "--pretrained_model_name_or_path", str(trained), "--residual_blocks",
             "--max_train_steps", "2", "--evaluation_steps", "2", "--evaluation_samples", "40", "--discriminator_warmup_steps", "2"]
     result = run(args, tmp_path / "logged")
     log = result.stdout + result.stderr
-    assert f"generator initialised from {uninterrupted_run} (grown: residual blocks added)" in log
+    assert f"generator initialised from {trained} (grown: residual blocks added)" in log
     assert sorted(int(step) for step in re.findall(r"step (\d+): text_image_agreement_mean", log)) == [0, 2]
-    source = load_file(uninterrupted_run / "generator" / "diffusion_pytorch_model.safetensors")
+    source = load_file(trained / "generator" / "diffusion_pytorch_model.safetensors")
     tuned = load_file(tmp_path / "logged" / "generator" / "diffusion_pytorch_model.safetensors")
     assert GanClsPipeline.from_pretrained(tmp_path / "logged").generator.config.residual_blocks is True
     weights = [k for k in source if "running" not in k and "num_batches" not in k]
