@@ -198,8 +198,9 @@ class TensorBatchLoader:
     ) -> None:
         if hard_negatives < 1:
             raise ValueError(f"hard_negatives must be ≥ 1 (1: a random mismatched caption), got {hard_negatives}")
-        if not 0.0 <= counterfactual_negatives <= 1.0:
-            raise ValueError(f"counterfactual_negatives must be a probability in [0, 1], got {counterfactual_negatives}")
+        for name, p in (("counterfactual_negatives", counterfactual_negatives), ("fragment_captions", fragment_captions)):
+            if not 0.0 <= p <= 1.0:  # NaN fails this too
+                raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
         if counterfactual_negatives > 0:
             if counterfactual_embeddings is None or swapped is None:
                 raise ValueError("counterfactual_negatives > 0 needs counterfactual_embeddings and swapped")
@@ -207,8 +208,6 @@ class TensorBatchLoader:
             if counterfactual_embeddings.embeddings.shape != embeddings.embeddings.shape or swapped.shape != embeddings.embeddings.shape[:1]:
                 raise ValueError(f"counterfactual embeddings {tuple(counterfactual_embeddings.embeddings.shape)} and swapped "
                                  f"{tuple(swapped.shape)} must have one row per caption, as the embeddings {tuple(embeddings.embeddings.shape)}")
-        if not 0.0 <= fragment_captions <= 1.0:
-            raise ValueError(f"fragment_captions must be a probability in [0, 1], got {fragment_captions}")
         if fragment_captions > 0 and (fragment_embeddings is None or fragment_embeddings.embeddings.shape != embeddings.embeddings.shape):
             raise ValueError("fragment_captions > 0 needs fragment_embeddings with one row per caption, as the embeddings "
                              f"{tuple(embeddings.embeddings.shape)}")

@@ -140,9 +140,10 @@ def train_step(
     # The generator's inputs: B captions for GAN-CLS; for GAN-INT, M = max(1, round(int_fraction·B)) mixtures of
     # the first M captions with other captions of the batch; for mode seeking, second images with other noise of
     # the first B/2 captions, or of the first B/2 − P captions and the first P = min(⌊B/4⌋, M) mixtures.
-    text_for_g = right
-    num_mixtures = max(1, round(objective.int_fraction * batch_size)) if objective.gan_int else 0
+    text_for_g, num_mixtures = right, 0
     if objective.gan_int:
+        num_mixtures = max(1, round(objective.int_fraction * batch_size))
+        # Weights for all B rows, then the first M: the random stream stays that of int_fraction = 1.
         if objective.int_beta is None:
             weights = flat_dirichlet(batch_size, objective.int_captions, rng)
         else:
