@@ -82,7 +82,10 @@ RECIPES["t2i-v5"] = {**RECIPES["t2i-v4"], "mode_seeking_mixtures": True, "polar_
 # back the robustness off the captions that v5's costlier step paid for (docs/results.md, round 7).
 RECIPES["t2i-v7"] = {**RECIPES["t2i-v2"], "normalize_text": True, "mode_seeking_weight": 0.0, "gan_int": False,
                      "diff_augment": ["translation", "cutout"], "fragment_captions": 0.25}
-DEFAULT_RECIPE = "t2i-v7"  # the recipe of the embedded default in pretrained/
+# Model v8: t2i-v7 with XMC-GAN's contrastive term on D's projection scores (each image picks its caption among
+# the batch's), and MSGAN's mode seeking against the conditional collapse that term causes (docs/results.md, round 8).
+RECIPES["t2i-v8"] = {**RECIPES["t2i-v7"], "contrastive_weight": 1.0, "mode_seeking_weight": 0.5}
+DEFAULT_RECIPE = "t2i-v8"  # the recipe of the embedded default in pretrained/
 
 
 def _beta_or_random(value: str) -> float | None:
@@ -203,6 +206,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="how D joins text and image: concat (Reed) or projection (Miyato & Koyama)")
     objective.add_argument("--matching_loss_weight", type=float, default=0.0,
                            help="AttnGAN-style text-image matching loss for G through the frozen joint embedding θ (char-CNN-RNN only)")
+    objective.add_argument("--contrastive_weight", type=float, default=0.0,
+                           help="XMC-GAN's image-sentence contrastive loss on D's projection scores, for D (real images) and G "
+                                "(fakes): each image must pick its caption among the batch's (needs --conditioning projection)")
+    objective.add_argument("--contrastive_generator", action=argparse.BooleanOptionalAction, default=True,
+                           help="--no-contrastive_generator: the contrastive term for D alone, not for G's fakes")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
                            help="MSGAN mode-seeking term: keeps the noise in use when the text conditioning is strong")
     objective.add_argument("--mode_seeking_scale", type=int, default=1,
@@ -266,11 +274,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name, off, feature_off in (("polar_harmonics", 0, args.fusion != "affine"),
                                    ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
                                    ("projection_scales", 1, args.conditioning != "projection"),
+                                   ("contrastive_weight", 0.0, args.conditioning != "projection"),
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
     for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
-                 "mode_seeking_weight", "matching_loss_weight", "feature_matching_weight", "aux_class_weight"):
+                 "mode_seeking_weight", "matching_loss_weight", "contrastive_weight", "feature_matching_weight", "aux_class_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
@@ -310,6 +319,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--int_fraction must be in (0, 1], got {args.int_fraction}")
     if args.int_fraction != 1.0 and not args.gan_int:
         parser.error(f"--int_fraction {args.int_fraction} sizes GAN-INT's share of the batch: it needs --gan_int")
+    if not args.contrastive_generator and args.contrastive_weight == 0:
+        parser.error("--no-contrastive_generator keeps the contrastive term for D alone: it needs --contrastive_weight > 0")
+    if args.contrastive_weight > 0 and args.conditioning != "projection":
+        parser.error("--contrastive_weight needs --conditioning projection (it scores every image against every caption "
+                     "with the projection's matching term)")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
         parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
     for name in ("counterfactual_negatives", "fragment_captions"):
@@ -322,7 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes"):
         if getattr(args, name) is not None and getattr(args, name) <= 0:
             parser.error(f"--{name} must be > 0, got {getattr(args, name)}")
-    for name in ("kl_weight", "feature_matching_weight", "aux_class_weight", "unconditional_weight"):
+    for name in ("kl_weight", "feature_matching_weight", "aux_class_weight", "unconditional_weight", "contrastive_weight"):
         if getattr(args, name) < 0:
             parser.error(f"--{name} must be ≥ 0, got {getattr(args, name)}")
     for name in ("adam_beta1", "adam_beta2"):
@@ -628,7 +642,9 @@ def main(argv: list[str] | None = None) -> None:
         int_fraction=args.int_fraction,
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
-        matching_loss_weight=args.matching_loss_weight, mode_seeking_weight=args.mode_seeking_weight,
+        matching_loss_weight=args.matching_loss_weight, contrastive_weight=args.contrastive_weight,
+        contrastive_generator=args.contrastive_generator,
+        mode_seeking_weight=args.mode_seeking_weight,
         mode_seeking_mixtures=args.mode_seeking_mixtures, mode_seeking_scale=args.mode_seeking_scale,
         kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),
     )

@@ -51,6 +51,9 @@ ROWS=(
   "aff_lean|the lean step with text affines in every block (transposed up-sampling) and L2-normalised text, GAN-CLS only|--fusion affine --transposed_up_blocks --normalize_text --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
   "aff_mixq|aff_lean + GAN-INT on mixtures of 3 captions for a quarter of the batch|--fusion affine --transposed_up_blocks --normalize_text --int_beta random --int_captions 3 --int_fraction 0.25 --mode_seeking_weight 0 --projection_scales 1"
   "lean_frag|the lean step with L2-normalised text and caption fragments: a quarter of the right captions are spans of 1-4 of their words|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1"
+  "frag_xmc|lean_frag + XMC-GAN's contrastive term on D's projection scores: each image picks its caption among the batch's 64|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1 --contrastive_weight 1"
+  "frag_xmcd|frag_xmc with the contrastive term for D alone (G learns the sharper check only through D's logit)|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1 --contrastive_weight 1 --no-contrastive_generator"
+  "frag_xmc_ms|frag_xmc + MSGAN's mode seeking (0.5) against the conditional collapse the contrastive term causes|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in ${SEEDS:-0 1}; do

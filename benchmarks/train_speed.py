@@ -71,6 +71,7 @@ def main() -> None:
     parser.add_argument("--mode_seeking_mixtures", action="store_true")
     parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
     parser.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES)
+    parser.add_argument("--contrastive_weight", type=float, default=0.0, help="XMC-GAN's contrastive term (projection D)")
     parser.add_argument("--out", default=None)
     bench = parser.parse_args()
 
@@ -79,7 +80,8 @@ def main() -> None:
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     objective = GanClsObjective(gan_int=bench.gan_int, mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
                                 diff_augment=tuple(bench.diff_augment), int_captions=bench.int_captions, int_fraction=bench.int_fraction,
-                                int_beta=None if bench.int_captions > 2 else 0.5, mode_seeking_mixtures=bench.mode_seeking_mixtures)
+                                int_beta=None if bench.int_captions > 2 else 0.5, mode_seeking_mixtures=bench.mode_seeking_mixtures,
+                                contrastive_weight=bench.contrastive_weight)
 
     torch.manual_seed(0)
     load_size = bench.resolution * 76 // 64

@@ -148,6 +148,34 @@ def text_image_matching_loss(image_embeds: torch.Tensor, text_embeds: torch.Tens
     term only says real-and-matching or not.
     """
     logits = temperature * F.normalize(image_embeds, dim=1) @ F.normalize(text_embeds, dim=1).T
+    return _symmetric_batch_cross_entropy(logits)
+
+
+def contrastive_matching_loss(image_embeds: torch.Tensor, text_features: torch.Tensor,
+                              same_pair: torch.Tensor | None = None) -> torch.Tensor:
+    """XMC-GAN's image–sentence contrastive loss (Zhang et al., CVPR 2021), scored by the projection
+    discriminator's own matching term: logits[i, j] = image_embeds[i] · text_features[j] (both [B, F], from
+    `DiscriminatorOutput`) is D's logit for image i with caption j, less the text-free term that is the same for
+    every caption. Image i must pick caption i among the B captions of the batch, and caption i image i among the
+    B images (symmetric cross-entropy, ≥ 0).
+
+    GAN-CLS shows D one wrong caption per image, and a random one mostly differs in petal colour, the easiest
+    attribute; here every image is told apart from B − 1 captions at once, many of which share its petal colour
+    and differ only in the centre, the count or the shape. For D on real images it trains the text check; for G
+    on its fakes it asks each image to be the one its caption picks.
+
+    same_pair: [B, B] bool, True where caption j is as true of image i as caption i (same class, identical text):
+        such pairs are no negatives and are left out of both softmaxes (the diagonal is always kept).
+    """
+    logits = image_embeds @ text_features.T
+    if same_pair is not None:
+        off_diagonal = ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+        logits = logits.masked_fill(same_pair & off_diagonal, float("-inf"))
+    return _symmetric_batch_cross_entropy(logits)
+
+
+def _symmetric_batch_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Row i of the square `logits` should pick column i, and column i row i (CLIP's symmetric InfoNCE)."""
     targets = torch.arange(len(logits), device=logits.device)
     return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
 

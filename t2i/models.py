@@ -338,6 +338,10 @@ class DiscriminatorOutput(BaseOutput):
         class_logits: [B, num_classes] auxiliary class logits (TAC-GAN), or ``None`` without a class head.
         unconditional_logits: [B] the text-free "real image" logits, one per image: the projection
             discriminator's ψ(φ(x)) term, which ``logits`` contains (``None`` with concatenation).
+        image_embeds, text_features: [B, F] and [k·B, F], the two sides of the projection discriminator's
+            matching term, concatenated over its scales: image i and caption j match by
+            ``image_embeds[i] · text_features[j]``, so one product scores every image against every caption of
+            the batch (``None`` with concatenation).
     """
 
     logits: torch.Tensor
@@ -345,6 +349,8 @@ class DiscriminatorOutput(BaseOutput):
     image_features: torch.Tensor | None = None
     class_logits: torch.Tensor | None = None
     unconditional_logits: torch.Tensor | None = None
+    image_embeds: torch.Tensor | None = None
+    text_features: torch.Tensor | None = None
 
 
 CONDITIONINGS = ("concat", "projection")
@@ -486,18 +492,17 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if remainder or repeats < 1:
             raise ValueError(f"{text_embeds.shape[0]} text embeddings for {features.shape[0]} images: need a multiple")
         text = self.text_projection(text_embeds)
-        unconditional_logits = None
+        unconditional_logits = image_embeds = text_features = None
         if self.config.conditioning == "concat":
             text = text[:, :, None, None].expand(-1, -1, *features.shape[-2:])
             logits = self.to_logit(self.joint(torch.cat([features.repeat(repeats, 1, 1, 1), text], dim=1))).flatten()
         else:
-            matching = (self.text_to_features(text) * features.sum(dim=(2, 3)).repeat(repeats, 1)).sum(dim=1)
-            for k, text_to_features in enumerate(getattr(self, "finer_text_to_features", []), start=1):
-                # Mean × 16: the same scale as the 4×4 sum, whatever the map's size.
-                pooled = scales[-1 - k].mean(dim=(2, 3)) * 16
-                matching = matching + (text_to_features(text) * pooled.repeat(repeats, 1)).sum(dim=1)
+            finer = getattr(self, "finer_text_to_features", [])
+            # Finer maps are averaged × 16: the same scale as the 4×4 sum, whatever the map's size.
+            image_embeds = torch.cat([features.sum(dim=(2, 3))] + [scales[-1 - k].mean(dim=(2, 3)) * 16 for k in range(1, len(finer) + 1)], dim=1)
+            text_features = torch.cat([self.text_to_features(text)] + [text_to_features(text) for text_to_features in finer], dim=1)
             unconditional_logits = self.to_logit(features).flatten()
-            logits = unconditional_logits.repeat(repeats) + matching
+            logits = unconditional_logits.repeat(repeats) + (text_features * image_embeds.repeat(repeats, 1)).sum(dim=1)
         class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None
         return DiscriminatorOutput(logits=logits, image_features=features, class_logits=class_logits,
-                                   unconditional_logits=unconditional_logits)
+                                   unconditional_logits=unconditional_logits, image_embeds=image_embeds, text_features=text_features)

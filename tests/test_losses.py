@@ -6,6 +6,7 @@ import torch
 from t2i import GanClsDiscriminator
 from t2i.losses import (
     auxiliary_class_loss,
+    contrastive_matching_loss,
     discriminator_adversarial_loss,
     feature_matching_loss,
     flat_dirichlet,
@@ -169,6 +170,19 @@ def test_text_image_matching_loss_by_hand():
     assert text_image_matching_loss(images, texts).item() == pytest.approx(expected, rel=1e-5)
     swapped = text_image_matching_loss(images, texts.flip(0))  # every image now closest to the other caption
     assert swapped.item() == pytest.approx(-math.log(1 / (math.exp(10) + 1)), rel=1e-5)
+
+
+def test_contrastive_matching_loss_by_hand():
+    # Logits are the raw inner products: [[2, 0], [0, 3]] — each image scores its own caption highest.
+    images, texts = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    row = lambda own, other: -math.log(math.exp(own) / (math.exp(own) + math.exp(other)))
+    expected = (row(2, 0) + row(3, 0)) / 2  # rows and columns are the same here: the matrix is diagonal
+    assert contrastive_matching_loss(images, texts).item() == pytest.approx(expected, rel=1e-9)
+    # A caption that is as true of the other image (same class) is no negative: both softmaxes leave it out.
+    same = torch.ones(2, 2, dtype=torch.bool)
+    assert contrastive_matching_loss(images, texts, same).item() == 0.0
+    swapped = contrastive_matching_loss(images, texts.flip(0))  # each image now scores the other caption highest
+    assert swapped.item() == pytest.approx((row(0, 2) + row(0, 3)) / 2, rel=1e-9)
 
 
 def test_conditioning_augmentation_kl_by_hand():

@@ -208,6 +208,21 @@ def test_multi_scale_projection_judges_the_match_on_the_8x8_map_too():
         GanClsDiscriminator(conditioning="projection", projection_scales=5)
 
 
+@pytest.mark.parametrize("projection_scales", [1, 2])
+def test_projection_outputs_score_every_image_against_every_caption(projection_scales):
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, text_batch_norm=True, conditioning="projection",
+                                        projection_scales=projection_scales).eval()
+    images, texts = torch.randn(4, 3, 64, 64), torch.randn(4, 24)
+    out = discriminator(images, torch.cat([texts, texts.roll(1, 0)]))  # then image i with caption i − 1
+    assert out.image_embeds.shape == (4, 64 + 32 * (projection_scales - 1)) and out.text_features.shape == (8, out.image_embeds.shape[1])
+    all_pairs = out.unconditional_logits[:, None] + out.image_embeds @ out.text_features[:4].T
+    assert torch.allclose(out.logits[:4], all_pairs.diagonal(), atol=1e-5)
+    assert torch.allclose(out.logits[4:], all_pairs[torch.arange(4), torch.arange(4).roll(1)], atol=1e-5)
+    concat = GanClsDiscriminator(text_embed_dim=24, ndf=8).eval()(images, texts)
+    assert concat.image_embeds is None and concat.text_features is None
+
+
 def test_polar_coordinates_are_radius_and_angle_harmonics_around_the_centre():
     position = polar_coordinates(8, harmonics=2)
     assert position.shape == (5, 8, 8)

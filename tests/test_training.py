@@ -291,6 +291,17 @@ def test_home_relative_paths_are_expanded(tiny_synthetic_dataset, monkeypatch, t
     assert (args.output_dir, args.text_encoder_path, args.cache_dir) == tuple(str(tmp_path / n) for n in ("out", "encoder", "cache"))
 
 
+def test_recipe_t2i_v8_is_t2i_v7_with_the_contrastive_term_and_mode_seeking(tiny_synthetic_dataset):
+    v7, v8 = (train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", recipe]) for recipe in ("t2i-v7", "t2i-v8"))
+    assert {k for k in vars(v7) if getattr(v7, k) != getattr(v8, k)} == {"recipe", "contrastive_weight", "mode_seeking_weight"}
+    assert (v8.contrastive_weight, v8.contrastive_generator, v8.mode_seeking_weight) == (1.0, True, 0.5)
+    # The term scores pairs by the projection: Reed's concatenation D drops it, unless it is typed out (refused).
+    concat = train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", "t2i-v8", "--conditioning", "concat"])
+    assert concat.contrastive_weight == 0.0
+    with pytest.raises(SystemExit):
+        train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--conditioning", "concat", "--contrastive_weight", "1"])
+
+
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
     v4, v5 = (train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", recipe]) for recipe in ("t2i-v4", "t2i-v5"))
     assert {k for k in vars(v4) if getattr(v4, k) != getattr(v5, k)} == {"recipe", "mode_seeking_mixtures", "polar_harmonics"}
@@ -312,6 +323,10 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--int_fraction", "0.5", "--no-gan_int"], "--int_fraction 0.5 sizes GAN-INT's share of the batch: it needs --gan_int"),
         (["--unconditional_weight", "1", "--conditioning", "concat", "--projection_scales", "1"], "--unconditional_weight needs --conditioning projection"),
         (["--unconditional_weight", "-1"], "--unconditional_weight must be ≥ 0"),
+        (["--contrastive_weight", "1", "--conditioning", "concat", "--projection_scales", "1"], "--contrastive_weight needs --conditioning projection"),
+        (["--contrastive_weight", "-1"], "--contrastive_weight must be ≥ 0"),
+        (["--contrastive_weight", "0", "--no-contrastive_generator"], "--no-contrastive_generator keeps the contrastive term for D alone"),
+        (["--contrastive_weight", "nan"], "--contrastive_weight must be a finite number"),
         (["--label_smoothing", "1"], "--label_smoothing must be in"),
         (["--loss", "wgan"], "invalid choice: 'wgan'"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "no such checkpoint folder"),

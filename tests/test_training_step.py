@@ -1,5 +1,7 @@
 """The library's GAN-CLS step (t2i.training.train_step) on tiny models: what each objective switch changes."""
 
+import math
+
 import pytest
 import torch
 from accelerate import Accelerator
@@ -46,6 +48,28 @@ def test_random_mixtures_are_drawn_from_the_step_generator():
     params = lambda model: torch.cat([p.detach().flatten() for p in model.parameters()])
     assert first == again and torch.equal(params(g1), params(g2))  # seeded: a resumed run replays it
     assert not torch.equal(params(g1), params(g3))
+
+
+def test_contrastive_term_adds_to_both_losses_and_needs_a_projection_discriminator():
+    plain, _, _ = _step(GanClsObjective())
+    contrastive, g, _ = _step(GanClsObjective(contrastive_weight=1.0))
+    again, g_again, _ = _step(GanClsObjective(contrastive_weight=1.0))
+    # One D pass for both: the difference is the symmetric cross-entropy over 8 captions, near log 8 at the start.
+    assert contrastive["d_real_right"] == pytest.approx(plain["d_real_right"])
+    assert 0.5 < contrastive["loss_d"] - plain["loss_d"] < 2 * math.log(8)
+    assert contrastive["loss_g"] > plain["loss_g"] + 0.5
+    assert contrastive == again and all(torch.equal(a, b) for a, b in zip(g.parameters(), g_again.parameters()))
+    # For D alone: the same D update, and G's loss is the adversarial term without the contrastive one.
+    d_only, _, _ = _step(GanClsObjective(contrastive_weight=1.0, contrastive_generator=False))
+    assert d_only["loss_d"] == pytest.approx(contrastive["loss_d"])
+    assert 0.5 < contrastive["loss_g"] - d_only["loss_g"] < 2 * math.log(8)
+    accelerator = Accelerator(cpu=True)
+    generator, _ = _models()
+    concat = GanClsDiscriminator(text_embed_dim=12, text_proj_dim=8, ndf=8)
+    batch = {"pixel_values": torch.rand(4, 3, 64, 64) * 2 - 1, "text_embeds": torch.randn(4, 12), "wrong_text_embeds": torch.randn(4, 12)}
+    with pytest.raises(ValueError, match="projection discriminator"):
+        train_step(accelerator, generator, concat, torch.optim.Adam(generator.parameters()), torch.optim.Adam(concat.parameters()),
+                   batch, GanClsObjective(contrastive_weight=1.0), torch.Generator().manual_seed(0))
 
 
 def test_a_step_with_a_spectral_norm_discriminator_trains_it():
@@ -169,6 +193,8 @@ def test_mode_seeking_on_mixtures_changes_the_update():
     ({"int_captions": 3}, "> 2 only with int_beta=None"),
     ({"int_captions": 1, "int_beta": None}, "int_captions must be ≥ 2"),
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
+    ({"contrastive_weight": -1.0}, "contrastive_weight must be ≥ 0"),
+    ({"contrastive_generator": False}, "needs contrastive_weight > 0"),
     ({"int_fraction": 0.0}, "int_fraction must be in"),
     ({"int_fraction": 1.5}, "int_fraction must be in"),
     ({"int_fraction": float("nan")}, "int_fraction must be in"),

@@ -20,6 +20,7 @@ from ..losses import (
     LOSS_TYPES,
     auxiliary_class_loss,
     conditioning_augmentation_kl,
+    contrastive_matching_loss,
     discriminator_adversarial_loss,
     feature_matching_loss,
     flat_dirichlet,
@@ -53,6 +54,11 @@ class GanClsObjective:
         ma_gp: DF-GAN's matching-aware gradient penalty (k = 2, p = 6).
         aux_class_weight: TAC-GAN's auxiliary class loss (needs labels and a D class head), ≥ 0.
         matching_loss_weight: AttnGAN-style text-image matching through a frozen joint embedding θ, ≥ 0.
+        contrastive_weight: XMC-GAN's image–sentence contrastive term on D's projection scores, for D on real
+            images and for G on its fakes (needs a projection D), ≥ 0. Captions of the same class, and identical
+            texts, are not negatives.
+        contrastive_generator: also give G the contrastive term on its fakes (XMC-GAN); ``False`` keeps it for D
+            alone, so that G is taught the sharper text check only through D's adversarial logit.
         mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
         mode_seeking_scale: the average-pooling factor of the images before mode seeking's distance (1: MSGAN's
             pixel distance), ≥ 1.
@@ -74,6 +80,8 @@ class GanClsObjective:
     ma_gp: bool = False
     aux_class_weight: float = 0.0
     matching_loss_weight: float = 0.0
+    contrastive_weight: float = 0.0
+    contrastive_generator: bool = True
     mode_seeking_weight: float = 0.0
     mode_seeking_mixtures: bool = False
     mode_seeking_scale: int = 1
@@ -96,10 +104,12 @@ class GanClsObjective:
             raise ValueError("mode_seeking_mixtures needs gan_int: without it there are no mixtures to pair")
         if self.mode_seeking_weight == 0 and (self.mode_seeking_mixtures or self.mode_seeking_scale != 1):
             raise ValueError("mode_seeking_mixtures and mode_seeking_scale shape mode seeking: they need mode_seeking_weight > 0")
+        if not self.contrastive_generator and self.contrastive_weight == 0:
+            raise ValueError("contrastive_generator=False keeps the contrastive term for D alone: it needs contrastive_weight > 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "mode_seeking_weight", "kl_weight",
-                   "unconditional_weight")
+        weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "contrastive_weight",
+                   "mode_seeking_weight", "kl_weight", "unconditional_weight")
         for name in weights:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be ≥ 0, got {getattr(self, name)}")
@@ -125,7 +135,7 @@ def train_step(
         accelerator: the ``accelerate.Accelerator`` that prepared the models (autocast, backward).
         generator, discriminator: prepared ``GanClsGenerator`` / ``GanClsDiscriminator``.
         batch: ``pixel_values`` [B, 3, R, R] in [-1, 1], ``text_embeds`` and ``wrong_text_embeds`` [B, D], and
-            ``labels`` [B] for the auxiliary class loss.
+            ``labels`` [B] for the auxiliary class loss (and, if given, the contrastive term's same-class pairs).
         objective: the terms to optimise.
         rng: a CPU ``torch.Generator``; all the step's randomness (noise, conditioning augmentation's ε,
             DiffAugment) is drawn from it, so a saved generator state resumes the run exactly.
@@ -185,6 +195,14 @@ def train_step(
             loss_d = loss_d + objective.unconditional_weight * unconditional_discriminator_loss(
                 real_out.unconditional_logits.float(), fake_out.unconditional_logits.float(), objective.loss
             )
+        if objective.contrastive_weight > 0:
+            if real_out.image_embeds is None:
+                raise ValueError("contrastive_weight needs a projection discriminator (conditioning='projection')")
+            same_pair = (right[:, None] == right[None]).all(dim=-1)  # repeated texts: fragments such as "this flower"
+            if "labels" in batch:
+                same_pair |= batch["labels"][:, None] == batch["labels"][None]
+            loss_d = loss_d + objective.contrastive_weight * contrastive_matching_loss(
+                real_out.image_embeds.float(), real_out.text_features[:batch_size].float(), same_pair)
         if objective.aux_class_weight > 0:
             class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
             class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
@@ -216,6 +234,9 @@ def train_step(
             loss_g = loss_g + objective.feature_matching_weight * feature_matching_loss(real_out.image_features.float(), fake_features)
         if objective.aux_class_weight > 0:
             loss_g = loss_g + objective.aux_class_weight * auxiliary_class_loss(g_out.class_logits[:batch_size].float(), batch["labels"])
+        if objective.contrastive_weight > 0 and objective.contrastive_generator:
+            loss_g = loss_g + objective.contrastive_weight * contrastive_matching_loss(
+                g_out.image_embeds[:batch_size].float(), g_out.text_features[:batch_size].float(), same_pair)
         if objective.matching_loss_weight > 0:
             image_embeds = joint_image_encoder(fake[:batch_size]).float()
             loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
