@@ -29,7 +29,7 @@ from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from t2i import GanClsDiscriminator, GanClsGenerator, GanClsPipeline, ModelCardInfo
-from t2i.hub import check_before_loading, resolve_pretrained_folder
+from t2i.hub import MODEL_CARD_TAGS, check_before_loading, resolve_pretrained_folder
 from t2i.data import TensorBatchLoader, caption_fragments, counterfactual_captions, images_to_uint8, load_captioned_dataset, load_or_build_caption_embeddings, load_size_for
 from t2i.diffaugment import DIFF_AUGMENT_POLICIES
 from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, load_oracle
@@ -208,7 +208,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="AttnGAN-style text-image matching loss for G through the frozen joint embedding θ (char-CNN-RNN only)")
     objective.add_argument("--contrastive_weight", type=float, default=0.0,
                            help="XMC-GAN's image-sentence contrastive loss on D's projection scores, for D (real images) and G "
-                                "(fakes): each image must pick its caption among the batch's (needs --conditioning projection)")
+                                "(fakes): each image must pick its caption among the batch's (needs --conditioning projection and a "
+                                "batch of 2 or more). The default recipe t2i-v8 sets 1, with --mode_seeking_weight 0.5: without "
+                                "mode seeking the term collapses the noise (one image per caption)")
     objective.add_argument("--contrastive_generator", action=argparse.BooleanOptionalAction, default=True,
                            help="--no-contrastive_generator: the contrastive term for D alone, not for G's fakes")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
@@ -298,10 +300,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("max_train_steps", "max_train_samples", "checkpoints_total_limit", "evaluation_steps"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be ≥ 1 (leave it out for none), got {getattr(args, name)}")
-    if args.train_batch_size < 2 and (args.text_batch_norm or args.mode_seeking_weight > 0):
+    if args.train_batch_size < 2 and (args.text_batch_norm or args.mode_seeking_weight > 0 or args.contrastive_weight > 0):
         parser.error(f"--train_batch_size {args.train_batch_size}: --text_batch_norm needs more than one caption per batch "
-                     "for its statistics, and --mode_seeking_weight pairs the batch's first half with second images; use "
-                     "--train_batch_size 2 or more, or --no-text_batch_norm --mode_seeking_weight 0")
+                     "for its statistics, --mode_seeking_weight pairs the batch's first half with second images, and "
+                     "--contrastive_weight tells each image apart from the batch's other captions; use --train_batch_size 2 "
+                     "or more, or --no-text_batch_norm --mode_seeking_weight 0 --contrastive_weight 0")
     if args.polar_harmonics < 0 or (args.polar_harmonics > 0 and args.fusion != "affine"):
         parser.error(f"--polar_harmonics {args.polar_harmonics}: must be ≥ 0, and > 0 needs --fusion affine")
     if args.polar_antialias and args.polar_harmonics == 0:
@@ -797,6 +800,8 @@ def main(argv: list[str] | None = None) -> None:
             metrics=text_metrics,
             evaluation_protocol="Metrics recorded during training (text-encoder joint embedding, held-out test classes)." if text_metrics else None,
             widget_prompts=list(args.validation_prompts),
+            # GAN-INT-CLS only when the run had GAN-INT's terms: t2i-v7 and t2i-v8 train GAN-CLS alone.
+            tags=[tag for tag in MODEL_CARD_TAGS if tag != "gan-int-cls" or args.gan_int],
         )
         pipeline.save_with_model_card(args.output_dir, card)
         trained_image_encoder = text_spec.folder(args.output_dir) / JOINT_IMAGE_ENCODER_FOLDER

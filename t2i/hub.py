@@ -229,6 +229,9 @@ def check_before_loading(model_class: type, folder: str | os.PathLike) -> str | 
     return None
 
 
+MODEL_CARD_TAGS = ("text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i")
+
+
 @dataclass
 class ModelCardInfo:
     """The facts a model card states. Unknown facts stay ``None`` and the card says "not recorded"."""
@@ -249,7 +252,7 @@ class ModelCardInfo:
     evaluation_table: str | None = None
     widget_prompts: list[str] = field(default_factory=list)
     license: str = "apache-2.0"
-    tags: list[str] = field(default_factory=lambda: ["text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i"])
+    tags: list[str] = field(default_factory=lambda: list(MODEL_CARD_TAGS))
 
 
 def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike | None = None, **extra: Any) -> ModelCard:
@@ -276,4 +279,5 @@ def render_model_card(info: ModelCardInfo, template_path: str | os.PathLike | No
         widget=[{"text": prompt} for prompt in info.widget_prompts] or None,
     )
     fields: dict[str, Any] = {k: v for k, v in vars(info).items() if k not in ("tags", "widget_prompts")}
+    fields.setdefault("gan_int", "gan-int-cls" in info.tags)  # the objective's name follows the tags
     return ModelCard.from_template(card_data, template_path=str(template_path or model_card_template()), **fields, **extra)

@@ -205,6 +205,12 @@ def _card_info(**overrides):
     return ModelCardInfo(**{**info, **overrides})
 
 
+def test_model_card_names_the_objective_by_its_tags():
+    assert "trained with GAN-INT-CLS (Reed" in render_model_card(_card_info()).text  # the default tags: Reed's objective
+    gan_cls = render_model_card(_card_info(tags=["text-to-image", "gan", "gan-cls", "t2i"]))
+    assert "trained with GAN-CLS (Reed" in gan_cls.text and "gan-int-cls" not in gan_cls.data.tags
+
+
 def test_model_card_holds_real_fields(tmp_path):
     card = render_model_card(_card_info(resolution=64, text_encoder="char-CNN-RNN"))
     card.save(tmp_path / "README.md")

@@ -122,7 +122,7 @@ def test_free_text_prompts_never_give_the_noise_pattern(pipeline, real_reference
     fails, "this flower has large purple petals with white lines and a dark center", is emptier than real images
     (flower share 0.12 against 0.29). The v7 default (Reed's generator on L2-normalised text with caption fragments,
     no mode seeking) spreads 19-41 and passes 29 (robustness_default_v7.json): "purple" is rougher than real images
-    (12.6), the long purple caption and the 5,000-character "flower" repetition emptier (0.13, 0.11). Its seeds vary
+    (12.6), the long purple caption and the 18-fold "flower" repetition emptier (0.13, 0.11). Its seeds vary
     less than v5's and v6's (diversity 1.01 of real against 1.36), so the spread bar is 15, still three times the
     collapse it guards against. The v8 default (v7's step with the contrastive term and mode seeking) spreads 25-55
     and passes 30 (robustness_default_v8.json): the long purple caption is emptier than real images (0.14), and the
@@ -139,7 +139,7 @@ def test_free_text_prompts_never_give_the_noise_pattern(pipeline, real_reference
     repetition = next(p for p in prompts if set(p.split()) == {"flower"} and len(p.split()) > 1)  # "flower" 18 times
     empty = [(r["prompt"], round(r["flower_share"], 2)) for r in report["prompts"]
              if r["flower_share"] < (0.02 if r["prompt"] == repetition else 0.1)]
-    assert not empty, empty  # v4: the 5,000-character repetition of "flower" (0.01); v5: none below 0.13, v6 0.12, v7 0.11, v8 0.03
+    assert not empty, empty  # v4: the 18-fold repetition of "flower" (0.01); v5: none below 0.13, v6 0.12, v7 0.11, v8 0.03
     same = [(r["prompt"], round(r["spread"], 1)) for r in report["prompts"] if r["spread"] < 15]
     assert not same, same  # the same image for every seed (v4: spread 4-6 on short prompts)
     assert report["passed"] >= 28, [(r["prompt"], round(r["spread"], 1), round(r["flower_share"], 2)) for r in report["prompts"]]

@@ -87,6 +87,8 @@ def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
     card = (uninterrupted_run / "README.md").read_text()
     assert "accelerate launch train_accelerate.py --dataset_name" in card and f"| steps | {STEPS} |" in card
     assert "not on Oxford-102" in card  # the synthetic set is named as such
+    # The default recipe trains GAN-CLS alone (no GAN-INT terms), and the card says so.
+    assert "trained with GAN-CLS (Reed" in card and "gan-int-cls" not in card
     assert [p.name for p in list_checkpoints(uninterrupted_run)][-1] == f"checkpoint-{STEPS}"
     # Safetensors and JSON only: accelerate's save_state would have added optimizer.bin and random_states_0.pkl.
     assert {p.suffix for c in list_checkpoints(uninterrupted_run) for p in c.iterdir()} == {".safetensors", ".json"}
@@ -356,6 +358,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         # Combinations that could only fail after data and encoder loading (Hardening, item 5)
         (["--train_batch_size", "1", "--text_batch_norm"], "--text_batch_norm needs more than one caption per batch"),
         (["--train_batch_size", "1", "--no-text_batch_norm", "--mode_seeking_weight", "0.5"], "--train_batch_size 2 or more"),
+        (["--train_batch_size", "1", "--no-text_batch_norm", "--mode_seeking_weight", "0", "--contrastive_weight", "1"], "--train_batch_size 2 or more"),
         (["--projection_scales", "2", "--conditioning", "concat"], "--projection_scales 2 needs --conditioning projection"),
         (["--projection_scales", "7"], "--projection_scales must be between 1 and 4"),
         (["--evaluation_metric", "beauty"], "--evaluation_metric 'beauty': choose one of"),
@@ -375,7 +378,7 @@ def test_bad_flags_fail_before_any_work(flags, message, tiny_synthetic_dataset, 
 def test_a_batch_of_one_trains_when_nothing_needs_batch_statistics(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
     result = run(["--dataset_name", str(tiny_synthetic_dataset), "--text_encoder_path", str(tiny_text_encoder), "--ngf", "8",
                   "--ndf", "8", "--train_batch_size", "1", "--no-text_batch_norm", "--mode_seeking_weight", "0",
-                  "--max_train_steps", "2", "--report_to", "none", "--cache_dir", str(tmp_path / "cache")], tmp_path / "out")
+                  "--contrastive_weight", "0", "--max_train_steps", "2", "--report_to", "none", "--cache_dir", str(tmp_path / "cache")], tmp_path / "out")
     assert "generator weights identical on all 1 rank(s): True" in result.stdout
 
 
