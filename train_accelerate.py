@@ -85,7 +85,7 @@ RECIPES["t2i-v7"] = {**RECIPES["t2i-v2"], "normalize_text": True, "mode_seeking_
 # Model v8: t2i-v7 with XMC-GAN's contrastive term on D's projection scores (each image picks its caption among
 # the batch's), and MSGAN's mode seeking against the conditional collapse that term causes (docs/results.md, round 8).
 RECIPES["t2i-v8"] = {**RECIPES["t2i-v7"], "contrastive_weight": 1.0, "mode_seeking_weight": 0.5}
-DEFAULT_RECIPE = "t2i-v8"  # the recipe of the embedded default in pretrained/
+DEFAULT_RECIPE = "t2i-v8"  # the recipe of the embedded default (v9: its v8 run continued with counterfactual hard negatives)
 
 
 def _beta_or_random(value: str) -> float | None:
@@ -191,6 +191,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                            help="probability that GAN-CLS's mismatched caption is instead the right caption with one colour, "
                                 "count or shape word swapped (t2i.data.counterfactual), so D must check each stated value; "
                                 "0: never")
+    objective.add_argument("--counterfactual_exchange", type=float, default=0.0,
+                           help="probability that a caption's counterfactual instead exchanges two of its colour words "
+                                "('white petals with red edges' -> 'red petals with white edges'; t2i.data.counterfactual."
+                                "exchange_colors), so D must check which part has which colour (needs --counterfactual_negatives "
+                                "or --counterfactual_fakes)")
+    objective.add_argument("--counterfactual_fakes", type=float, default=0.0,
+                           help="share of the batch whose counterfactual caption G also draws, a combination of values no "
+                                "training image may have, judged by D for G's loss only (like GAN-INT's interpolations), with "
+                                "the contrastive pick among them when --contrastive_weight is on; 0: never")
     objective.add_argument("--fragment_captions", type=float, default=0.0,
                            help="probability that a row's right caption is a span of 1-4 of its words instead "
                                 "(t2i.data.fragments: one fixed span per caption, encoded once into --cache_dir; with "
@@ -213,6 +222,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "mode seeking the term collapses the noise (one image per caption)")
     objective.add_argument("--contrastive_generator", action=argparse.BooleanOptionalAction, default=True,
                            help="--no-contrastive_generator: the contrastive term for D alone, not for G's fakes")
+    objective.add_argument("--contrastive_hard_negatives", action=argparse.BooleanOptionalAction, default=False,
+                           help="each image's GAN-CLS mismatched caption also joins its contrastive candidates, for D and G; "
+                                "with --counterfactual_negatives p it is, with probability p, the right caption with one word "
+                                "swapped (NegCLIP's hard negatives), so the pick needs every stated value (needs --contrastive_weight)")
     objective.add_argument("--mode_seeking_weight", type=float, default=0.0,
                            help="MSGAN mode-seeking term: keeps the noise in use when the text conditioning is strong")
     objective.add_argument("--mode_seeking_scale", type=int, default=1,
@@ -277,6 +290,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
                                    ("projection_scales", 1, args.conditioning != "projection"),
                                    ("contrastive_weight", 0.0, args.conditioning != "projection"),
+                                   ("contrastive_hard_negatives", False, args.conditioning != "projection" or args.contrastive_weight == 0),
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
@@ -324,12 +338,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--int_fraction {args.int_fraction} sizes GAN-INT's share of the batch: it needs --gan_int")
     if not args.contrastive_generator and args.contrastive_weight == 0:
         parser.error("--no-contrastive_generator keeps the contrastive term for D alone: it needs --contrastive_weight > 0")
+    if args.counterfactual_exchange > 0 and args.counterfactual_negatives == 0 and args.counterfactual_fakes == 0:
+        parser.error("--counterfactual_exchange shapes the counterfactual captions: it needs --counterfactual_negatives or "
+                     "--counterfactual_fakes > 0")
+    if args.contrastive_hard_negatives and args.contrastive_weight == 0:
+        parser.error("--contrastive_hard_negatives adds candidates to the contrastive term: it needs --contrastive_weight > 0")
     if args.contrastive_weight > 0 and args.conditioning != "projection":
         parser.error("--contrastive_weight needs --conditioning projection (it scores every image against every caption "
                      "with the projection's matching term)")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
         parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
-    for name in ("counterfactual_negatives", "fragment_captions"):
+    for name in ("counterfactual_negatives", "counterfactual_exchange", "counterfactual_fakes", "fragment_captions"):
         if not 0.0 <= getattr(args, name) <= 1.0:  # NaN fails this too
             parser.error(f"--{name} must be a probability in [0, 1], got {getattr(args, name)}")
     if not 0.0 <= args.label_smoothing < 1.0:
@@ -553,11 +572,11 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, KeyError, FileNotFoundError):
         test_dataset = None
     counterfactuals = swapped = None
-    if args.counterfactual_negatives > 0:  # checked before the images are decoded and the text encoder is loaded
+    if args.counterfactual_negatives > 0 or args.counterfactual_fakes > 0:  # checked before the images are decoded and the text encoder is loaded
         # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
-        counterfactuals, swapped = counterfactual_captions(train_dataset["captions"])
+        counterfactuals, swapped = counterfactual_captions(train_dataset["captions"], exchange=args.counterfactual_exchange)
         if not any(swapped):
-            raise ValueError(f"--counterfactual_negatives {args.counterfactual_negatives}: none of the {len(swapped)} training captions "
+            raise ValueError(f"--counterfactual_negatives/--counterfactual_fakes: none of the {len(swapped)} training captions "
                              "states a colour, count or shape word that can be swapped (t2i.data.counterfactual), so there "
                              "is no counterfactual to use; drop the flag")
     train_images = images_to_uint8(train_dataset, load_size_for(args.resolution))
@@ -570,7 +589,7 @@ def main(argv: list[str] | None = None) -> None:
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
         counterfactual_embeddings = None
-        if args.counterfactual_negatives > 0:
+        if counterfactuals is not None:
             counterfactual_embeddings = load_or_build_caption_embeddings(counterfactuals, text_encoder, cache_dir=args.cache_dir)
             swapped = torch.tensor(swapped)
             accelerator.print(f"counterfactual negatives: {int(swapped.sum())} of {len(swapped)} captions have a swappable word")
@@ -604,6 +623,7 @@ def main(argv: list[str] | None = None) -> None:
         swapped=swapped,
         fragment_captions=args.fragment_captions,
         fragment_embeddings=fragment_embeddings,
+        counterfactual_texts=args.counterfactual_fakes > 0,
         generator=torch.Generator().manual_seed(args.seed),
         device=accelerator.device,
         process_index=accelerator.process_index,
@@ -646,7 +666,8 @@ def main(argv: list[str] | None = None) -> None:
         unconditional_weight=args.unconditional_weight, label_smoothing=args.label_smoothing,
         feature_matching_weight=args.feature_matching_weight, ma_gp=args.ma_gp, aux_class_weight=args.aux_class_weight,
         matching_loss_weight=args.matching_loss_weight, contrastive_weight=args.contrastive_weight,
-        contrastive_generator=args.contrastive_generator,
+        contrastive_generator=args.contrastive_generator, contrastive_hard_negatives=args.contrastive_hard_negatives,
+        counterfactual_fakes=args.counterfactual_fakes,
         mode_seeking_weight=args.mode_seeking_weight,
         mode_seeking_mixtures=args.mode_seeking_mixtures, mode_seeking_scale=args.mode_seeking_scale,
         kl_weight=args.kl_weight if args.conditioning_augmentation else 0.0, diff_augment=tuple(args.diff_augment),

@@ -10,6 +10,11 @@
 # MINUTES (default 8) of training per run, one thread each (OMP_NUM_THREADS=1), bf16 on CPUs with AMX. STEPS=N
 # trains N steps instead, for options that cost nothing per step: equal steps are then equal compute, however
 # the shared machine's speed drifts between runs.
+# FROM_CHECKPOINT=RUN/checkpoint-N makes them continuation pilots: each run resumes its own copy of that
+# checkpoint (of a run with the same model) for MINUTES more of GAN steps, evaluated every 1,000 steps on 500 test
+# captions (the curve in the run's tensorboard logs), so each option is compared with the recipe itself (its own
+# row) continued from the same point: cheaper than training every option from scratch, and it measures what a
+# default that has levelled off can still gain. The run's output is the best of its own evaluations.
 # Finished runs (a training_summary.json) are skipped, so the script can be stopped and restarted. ONLY=REGEX runs
 # only the rows whose name matches (e.g. ONLY='^uncond'), SEEDS='1' only those seeds (default '0 1').
 # Then: python benchmarks/compare_quality.py OUT_DIR/*-s* for the oracle table and python -m t2i.evaluation.robustness
@@ -22,10 +27,17 @@ if [ -n "${STEPS:-}" ]; then  # give such runs their own OUT_DIR: finished runs 
 else
   LIMIT=(--max_train_steps 100000 --max_train_minutes "$MINUTES" --checkpointing_steps 100000) BUDGET="$MINUTES min"
 fi
+REPORT=none
+if [ -n "${FROM_CHECKPOINT:-}" ]; then
+  PAST=$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['gan_seconds'] / 60)" "$FROM_CHECKPOINT/training_state.json")
+  LIMIT=(--max_train_steps 1000000 --max_train_minutes "$(python -c "print(round($PAST + $MINUTES, 2))")" --checkpointing_steps 500
+         --checkpoints_total_limit 40 --evaluation_steps 1000 --evaluation_samples 500)
+  BUDGET="$MINUTES more min from $FROM_CHECKPOINT" REPORT=tensorboard
+fi
 echo "pilots_v3.sh: each run trains for $BUDGET" >&2
 COMMON=(--recipe t2i-v2 --dataset_name "$DATASET" --text_encoder_path "$TEXT_ENCODER" --resolution 64 --ngf 32 --ndf 32 --train_batch_size 64
         "${LIMIT[@]}" --mixed_precision "${MIXED_PRECISION:-bf16}" --channels_last
-        --validation_epochs 1000 --report_to none --cache_dir "$OUT/embedding_cache"
+        --validation_epochs 1000 --report_to "$REPORT" --cache_dir "$OUT/embedding_cache"
         --text_batch_norm --conditioning projection --projection_scales 2 --diff_augment translation cutout --mode_seeking_weight 0.5)
 ROWS=(
   "reed_g|Reed's generator (text at the input, transposed convolutions)|--fusion input"
@@ -54,6 +66,10 @@ ROWS=(
   "frag_xmc|lean_frag + XMC-GAN's contrastive term on D's projection scores: each image picks its caption among the batch's 64|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1 --contrastive_weight 1"
   "frag_xmcd|frag_xmc with the contrastive term for D alone (G learns the sharper check only through D's logit)|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0 --projection_scales 1 --contrastive_weight 1 --no-contrastive_generator"
   "frag_xmc_ms|frag_xmc + MSGAN's mode seeking (0.5) against the conditional collapse the contrastive term causes|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1"
+  "xmc_cf|frag_xmc_ms (t2i-v8) with GAN-CLS's wrong text always the counterfactual caption (one colour, count or shape word swapped)|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1 --counterfactual_negatives 1.0"
+  "xmc_cfx|xmc_cf + that counterfactual as a hard negative in the contrastive term, for D and G (NegCLIP)|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1 --counterfactual_negatives 1.0 --contrastive_hard_negatives"
+  "xmc_cfx_ex|xmc_cfx, a caption stating two colours of different parts getting them exchanged as its counterfactual (white petals with red edges -> red petals with white edges)|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1 --counterfactual_negatives 1.0 --contrastive_hard_negatives --counterfactual_exchange 1.0"
+  "xmc_cff|xmc_cfx_ex + G also draws the counterfactual captions of a quarter of the batch, new combinations judged by D for G alone|--fusion input --normalize_text --fragment_captions 0.25 --no-gan_int --mode_seeking_weight 0.5 --projection_scales 1 --contrastive_weight 1 --counterfactual_negatives 1.0 --contrastive_hard_negatives --counterfactual_exchange 1.0 --counterfactual_fakes 0.25"
   "v5_hn8|t2i-v5 + hard negatives: the closest of 8 other-class captions as GAN-CLS's wrong text|--fusion affine --normalize_text --int_beta random --int_captions 3 --mode_seeking_mixtures --polar_harmonics 6 --hard_negatives 8"
 )
 for seed in ${SEEDS:-0 1}; do
@@ -62,7 +78,12 @@ for seed in ${SEEDS:-0 1}; do
     [[ "$name" =~ ${ONLY:-.} ]] || continue
     run="$OUT/$name-s$seed"
     [ -f "$run/training_summary.json" ] && continue
+    resume=()
+    if [ -n "${FROM_CHECKPOINT:-}" ]; then
+      [ -d "$run/$(basename "$FROM_CHECKPOINT")" ] || { mkdir -p "$run"; cp -r "$FROM_CHECKPOINT" "$run/"; }
+      resume=(--resume_from_checkpoint latest)
+    fi
     # shellcheck disable=SC2086
-    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python train_accelerate.py "${COMMON[@]}" $flags --seed "$seed" --output_dir "$run" > "$run.log" 2>&1
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python train_accelerate.py "${COMMON[@]}" $flags --seed "$seed" --output_dir "$run" "${resume[@]}" > "$run.log" 2>&1
   done
 done

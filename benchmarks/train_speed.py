@@ -72,6 +72,8 @@ def main() -> None:
     parser.add_argument("--mode_seeking_weight", type=float, default=0.0)
     parser.add_argument("--diff_augment", nargs="*", default=[], choices=DIFF_AUGMENT_POLICIES)
     parser.add_argument("--contrastive_weight", type=float, default=0.0, help="XMC-GAN's contrastive term (projection D)")
+    parser.add_argument("--contrastive_hard_negatives", action="store_true", help="the wrong text joins the contrastive candidates")
+    parser.add_argument("--counterfactual_fakes", type=float, default=0.0, help="share of the batch G also draws counterfactuals for")
     parser.add_argument("--out", default=None)
     bench = parser.parse_args()
 
@@ -81,14 +83,19 @@ def main() -> None:
     objective = GanClsObjective(gan_int=bench.gan_int, mode_seeking_weight=bench.mode_seeking_weight, kl_weight=2.0 if bench.conditioning_augmentation else 0.0,
                                 diff_augment=tuple(bench.diff_augment), int_captions=bench.int_captions, int_fraction=bench.int_fraction,
                                 int_beta=None if bench.int_captions > 2 else 0.5, mode_seeking_mixtures=bench.mode_seeking_mixtures,
-                                contrastive_weight=bench.contrastive_weight)
+                                contrastive_weight=bench.contrastive_weight, contrastive_hard_negatives=bench.contrastive_hard_negatives,
+                                counterfactual_fakes=bench.counterfactual_fakes)
 
     torch.manual_seed(0)
     load_size = bench.resolution * 76 // 64
     images = torch.randint(0, 256, (bench.num_images, 3, load_size, load_size), dtype=torch.uint8)
     embeddings = CaptionEmbeddings(torch.randn(bench.num_images * 10, bench.text_embed_dim), torch.arange(0, bench.num_images * 10 + 1, 10))
     labels = torch.arange(bench.num_images) % 82
-    loader = TensorBatchLoader(images, embeddings, labels, bench.batch_size, bench.resolution, device=device)
+    # Random "counterfactuals" and swapped flags: the step's cost does not depend on what the edits say.
+    counterfactuals = CaptionEmbeddings(torch.randn_like(embeddings.embeddings), embeddings.offsets) if bench.counterfactual_fakes else None
+    loader = TensorBatchLoader(images, embeddings, labels, bench.batch_size, bench.resolution, device=device,
+                               counterfactual_texts=bench.counterfactual_fakes > 0, counterfactual_embeddings=counterfactuals,
+                               swapped=torch.ones(len(embeddings.embeddings), dtype=torch.bool) if bench.counterfactual_fakes else None)
 
     generator = GanClsGenerator(text_embed_dim=bench.text_embed_dim, ngf=bench.ngf, resolution=bench.resolution, fusion=bench.fusion,
                                 conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm,

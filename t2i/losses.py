@@ -152,7 +152,9 @@ def text_image_matching_loss(image_embeds: torch.Tensor, text_embeds: torch.Tens
 
 
 def contrastive_matching_loss(image_embeds: torch.Tensor, text_features: torch.Tensor,
-                              same_pair: torch.Tensor | None = None) -> torch.Tensor:
+                              same_pair: torch.Tensor | None = None,
+                              hard_negative_features: torch.Tensor | None = None,
+                              hard_negative_true: torch.Tensor | None = None) -> torch.Tensor:
     """XMC-GAN's image–sentence contrastive loss (Zhang et al., CVPR 2021), scored by the projection
     discriminator's own matching term: logits[i, j] = image_embeds[i] · text_features[j] (both [B, F], from
     `DiscriminatorOutput`) is D's logit for image i with caption j, less the text-free term that is the same for
@@ -166,18 +168,32 @@ def contrastive_matching_loss(image_embeds: torch.Tensor, text_features: torch.T
 
     same_pair: [B, B] bool, True where caption j is as true of image i as caption i (same class, identical text):
         such pairs are no negatives and are left out of both softmaxes (the diagonal is always kept).
+    hard_negative_features: [B, F], row i a caption false of image i (its counterfactual: the caption with one
+        word swapped, `t2i.data.counterfactual`), added as one more candidate to image i's choice only, as
+        NegCLIP adds swapped-word captions to CLIP's batch (Yuksekgonul et al., ICLR 2023). Captions of other
+        images rarely differ from image i's in one value alone; this one does, so picking the right caption
+        needs each stated value bound to its part (white petals around a yellow centre, not yellow petals).
+    hard_negative_true: [B] bool, True where row i's hard negative is no negative (the same text as caption i):
+        left out.
     """
     logits = image_embeds @ text_features.T
     if same_pair is not None:
         off_diagonal = ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
         logits = logits.masked_fill(same_pair & off_diagonal, float("-inf"))
-    return _symmetric_batch_cross_entropy(logits)
+    extra = None
+    if hard_negative_features is not None:
+        extra = (image_embeds * hard_negative_features).sum(dim=1, keepdim=True)
+        if hard_negative_true is not None:
+            extra = extra.masked_fill(hard_negative_true[:, None], float("-inf"))
+    return _symmetric_batch_cross_entropy(logits, extra)
 
 
-def _symmetric_batch_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
-    """Row i of the square `logits` should pick column i, and column i row i (CLIP's symmetric InfoNCE)."""
+def _symmetric_batch_cross_entropy(logits: torch.Tensor, extra_columns: torch.Tensor | None = None) -> torch.Tensor:
+    """Row i of the square `logits` should pick column i, and column i row i (CLIP's symmetric InfoNCE);
+    `extra_columns` [B, K] are more candidates for the rows' choice alone."""
     targets = torch.arange(len(logits), device=logits.device)
-    return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets)) / 2
+    rows = logits if extra_columns is None else torch.cat([logits, extra_columns], dim=1)
+    return (F.cross_entropy(rows, targets) + F.cross_entropy(logits.T, targets)) / 2
 
 
 def auxiliary_class_loss(class_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from t2i.data import counterfactual_caption, counterfactual_captions, swap_stated_word
-from t2i.data.counterfactual import SWAPPABLE_WORDS
+from t2i.data.counterfactual import SWAPPABLE_WORDS, exchange_colors
 from t2i.datasets.synthetic import SPECIES
 from t2i.datasets.synthetic_captions import caption_attributes, make_captions
 
@@ -86,3 +86,48 @@ def test_counterfactuals_keep_upper_case_and_refuse_sloppy_arguments():
         counterfactual_caption("red petals", rng, kinds="color")
     with pytest.raises(TypeError, match="one list of captions per image"):
         counterfactual_captions(["red petals"])
+
+
+def test_a_colour_exchange_keeps_every_value_and_swaps_which_part_has_it():
+    rng = np.random.default_rng(0)
+    assert exchange_colors("this is a flower with six white petals with red edges", rng) == "this is a flower with six red petals with white edges"
+    assert exchange_colors("The petals are Pink and the centre is WHITE", rng) == "The petals are White and the centre is PINK"
+    # Three colours: every pair of different parts is drawn, and each edit states the same three values.
+    caption = "a dark red centre surrounded by light lavender petals with orange dots"
+    edits = {exchange_colors(caption, rng) for _ in range(60)}
+    assert len(edits) == 3 and caption not in edits
+    assert all(sorted(_words(e)) == sorted(_words(caption)) for e in edits)
+    # On the synthetic captions an exchange states a value of another part, so it is false of the image.
+    rng = np.random.default_rng(1)
+    for species in SPECIES[:20]:
+        attributes = species.sample_attributes(rng)
+        for caption in make_captions(attributes, rng):
+            edited = exchange_colors(caption, rng)
+            if edited is not None:
+                assert caption_attributes(edited) != caption_attributes(caption), (caption, edited)
+
+
+@pytest.mark.parametrize("caption", [
+    "this flower is white and yellow in color", "pink, white petals", "petals from red to orange",  # unordered colours
+    "red petals", "red petals and a red centre",  # fewer than two distinct colours
+    "not red petals with a white centre",  # a negation
+])
+def test_no_colour_exchange_where_the_order_of_the_colours_states_nothing(caption):
+    rng = np.random.default_rng(0)
+    assert all(exchange_colors(caption, rng) is None for _ in range(20))
+
+
+def test_counterfactual_captions_exchange_colours_with_the_asked_probability():
+    rng = np.random.default_rng(0)
+    captions = [make_captions(SPECIES[i].sample_attributes(rng), rng) for i in range(30)]
+    plain, swapped = counterfactual_captions(captions, seed=3)
+    assert counterfactual_captions(captions, seed=3, exchange=0.0) == (plain, swapped)  # 0 replays the earlier edits exactly
+    exchanged, swapped_all = counterfactual_captions(captions, seed=3, exchange=1.0)
+    assert swapped_all == swapped  # an exchange is only taken where the caption has one; otherwise a word is replaced
+    flat = [c for row in captions for c in row]
+    kinds = [sorted(_words(e)) == sorted(_words(c)) for c, e in zip(flat, (e for row in exchanged for e in row))]
+    possible = [exchange_colors(c, np.random.default_rng(0)) is not None for c in flat]
+    assert sum(possible) > 20 and [k for k, p in zip(kinds, possible) if p] == [True] * sum(possible)
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="exchange must be a probability"):
+            counterfactual_captions(captions, exchange=bad)

@@ -158,6 +158,29 @@ def test_images_to_uint8_decodes_a_split_once(tiny_synthetic_dataset):
     uint8 = images_to_uint8(test.select(range(4)), load_size_for(32))
     assert uint8.shape == (4, 3, 38, 38) and uint8.dtype == torch.uint8
 
+def test_counterfactual_texts_are_each_rows_own_edit_and_valid_only_for_whole_captions():
+    images, labels = _images(n=12), torch.arange(12) % 3
+    embeddings = _embeddings([2] * 12)
+    counterfactual = CaptionEmbeddings(embeddings.embeddings + 100.0, embeddings.offsets)
+    fragments = CaptionEmbeddings(embeddings.embeddings - 100.0, embeddings.offsets)
+    swapped = torch.ones(24, dtype=torch.bool)
+    swapped[::2] = False
+    loader = TensorBatchLoader(images, embeddings, labels, 12, 64, generator=torch.Generator().manual_seed(3), counterfactual_texts=True,
+                               counterfactual_embeddings=counterfactual, swapped=swapped, fragment_captions=0.5, fragment_embeddings=fragments)
+    valid = total = 0
+    for batch in (b for _ in range(10) for b in loader):
+        fragment = batch["text_embeds"][:, 0] < -50
+        whole = torch.where(fragment[:, None], batch["text_embeds"] + 100.0, batch["text_embeds"])
+        assert torch.allclose(batch["counterfactual_text_embeds"], whole + 100.0)  # the edit of the row's own caption
+        swappable = (whole != embeddings.embeddings[embeddings.offsets[batch["indices"]]]).any(dim=1)  # not the first caption
+        assert not (batch["counterfactual_valid"] & fragment).any()  # a fragment's text is not what the edit changed
+        assert torch.equal(batch["counterfactual_valid"], swappable & ~fragment)
+        valid, total = valid + int(batch["counterfactual_valid"].sum()), total + len(fragment)
+    assert 0.15 < valid / total < 0.35  # half the captions are swappable, half the rows are whole captions
+    with pytest.raises(ValueError, match="counterfactual_texts each needs counterfactual_embeddings"):
+        TensorBatchLoader(images, embeddings, labels, 4, 64, counterfactual_texts=True)
+
+
 def test_counterfactual_negatives_are_the_right_captions_with_a_word_swapped():
     images, labels = _images(n=12), torch.arange(12) % 3
     embeddings = _embeddings([2] * 12)

@@ -185,6 +185,23 @@ def test_contrastive_matching_loss_by_hand():
     assert swapped.item() == pytest.approx((row(0, 2) + row(0, 3)) / 2, rel=1e-9)
 
 
+def test_contrastive_hard_negatives_join_the_image_side_only():
+    images, texts = torch.tensor([[2.0, 0.0], [0.0, 3.0]], dtype=torch.float64), torch.eye(2, dtype=torch.float64)
+    # Row i's counterfactual scores 1 and 4 with its image: a third candidate for each image's pick, none for the
+    # captions' pick (a counterfactual has no image of its own).
+    hard = torch.tensor([[0.5, 0.0], [0.0, 4 / 3]], dtype=torch.float64)
+    lse = lambda *x: math.log(sum(math.exp(v) for v in x))
+    image_side = ((lse(2, 0, 1) - 2) + (lse(0, 3, 4) - 3)) / 2
+    caption_side = ((lse(2, 0) - 2) + (lse(0, 3) - 3)) / 2
+    loss = contrastive_matching_loss(images, texts, hard_negative_features=hard)
+    assert loss.item() == pytest.approx((image_side + caption_side) / 2, rel=1e-9)
+    # A hard negative that is the right text itself is no negative: left out, the loss is the plain one.
+    true = torch.tensor([True, True])
+    assert contrastive_matching_loss(images, texts, None, hard, true).item() == pytest.approx(contrastive_matching_loss(images, texts).item(), rel=1e-12)
+    # The hard negative outscoring the right caption (row 2: 4 > 3) costs more than the plain loss.
+    assert loss.item() > contrastive_matching_loss(images, texts).item() + 0.3
+
+
 def test_conditioning_augmentation_kl_by_hand():
     from t2i.losses import conditioning_augmentation_kl
 

@@ -250,9 +250,11 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
         "--dynamo_backend", "no", "--main_process_port", str(_free_port()), SCRIPT, *train_args,
         "--max_train_steps", "6", "--output_dir", str(tmp_path),
-        # Hard and counterfactual negatives and caption fragments are picked on the global batch, GAN-INT's share of it
-        # per process; both ranks must still agree on every weight.
+        # Hard and counterfactual negatives and caption fragments are picked on the global batch, GAN-INT's and the
+        # counterfactual fakes' shares of it per process; both ranks must still agree on every weight (G's pass scores
+        # a second text block for the contrastive hard negatives, still one D forward).
         "--hard_negatives", "4", "--counterfactual_negatives", "0.5", "--fragment_captions", "0.5",
+        "--counterfactual_exchange", "0.5", "--counterfactual_fakes", "0.5", "--contrastive_hard_negatives",
         "--fusion", "affine", "--polar_harmonics", "2", "--polar_antialias", "--gan_int", "--int_fraction", "0.5",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
@@ -329,6 +331,10 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--contrastive_weight", "-1"], "--contrastive_weight must be ≥ 0"),
         (["--contrastive_weight", "0", "--no-contrastive_generator"], "--no-contrastive_generator keeps the contrastive term for D alone"),
         (["--contrastive_weight", "nan"], "--contrastive_weight must be a finite number"),
+        (["--contrastive_weight", "0", "--contrastive_hard_negatives"], "--contrastive_hard_negatives adds candidates to the contrastive term"),
+        (["--counterfactual_exchange", "0.5"], "--counterfactual_exchange shapes the counterfactual captions"),
+        (["--counterfactual_fakes", "-1"], "--counterfactual_fakes must be a probability"),
+        (["--counterfactual_negatives", "1", "--counterfactual_exchange", "2"], "--counterfactual_exchange must be a probability"),
         (["--label_smoothing", "1"], "--label_smoothing must be in"),
         (["--loss", "wgan"], "invalid choice: 'wgan'"),
         (["--resume_from_checkpoint", "/no/such/checkpoint"], "no such checkpoint folder"),

@@ -63,6 +63,16 @@ def test_contrastive_term_adds_to_both_losses_and_needs_a_projection_discriminat
     d_only, _, _ = _step(GanClsObjective(contrastive_weight=1.0, contrastive_generator=False))
     assert d_only["loss_d"] == pytest.approx(contrastive["loss_d"])
     assert 0.5 < contrastive["loss_g"] - d_only["loss_g"] < 2 * math.log(8)
+    # The wrong texts as hard negatives: the same adversarial D pass, one more candidate per image for D and G.
+    hard, g_hard, _ = _step(GanClsObjective(contrastive_weight=1.0, contrastive_hard_negatives=True))
+    assert hard["d_real_right"] == pytest.approx(contrastive["d_real_right"]) and hard["d_fake"] == pytest.approx(contrastive["d_fake"])
+    assert contrastive["loss_d"] < hard["loss_d"] < contrastive["loss_d"] + math.log(9 / 8) + 1e-4  # ≤: one more of 9 candidates
+    hard_d_only, _, _ = _step(GanClsObjective(contrastive_weight=1.0, contrastive_hard_negatives=True, contrastive_generator=False))
+    assert hard_d_only["loss_d"] == pytest.approx(hard["loss_d"])
+    assert 0.5 < hard["loss_g"] - hard_d_only["loss_g"] < 2 * math.log(9)  # G's term over 9 candidates per fake
+    assert not torch.equal(next(g_hard.parameters()), next(g.parameters()))
+    with_mixtures, _, _ = _step(GanClsObjective(contrastive_weight=1.0, contrastive_hard_negatives=True, int_fraction=0.5, mode_seeking_weight=0.5))
+    assert math.isfinite(with_mixtures["loss_g"])  # G's second text block lines up with the GAN-INT mixtures too
     accelerator = Accelerator(cpu=True)
     generator, _ = _models()
     concat = GanClsDiscriminator(text_embed_dim=12, text_proj_dim=8, ndf=8)
@@ -70,6 +80,36 @@ def test_contrastive_term_adds_to_both_losses_and_needs_a_projection_discriminat
     with pytest.raises(ValueError, match="projection discriminator"):
         train_step(accelerator, generator, concat, torch.optim.Adam(generator.parameters()), torch.optim.Adam(concat.parameters()),
                    batch, GanClsObjective(contrastive_weight=1.0), torch.Generator().manual_seed(0))
+
+
+def test_counterfactual_fakes_are_drawn_for_g_and_need_the_loaders_counterfactuals():
+    accelerator = Accelerator(cpu=True)
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(8, 3, 64, 64, generator=data) * 2 - 1, "text_embeds": torch.randn(8, 12, generator=data),
+             "wrong_text_embeds": torch.randn(8, 12, generator=data), "counterfactual_text_embeds": torch.randn(8, 12, generator=data),
+             "counterfactual_valid": torch.tensor([True, True, False, True, True, True, True, True])}
+
+    def step(objective, batch=batch, rng_seed=0):
+        generator, discriminator = _models()
+        opt_g, opt_d = torch.optim.Adam(generator.parameters(), lr=1e-3), torch.optim.Adam(discriminator.parameters(), lr=1e-3)
+        losses = train_step(accelerator, generator, discriminator, opt_g, opt_d, batch, objective, torch.Generator().manual_seed(rng_seed))
+        return losses, generator
+
+    objective = GanClsObjective(gan_int=False, contrastive_weight=1.0, contrastive_hard_negatives=True, counterfactual_fakes=0.5)
+    plain, g_plain = step(GanClsObjective(gan_int=False, contrastive_weight=1.0, contrastive_hard_negatives=True))
+    first, g_first = step(objective)
+    again, g_again = step(objective)
+    assert first == again and torch.equal(next(g_first.parameters()), next(g_again.parameters()))
+    assert math.isfinite(first["loss_g"]) and first["loss_g"] != plain["loss_g"]
+    assert not torch.equal(next(g_first.parameters()), next(g_plain.parameters()))
+    # The edits change G's update: the same step with other counterfactual texts trains G differently.
+    other = {**batch, "counterfactual_text_embeds": batch["counterfactual_text_embeds"].flip(0)}
+    assert step(objective, other)[0]["loss_g"] != first["loss_g"]
+    # With GAN-INT and mode seeking too, every group of fakes lines up with its texts.
+    assert math.isfinite(step(GanClsObjective(contrastive_weight=1.0, contrastive_hard_negatives=True, counterfactual_fakes=0.25,
+                                              int_fraction=0.5, mode_seeking_weight=0.5))[0]["loss_g"])
+    with pytest.raises(ValueError, match="counterfactual_fakes needs the batch's counterfactual_text_embeds"):
+        step(objective, {k: v for k, v in batch.items() if not k.startswith("counterfactual")})
 
 
 def test_a_step_with_a_spectral_norm_discriminator_trains_it():
@@ -195,6 +235,9 @@ def test_mode_seeking_on_mixtures_changes_the_update():
     ({"unconditional_weight": -1.0}, "unconditional_weight must be ≥ 0"),
     ({"contrastive_weight": -1.0}, "contrastive_weight must be ≥ 0"),
     ({"contrastive_generator": False}, "needs contrastive_weight > 0"),
+    ({"contrastive_hard_negatives": True}, "needs contrastive_weight > 0"),
+    ({"counterfactual_fakes": 1.5}, "counterfactual_fakes must be in"),
+    ({"counterfactual_fakes": float("nan")}, "counterfactual_fakes must be in"),
     ({"int_fraction": 0.0}, "int_fraction must be in"),
     ({"int_fraction": 1.5}, "int_fraction must be in"),
     ({"int_fraction": float("nan")}, "int_fraction must be in"),

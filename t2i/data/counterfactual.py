@@ -17,6 +17,12 @@ they are also common in Oxford-102 captions. Only whole words are swapped ("oval
 counterfactual then states exactly one value that the image does not have (62,468 of the 65,600 training
 captions get one). Free English can still defeat the rule ("several" is not exclusive of "five" in Oxford's
 captions), so on other data a counterfactual is false with high probability, not surely.
+
+A second kind, `exchange_colors`, keeps every stated value and exchanges two colour words ("white petals with
+red edges" → "red petals with white edges"): false of the image whenever each colour is bound to its part, which
+is the binding a generator gets wrong when it paints the edge or centre colour over the petals. Two colours
+joined directly ("white and yellow in colour", "pink, white") are never exchanged, since there the order means
+nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ NEGATIONS = frozenset(["not", "no", "without", "never", "nor", "neither", "non",
 _SHAPE_GROUP = {word: shape for shape, words in SHAPE_WORDS.items() for word in words}
 _SHAPE_NAME = {shape: next(word for word in words if "-" not in word) for shape, words in SHAPE_WORDS.items()}
 _WORD = re.compile(r"(?<![\w-])[A-Za-z]+(?![\w-])")  # a whole word, not part of a hyphenated one
+_JOINED = re.compile(r"\W*(?:(?:and|or|&|to)\W*)?", re.IGNORECASE)  # "white and yellow", "pink, white": unordered
 
 
 def _value(kind: str, word: str) -> str:
@@ -90,11 +97,7 @@ def _swap(caption: str, kind: str, match: re.Match, rng: np.random.Generator) ->
     if not options:
         return None
     old, new = match.group(), options[rng.integers(len(options))]
-    if old.isupper() and len(old) > 1:
-        new = new.upper()
-    elif old[0].isupper():
-        new = new.capitalize()
-    return caption[: match.start()] + new + caption[match.end() :]
+    return caption[: match.start()] + _cased_like(old, new) + caption[match.end() :]
 
 
 def swap_stated_word(caption: str, word: str, rng: np.random.Generator) -> str | None:
@@ -133,10 +136,41 @@ def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequen
     return _swap(caption, kind, by_kind[kind][rng.integers(len(by_kind[kind]))], rng)
 
 
-def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0) -> tuple[list[list[str]], list[bool]]:
+def _cased_like(word: str, new: str) -> str:
+    if word.isupper() and len(word) > 1:
+        return new.upper()
+    return new.capitalize() if word[0].isupper() else new
+
+
+def exchange_colors(caption: str, rng: np.random.Generator) -> str | None:
+    """``caption`` with two of its colour words exchanged, each keeping the other's case and place, or ``None``
+    when it states fewer than two distinct colours that `swappable_words` allows to edit, or only colours joined
+    directly ("white and yellow", "pink, white", "red to orange"), whose order states nothing. The pair is drawn
+    uniformly among the allowed ones."""
+    colors = [match for kind, match in swappable_words(caption) if kind == "color"]
+    pairs = [(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]
+             if a.group().lower() != b.group().lower() and not _JOINED.fullmatch(caption[a.end() : b.start()])]
+    if not pairs:
+        return None
+    first, second = pairs[rng.integers(len(pairs))]
+    return (caption[: first.start()] + _cased_like(first.group(), second.group().lower()) + caption[first.end() : second.start()]
+            + _cased_like(second.group(), first.group().lower()) + caption[second.end() :])
+
+
+def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0,
+                            exchange: float = 0.0) -> tuple[list[list[str]], list[bool]]:
     """One counterfactual for every caption of a dataset (a list of caption lists, one per image), drawn from a
-    generator seeded with ``seed``, and a flat list saying which captions have one. A caption without a
-    swappable word is returned unchanged and flagged ``False``: it must not serve as its own negative."""
+    generator seeded with ``seed``, and a flat list saying which captions have one. With probability
+    ``exchange`` (in [0, 1]) a caption that allows it gets `exchange_colors` instead of `counterfactual_caption`.
+    A caption without a swappable word is returned unchanged and flagged ``False``: it must not serve as its own
+    negative.
+
+    Raises:
+        TypeError: a row is a string, not a list of captions.
+        ValueError: ``exchange`` is not in [0, 1].
+    """
+    if not 0.0 <= exchange <= 1.0:  # NaN fails this too
+        raise ValueError(f"exchange must be a probability in [0, 1], got {exchange}")
     rng = np.random.default_rng(seed)
     edited, swapped = [], []
     for image_captions in captions:
@@ -144,7 +178,10 @@ def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0) ->
             raise TypeError(f"captions must be one list of captions per image, got the string {image_captions[:50]!r}")
         row = []
         for caption in image_captions:
-            counterfactual = counterfactual_caption(caption, rng)
+            # The exchange draw happens only when asked for: exchange = 0 replays the earlier edits (and caches) exactly.
+            counterfactual = exchange_colors(caption, rng) if exchange > 0 and rng.random() < exchange else None
+            if counterfactual is None:
+                counterfactual = counterfactual_caption(caption, rng)
             row.append(caption if counterfactual is None else counterfactual)
             swapped.append(counterfactual is not None)
         edited.append(row)

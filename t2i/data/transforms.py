@@ -170,7 +170,10 @@ class TensorBatchLoader:
     `t2i.data.counterfactual`, for rows whose captions all have one, `swapped` [total captions] bool),
     `labels` and `indices`. With `fragment_captions` p > 0 a row's right text is, with probability p, the
     mean of the same captions' fragments instead (`fragment_embeddings`, one row per caption: spans of a few
-    of its words, `t2i.data.fragments`), so G and D also train on the short texts visitors type. All randomness comes from
+    of its words, `t2i.data.fragments`), so G and D also train on the short texts visitors type. With
+    `counterfactual_texts`, each batch also has `counterfactual_text_embeds` [B, D] (the counterfactual of the row's
+    right captions) and `counterfactual_valid` [B] bool (the row has one, and its right text is no fragment), the
+    texts G draws for `GanClsObjective.counterfactual_fakes`. All randomness comes from
     `generator`, so a seeded generator replays the same epochs; with several processes, give each the same
     seed and its `process_index`: they share the permutation and take disjoint parts of every batch.
     """
@@ -195,15 +198,16 @@ class TensorBatchLoader:
         swapped: torch.Tensor | None = None,
         fragment_captions: float = 0.0,
         fragment_embeddings: CaptionEmbeddings | None = None,
+        counterfactual_texts: bool = False,
     ) -> None:
         if hard_negatives < 1:
             raise ValueError(f"hard_negatives must be ≥ 1 (1: a random mismatched caption), got {hard_negatives}")
         for name, p in (("counterfactual_negatives", counterfactual_negatives), ("fragment_captions", fragment_captions)):
             if not 0.0 <= p <= 1.0:  # NaN fails this too
                 raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
-        if counterfactual_negatives > 0:
+        if counterfactual_negatives > 0 or counterfactual_texts:
             if counterfactual_embeddings is None or swapped is None:
-                raise ValueError("counterfactual_negatives > 0 needs counterfactual_embeddings and swapped")
+                raise ValueError("counterfactual_negatives > 0 and counterfactual_texts each needs counterfactual_embeddings and swapped")
             swapped = torch.as_tensor(swapped, dtype=torch.bool)
             if counterfactual_embeddings.embeddings.shape != embeddings.embeddings.shape or swapped.shape != embeddings.embeddings.shape[:1]:
                 raise ValueError(f"counterfactual embeddings {tuple(counterfactual_embeddings.embeddings.shape)} and swapped "
@@ -223,8 +227,8 @@ class TensorBatchLoader:
         self.drop_last = drop_last
         self.process_index, self.num_processes = process_index, num_processes
         self.hard_negatives = hard_negatives
-        self.counterfactual_negatives = counterfactual_negatives
-        if counterfactual_negatives > 0:
+        self.counterfactual_negatives, self.counterfactual_texts = counterfactual_negatives, counterfactual_texts
+        if counterfactual_negatives > 0 or counterfactual_texts:
             self.counterfactual_embeddings = counterfactual_embeddings.to(self.device)
             self.swapped = swapped.cpu()
         self.fragment_captions = fragment_captions
@@ -247,9 +251,10 @@ class TensorBatchLoader:
             pixels = augment_batch(self.images[batch.to(self.device)], self.resolution, self.train, self.generator)
             rows = self.embeddings.sample_rows(batch, self.generator, self.captions_per_image)
             text = self.embeddings.mean_of(rows)
+            fragment = torch.zeros(len(batch), dtype=torch.bool)
             if self.fragment_captions > 0:
-                use = torch.rand(len(batch), generator=self.generator) < self.fragment_captions
-                text = torch.where(use.to(self.device)[:, None], self.fragment_embeddings.mean_of(rows), text)
+                fragment = torch.rand(len(batch), generator=self.generator) < self.fragment_captions
+                text = torch.where(fragment.to(self.device)[:, None], self.fragment_embeddings.mean_of(rows), text)
             wrong_text = self.embeddings.sample(wrong, self.generator)
             if self.hard_negatives > 1:
                 candidates = wrong_text.view(len(batch), self.hard_negatives, -1)
@@ -264,10 +269,14 @@ class TensorBatchLoader:
             sizes = [len(part) for part in torch.arange(len(batch)).tensor_split(self.num_processes)]
             start = sum(sizes[: self.process_index])
             mine = slice(start, start + sizes[self.process_index])  # a view, not a copy
-            yield {
+            out = {
                 "pixel_values": pixels[mine],
                 "text_embeds": text[mine],
                 "wrong_text_embeds": wrong_text[mine],
                 "labels": self.labels[batch[mine]].to(self.device),
                 "indices": batch[mine].to(self.device),
             }
+            if self.counterfactual_texts:
+                out["counterfactual_text_embeds"] = self.counterfactual_embeddings.mean_of(rows)[mine]
+                out["counterfactual_valid"] = (self.swapped[rows].all(dim=1) & ~fragment)[mine].to(self.device)
+            yield out

@@ -59,6 +59,15 @@ class GanClsObjective:
             texts, are not negatives.
         contrastive_generator: also give G the contrastive term on its fakes (XMC-GAN); ``False`` keeps it for D
             alone, so that G is taught the sharper text check only through D's adversarial logit.
+        contrastive_hard_negatives: each image's GAN-CLS wrong text (``wrong_text_embeds``) joins its contrastive
+            candidates, for D and G: NegCLIP's hard negatives when the wrong text is a counterfactual caption (the
+            loader's ``counterfactual_negatives``), one word away from the right one (needs ``contrastive_weight``).
+        counterfactual_fakes: the share of the batch, in [0, 1], whose counterfactual caption G also draws
+            (``counterfactual_text_embeds`` of the batch, for its rows with ``counterfactual_valid``): the right
+            caption with one value changed, mostly a combination of values no training image has. As GAN-INT's
+            interpolations, only G's loss sees them (D's adversarial logit, with equal weight, and, with
+            ``contrastive_weight``, the contrastive pick among them, the source caption a hard negative with
+            ``contrastive_hard_negatives``), so G is trained on new combinations that D has learnt to check.
         mode_seeking_weight: MSGAN's mode-seeking term, ≥ 0.
         mode_seeking_scale: the average-pooling factor of the images before mode seeking's distance (1: MSGAN's
             pixel distance), ≥ 1.
@@ -82,6 +91,8 @@ class GanClsObjective:
     matching_loss_weight: float = 0.0
     contrastive_weight: float = 0.0
     contrastive_generator: bool = True
+    contrastive_hard_negatives: bool = False
+    counterfactual_fakes: float = 0.0
     mode_seeking_weight: float = 0.0
     mode_seeking_mixtures: bool = False
     mode_seeking_scale: int = 1
@@ -98,14 +109,17 @@ class GanClsObjective:
                              f"with int_beta={self.int_beta}")
         if not 0.0 < self.int_fraction <= 1.0:  # NaN fails this too
             raise ValueError(f"int_fraction must be in (0, 1], got {self.int_fraction}")
+        if not 0.0 <= self.counterfactual_fakes <= 1.0:
+            raise ValueError(f"counterfactual_fakes must be in [0, 1], got {self.counterfactual_fakes}")
         if self.mode_seeking_scale < 1:
             raise ValueError(f"mode_seeking_scale must be ≥ 1, got {self.mode_seeking_scale}")
         if self.mode_seeking_mixtures and not self.gan_int:
             raise ValueError("mode_seeking_mixtures needs gan_int: without it there are no mixtures to pair")
         if self.mode_seeking_weight == 0 and (self.mode_seeking_mixtures or self.mode_seeking_scale != 1):
             raise ValueError("mode_seeking_mixtures and mode_seeking_scale shape mode seeking: they need mode_seeking_weight > 0")
-        if not self.contrastive_generator and self.contrastive_weight == 0:
-            raise ValueError("contrastive_generator=False keeps the contrastive term for D alone: it needs contrastive_weight > 0")
+        if self.contrastive_weight == 0 and (not self.contrastive_generator or self.contrastive_hard_negatives):
+            raise ValueError("contrastive_generator=False and contrastive_hard_negatives shape the contrastive term: "
+                             "each needs contrastive_weight > 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         weights = ("feature_matching_weight", "aux_class_weight", "matching_loss_weight", "contrastive_weight",
@@ -159,6 +173,17 @@ def train_step(
         else:
             weights = torch.tensor([[objective.int_beta, 1.0 - objective.int_beta]]).expand(batch_size, 2)
         text_for_g = torch.cat([right, mix_text_embeddings(right, weights.to(device))[:num_mixtures]])
+    num_counterfactual = 0
+    if objective.counterfactual_fakes > 0:
+        if "counterfactual_text_embeds" not in batch:
+            raise ValueError("counterfactual_fakes needs the batch's counterfactual_text_embeds and counterfactual_valid "
+                             "(TensorBatchLoader(counterfactual_texts=True))")
+        num_counterfactual = max(1, round(objective.counterfactual_fakes * batch_size))
+        counterfactual_valid = batch["counterfactual_valid"][:num_counterfactual]
+        # A row without a counterfactual (or with a fragment for its right text) draws its caption again: fixed shapes.
+        counterfactual = torch.where(counterfactual_valid[:, None], batch["counterfactual_text_embeds"][:num_counterfactual],
+                                     right[:num_counterfactual])
+        text_for_g = torch.cat([text_for_g, counterfactual])
     num_judged = text_for_g.shape[0]  # the fakes D scores in the generator update
     half = batch_size // 2
     paired = torch.arange(half, device=device)  # rows of text_for_g that get a second image
@@ -201,8 +226,10 @@ def train_step(
             same_pair = (right[:, None] == right[None]).all(dim=-1)  # repeated texts: fragments such as "this flower"
             if "labels" in batch:
                 same_pair |= batch["labels"][:, None] == batch["labels"][None]
+            wrong_is_right = (wrong == right).all(dim=-1) if objective.contrastive_hard_negatives else None
+            hard_negatives = real_out.text_features[batch_size:].float() if objective.contrastive_hard_negatives else None
             loss_d = loss_d + objective.contrastive_weight * contrastive_matching_loss(
-                real_out.image_embeds.float(), real_out.text_features[:batch_size].float(), same_pair)
+                real_out.image_embeds.float(), real_out.text_features[:batch_size].float(), same_pair, hard_negatives, wrong_is_right)
         if objective.aux_class_weight > 0:
             class_loss_d = auxiliary_class_loss(real_out.class_logits.float(), batch["labels"])
             class_loss_d = class_loss_d + auxiliary_class_loss(fake_out.class_logits.float(), batch["labels"])
@@ -219,14 +246,21 @@ def train_step(
     if not update_generator:
         return d_stats
 
-    # Generator: fool the updated D with (fake, right text) and, for GAN-INT, (fake, interpolated text).
+    # Generator: fool the updated D with (fake, right text), for GAN-INT (fake, interpolated text), and for
+    # counterfactual fakes (fake, counterfactual text).
+    g_hard_negatives = objective.contrastive_weight > 0 and objective.contrastive_generator and objective.contrastive_hard_negatives
+    g_text = text_for_g[:num_judged].detach()
+    if g_hard_negatives:  # a second text per judged fake: the wrong ones for the captions' fakes, the mixtures' own
+        # (unused), and for a counterfactual's fake the caption it was made from, now false of it
+        g_text = torch.cat([g_text, wrong, g_text[batch_size : batch_size + num_mixtures], right[:num_counterfactual].detach()])
     with accelerator.autocast():
-        g_out = discriminator(augment(fake[:num_judged]), text_for_g[:num_judged].detach())
-        # Reed's generator loss weighs the GAN-CLS and the GAN-INT terms equally, however many mixtures there are.
-        logits = g_out.logits.float()
-        loss_g = generator_adversarial_loss(logits[:batch_size], objective.loss)
-        if objective.gan_int:
-            loss_g = (loss_g + generator_adversarial_loss(logits[batch_size:], objective.loss)) / 2
+        g_out = discriminator(augment(fake[:num_judged]), g_text)
+        # Reed's generator loss weighs the GAN-CLS and the GAN-INT terms equally, however many mixtures there are;
+        # the counterfactuals' fakes are a third group of the same weight.
+        logits = g_out.logits.float()[:num_judged]
+        groups = [logits[:batch_size], logits[batch_size : batch_size + num_mixtures], logits[batch_size + num_mixtures :]]
+        terms = [generator_adversarial_loss(group, objective.loss) for group in groups if len(group)]
+        loss_g = sum(terms) / len(terms)
         if objective.unconditional_weight > 0:  # every fake, the GAN-INT mixtures' too, must look real
             loss_g = loss_g + objective.unconditional_weight * generator_adversarial_loss(g_out.unconditional_logits.float(), objective.loss)
         if objective.feature_matching_weight > 0:
@@ -235,8 +269,17 @@ def train_step(
         if objective.aux_class_weight > 0:
             loss_g = loss_g + objective.aux_class_weight * auxiliary_class_loss(g_out.class_logits[:batch_size].float(), batch["labels"])
         if objective.contrastive_weight > 0 and objective.contrastive_generator:
+            hard_negatives = g_out.text_features[num_judged : num_judged + batch_size].float() if g_hard_negatives else None
             loss_g = loss_g + objective.contrastive_weight * contrastive_matching_loss(
-                g_out.image_embeds[:batch_size].float(), g_out.text_features[:batch_size].float(), same_pair)
+                g_out.image_embeds[:batch_size].float(), g_out.text_features[:batch_size].float(), same_pair,
+                hard_negatives, wrong_is_right)
+            if num_counterfactual:
+                rows = slice(num_judged - num_counterfactual, num_judged)
+                same_counterfactual = (counterfactual[:, None] == counterfactual[None]).all(dim=-1)
+                source = g_out.text_features[2 * num_judged - num_counterfactual :].float() if g_hard_negatives else None
+                loss_g = loss_g + objective.contrastive_weight * contrastive_matching_loss(
+                    g_out.image_embeds[rows].float(), g_out.text_features[rows].float(), same_counterfactual, source,
+                    ~counterfactual_valid)
         if objective.matching_loss_weight > 0:
             image_embeds = joint_image_encoder(fake[:batch_size]).float()
             loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
