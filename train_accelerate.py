@@ -264,6 +264,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--checkpointing_steps", type=int, default=500)
     run.add_argument("--checkpoints_total_limit", type=int, default=None)
     run.add_argument("--resume_from_checkpoint", type=os.path.expanduser, default=None, help="'latest' or a checkpoint folder")
+    run.add_argument("--reseed_on_resume", action="store_true",
+                     help="draw the data order, noise and augmentation from --seed instead of restoring the checkpoint's "
+                          "random state: for a new phase started from another run's checkpoint, so that runs of several "
+                          "seeds differ (restored, --seed has no effect after a resume); never for resuming a killed run")
     run.add_argument("--validation_prompts", nargs="+", default=DEFAULT_VALIDATION_PROMPTS)
     run.add_argument("--validation_epochs", type=int, default=5)
     run.add_argument("--evaluation_steps", type=int, default=None,
@@ -290,7 +294,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
                                    ("projection_scales", 1, args.conditioning != "projection"),
                                    ("contrastive_weight", 0.0, args.conditioning != "projection"),
-                                   ("contrastive_hard_negatives", False, args.conditioning != "projection" or args.contrastive_weight == 0),
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
@@ -338,11 +341,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--int_fraction {args.int_fraction} sizes GAN-INT's share of the batch: it needs --gan_int")
     if not args.contrastive_generator and args.contrastive_weight == 0:
         parser.error("--no-contrastive_generator keeps the contrastive term for D alone: it needs --contrastive_weight > 0")
+    if args.reseed_on_resume and args.resume_from_checkpoint is None:
+        parser.error("--reseed_on_resume draws fresh random streams for a resumed run: it needs --resume_from_checkpoint")
     if args.counterfactual_exchange > 0 and args.counterfactual_negatives == 0 and args.counterfactual_fakes == 0:
         parser.error("--counterfactual_exchange shapes the counterfactual captions: it needs --counterfactual_negatives or "
                      "--counterfactual_fakes > 0")
     if args.contrastive_hard_negatives and args.contrastive_weight == 0:
-        parser.error("--contrastive_hard_negatives adds candidates to the contrastive term: it needs --contrastive_weight > 0")
+        parser.error("--contrastive_hard_negatives adds candidates to the contrastive term: it needs --contrastive_weight > 0 "
+                     "(on by default, off with --conditioning concat, which has no projection scores to compare)")
     if args.contrastive_weight > 0 and args.conditioning != "projection":
         parser.error("--contrastive_weight needs --conditioning projection (it scores every image against every caption "
                      "with the projection's matching term)")
@@ -714,8 +720,9 @@ def main(argv: list[str] | None = None) -> None:
                 logger.info(f"{inherited} (step {best['step']}, {best['metric']} = {best['value']:.4f}) copied: the best so far")
         if accelerator.is_main_process and best is not None and not published.parent.exists():
             best = None  # a record whose generator is nowhere: the evaluations here start a new one
-        loader.generator.set_state(rng_state["loader_epoch_start"])
-        noise_rng.set_state(rng_state["noise"])
+        if not args.reseed_on_resume:  # a killed run replays exactly; a new phase draws its own streams from --seed
+            loader.generator.set_state(rng_state["loader_epoch_start"])
+            noise_rng.set_state(rng_state["noise"])
         accelerator.print(f"Resumed from {resume_from} at step {global_step}")
     elif args.resume_from_checkpoint is not None:
         accelerator.print(f"No checkpoint in {args.output_dir}: starting a new run")

@@ -82,6 +82,10 @@ for seed in ${SEEDS:-0 1}; do
     if [ -n "${FROM_CHECKPOINT:-}" ]; then
       [ -d "$run/$(basename "$FROM_CHECKPOINT")" ] || { mkdir -p "$run"; cp -r "$FROM_CHECKPOINT" "$run/"; }
       resume=(--resume_from_checkpoint latest)
+      # From the copied checkpoint itself, the seed draws the run's own data order and noise (otherwise every seed
+      # replays the checkpoint's random state, one run); from a later checkpoint of its own, a restart replays exactly.
+      latest=$(ls -d "$run"/checkpoint-* | sort -V | tail -1)
+      [ "$(basename "$latest")" = "$(basename "$FROM_CHECKPOINT")" ] && resume+=(--reseed_on_resume)
     fi
     # shellcheck disable=SC2086
     OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} python train_accelerate.py "${COMMON[@]}" $flags --seed "$seed" --output_dir "$run" "${resume[@]}" > "$run.log" 2>&1

@@ -131,3 +131,11 @@ def test_counterfactual_captions_exchange_colours_with_the_asked_probability():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError, match="exchange must be a probability"):
             counterfactual_captions(captions, exchange=bad)
+    for bad in ("0.5", True, None):
+        with pytest.raises(TypeError, match="exchange must be a number"):
+            counterfactual_captions(captions, exchange=bad)
+    for bad in ([[None]], [["red petals", 5]]):
+        with pytest.raises(TypeError, match="every caption must be a string"):
+            counterfactual_captions(bad, exchange=0.5)
+    with pytest.raises(TypeError, match="caption must be a string"):
+        exchange_colors(None, np.random.default_rng(0))

@@ -334,6 +334,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--contrastive_weight", "0", "--contrastive_hard_negatives"], "--contrastive_hard_negatives adds candidates to the contrastive term"),
         (["--counterfactual_exchange", "0.5"], "--counterfactual_exchange shapes the counterfactual captions"),
         (["--counterfactual_fakes", "-1"], "--counterfactual_fakes must be a probability"),
+        (["--reseed_on_resume"], "--reseed_on_resume draws fresh random streams for a resumed run"),
         (["--counterfactual_negatives", "1", "--counterfactual_exchange", "2"], "--counterfactual_exchange must be a probability"),
         (["--label_smoothing", "1"], "--label_smoothing must be in"),
         (["--loss", "wgan"], "invalid choice: 'wgan'"),
@@ -517,6 +518,27 @@ def test_evaluation_steps_keep_the_best_generator_not_the_last(train_args, tmp_p
     assert json.loads((second / "best_generator" / "evaluation.json").read_text())["step"] == expected
     assert_identical(load_file(second / "generator" / "diffusion_pytorch_model.safetensors"),
                      load_file(second / "best_generator" / "diffusion_pytorch_model.safetensors"))
+
+
+def test_a_new_phase_draws_its_own_random_streams_only_with_reseed_on_resume(train_args, uninterrupted_run, tmp_path):
+    """Resumed, a run replays the checkpoint's data order and noise, whatever --seed says (a killed run must); a new
+    phase from another run's checkpoint with --reseed_on_resume draws them from --seed, so its seeds differ."""
+    def phase(name: str, *flags: str) -> dict:
+        out = tmp_path / name
+        out.mkdir()
+        shutil.copytree(uninterrupted_run / "checkpoint-9", out / "checkpoint-9")
+        run([*train_args, "--resume_from_checkpoint", "latest", *flags], out)
+        return weights(out)
+
+    def weights(folder: Path) -> dict:  # the EMA generator's BatchNorm statistics are recalibrated from --seed at saving
+        saved = load_file(folder / "generator" / "diffusion_pytorch_model.safetensors")
+        return {k: v for k, v in saved.items() if "running_" not in k and "num_batches" not in k}
+
+    uninterrupted = weights(uninterrupted_run)
+    assert_identical(phase("restored", "--seed", "4"), uninterrupted)  # the checkpoint's streams: --seed has no effect
+    seed_4, seed_5 = phase("seed4", "--seed", "4", "--reseed_on_resume"), phase("seed5", "--seed", "5", "--reseed_on_resume")
+    assert any(not torch.equal(seed_4[k], uninterrupted[k]) for k in seed_4)
+    assert any(not torch.equal(seed_4[k], seed_5[k]) for k in seed_4)
 
 
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):

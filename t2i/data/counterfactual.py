@@ -146,7 +146,13 @@ def exchange_colors(caption: str, rng: np.random.Generator) -> str | None:
     """``caption`` with two of its colour words exchanged, each keeping the other's case and place, or ``None``
     when it states fewer than two distinct colours that `swappable_words` allows to edit, or only colours joined
     directly ("white and yellow", "pink, white", "red to orange"), whose order states nothing. The pair is drawn
-    uniformly among the allowed ones."""
+    uniformly among the allowed ones.
+
+    Raises:
+        TypeError: ``caption`` is not a string.
+    """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a string, got {caption!r}")
     colors = [match for kind, match in swappable_words(caption) if kind == "color"]
     pairs = [(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]
              if a.group().lower() != b.group().lower() and not _JOINED.fullmatch(caption[a.end() : b.start()])]
@@ -166,9 +172,11 @@ def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0,
     negative.
 
     Raises:
-        TypeError: a row is a string, not a list of captions.
+        TypeError: a row is a string, not a list of captions; a caption is not a string; ``exchange`` is not a number.
         ValueError: ``exchange`` is not in [0, 1].
     """
+    if isinstance(exchange, bool) or not isinstance(exchange, (int, float)):
+        raise TypeError(f"exchange must be a number in [0, 1], got {exchange!r}")
     if not 0.0 <= exchange <= 1.0:  # NaN fails this too
         raise ValueError(f"exchange must be a probability in [0, 1], got {exchange}")
     rng = np.random.default_rng(seed)
@@ -178,6 +186,8 @@ def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0,
             raise TypeError(f"captions must be one list of captions per image, got the string {image_captions[:50]!r}")
         row = []
         for caption in image_captions:
+            if not isinstance(caption, str):
+                raise TypeError(f"every caption must be a string, got {caption!r}")
             # The exchange draw happens only when asked for: exchange = 0 replays the earlier edits (and caches) exactly.
             counterfactual = exchange_colors(caption, rng) if exchange > 0 and rng.random() < exchange else None
             if counterfactual is None:

@@ -62,6 +62,8 @@ class GanClsObjective:
         contrastive_hard_negatives: each image's GAN-CLS wrong text (``wrong_text_embeds``) joins its contrastive
             candidates, for D and G: NegCLIP's hard negatives when the wrong text is a counterfactual caption (the
             loader's ``counterfactual_negatives``), one word away from the right one (needs ``contrastive_weight``).
+            G's pass then scores a second text block, which a D with text BatchNorm normalises together with
+            the first (as it does the wrong texts on real images), so G's logits change with it too.
         counterfactual_fakes: the share of the batch, in [0, 1], whose counterfactual caption G also draws
             (``counterfactual_text_embeds`` of the batch, for its rows with ``counterfactual_valid``): the right
             caption with one value changed, mostly a combination of values no training image has. As GAN-INT's

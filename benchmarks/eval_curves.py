@@ -1,0 +1,51 @@
+"""The in-training evaluation curves of train_accelerate.py runs (`--evaluation_steps`, `--report_to tensorboard`):
+every `eval/*` scalar by step, read back from each run's tensorboard logs, printed as a table and written as JSON.
+
+    python benchmarks/eval_curves.py RUN [RUN ...] --out benchmarks/results/curves.json
+
+A run resumed into the same folder appends to the same logs, so its curve covers every phase there.
+"""
+
+import argparse
+import json
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SHOWN = ("petal_color", "center_color", "petal_count_word", "secondary_color", "petal_shape", "mean")
+
+
+def eval_curve(run: Path) -> dict[int, dict[str, float]]:
+    """{step: {metric: value}} of the run's `eval/*` scalars (the `text_image_agreement_` prefix dropped)."""
+    curve: dict[int, dict[str, float]] = {}
+    for events in sorted(run.glob("logs/**/events.out.tfevents.*")):
+        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
+        accumulator.Reload()
+        for tag in accumulator.Tags()["scalars"]:
+            if tag.startswith("eval/"):
+                name = tag.removeprefix("eval/").removeprefix("text_image_agreement_")
+                for event in accumulator.Scalars(tag):
+                    curve.setdefault(event.step, {})[name] = event.value
+    return dict(sorted(curve.items()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    curves = {}
+    for run in args.runs:
+        curve = eval_curve(run)
+        if not curve:
+            parser.error(f"{run}: no eval/* scalars under {run}/logs (trained without --evaluation_steps or tensorboard?)")
+        curves[str(run)] = curve
+        print(f"\n{run}\n| step | " + " | ".join(SHOWN) + " |\n|---|" + "---|" * len(SHOWN))
+        for step, values in curve.items():
+            print(f"| {step} | " + " | ".join(f"{values[k]:.3f}" if k in values else "" for k in SHOWN) + " |")
+    if args.out:
+        args.out.write_text(json.dumps(curves, indent=2))
+
+
+if __name__ == "__main__":
+    main()
