@@ -36,11 +36,14 @@ from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, l
 from t2i.hardware import cpu_has_fast_bf16
 from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
 from t2i.losses import LOSS_TYPES
-from t2i.models import CONDITIONINGS, FUSIONS, standing_batch_norm_
+from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, standing_batch_norm_
 from t2i.pipeline import to_unit_range
 from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig
 from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
-from t2i.training import GanClsObjective, check_resumable, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint, train_step, update_ema
+from t2i.training import (
+    GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint, train_step,
+    update_ema,
+)
 
 logger = get_logger(__name__)
 
@@ -152,10 +155,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--transposed_up_blocks", action=argparse.BooleanOptionalAction, default=False,
                        help="with --fusion affine: each G block up-samples by a 4×4 stride-2 transposed convolution "
                             "(DCGAN's) instead of nearest + 3×3: under half the multiply-adds, with checkerboard risk")
+    model.add_argument("--deep_fusion", action=argparse.BooleanOptionalAction, default=False,
+                       help="with --fusion input: a text affine after every BatchNorm of Reed's generator, zero at the "
+                            "start (DF-GAN's deep fusion), so a trained Reed generator can be grown into this one")
     model.add_argument("--pretrained_model_name_or_path", default=None,
                        help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
-                            "plus --residual_blocks (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
+                            "plus --residual_blocks or --deep_fusion (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
                             "unless --text_encoder_path is given")
     model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
                        help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
@@ -329,6 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("residual_blocks", "transposed_up_blocks"):
         if getattr(args, flag) and args.fusion != "affine":
             parser.error(f"--{flag} shapes the text-affine blocks: it needs --fusion affine")
+    if args.deep_fusion and args.fusion != "input":
+        parser.error("--deep_fusion adds text affines to Reed's generator: it needs --fusion input (--fusion affine has its own)")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -431,19 +439,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "discriminator_from_joint_embedding")
-
-
-def generator_config(args: argparse.Namespace) -> dict:
-    """GanClsGenerator's config from the model flags, all but text_embed_dim (the text encoder's)."""
-    return dict(
-        noise_dim=args.noise_dim, text_proj_dim=args.text_proj_dim, ngf=args.ngf, resolution=args.resolution,
-        # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
-        text_batch_norm=args.text_batch_norm and not args.conditioning_augmentation, fusion=args.fusion,
-        conditioning_augmentation=args.conditioning_augmentation, normalize_text=args.normalize_text,
-        polar_harmonics=args.polar_harmonics, polar_antialias=args.polar_antialias, residual_blocks=args.residual_blocks,
-        transposed_up_blocks=args.transposed_up_blocks,
-    )
+               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion",
+               "discriminator_from_joint_embedding")
 
 
 def load_pretrained_generator(name_or_path: str, config: dict) -> tuple[GanClsGenerator, Path]:
@@ -565,7 +562,7 @@ def main(argv: list[str] | None = None) -> None:
             check_resumable(resume_from, accelerator.num_processes, args.train_batch_size, model_config, use_ema=args.use_ema)
     pretrained_generator = None
     if args.pretrained_model_name_or_path is not None:
-        pretrained_generator, pretrained_folder = load_pretrained_generator(args.pretrained_model_name_or_path, generator_config(args))
+        pretrained_generator, pretrained_folder = load_pretrained_generator(args.pretrained_model_name_or_path, generator_config(vars(args)))
         if args.text_encoder_path is None:  # the generator was trained on that pipeline's text encoder
             args.text_encoder_path = str(pretrained_folder)
 
@@ -645,11 +642,12 @@ def main(argv: list[str] | None = None) -> None:
     # Each phase draws from its own seeded stream: the GAN's initial weights must not depend on whether the text
     # encoder was trained in this process (drawing from the same stream) or loaded after a kill.
     set_seed(args.seed)
-    generator = GanClsGenerator(text_embed_dim=embeddings.dim, **generator_config(args))
+    generator = GanClsGenerator(text_embed_dim=embeddings.dim, **generator_config(vars(args)))
     if pretrained_generator is not None and resume_from is None:  # a resumed run has its own weights
         generator.grow_from_(pretrained_generator)
         accelerator.print(f"generator initialised from {args.pretrained_model_name_or_path}"
-                          + (" (grown: residual blocks added)" if args.residual_blocks and not pretrained_generator.config.residual_blocks else ""))
+                          + "".join(f" (grown: {flag.replace('_', ' ')} added)" for flag in GROWABLE
+                                    if getattr(args, flag) and not pretrained_generator.config.get(flag)))
     discriminator = GanClsDiscriminator(
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,

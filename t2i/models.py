@@ -194,11 +194,16 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     ``polar_antialias`` fades their angle harmonics out where the pixel grid cannot show them (`polar_coordinates`);
     ``residual_blocks`` (``fusion="affine"`` only) adds a residual second fused convolution to every up-block, and
     ``transposed_up_blocks`` (``fusion="affine"`` only) makes each block up-sample by a transposed convolution.
+    ``deep_fusion`` (``fusion="input"`` only) keeps Reed's layers and also fuses the text into every one of them:
+    after each BatchNorm, (1 + γ(c))·h + β(c) with γ, β linear in c = [noise; text code] and zero at the start (DF-GAN's
+    deep fusion, Tao et al., CVPR 2022, on DCGAN's blocks), so a trained Reed generator grows into one
+    (`grow_from_`) that draws exactly what it drew.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
 
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
-            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``, or a resolution other than 64 or 128.
+            < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``,
+            ``deep_fusion`` without ``fusion="input"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -218,6 +223,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         polar_antialias: bool = False,
         residual_blocks: bool = False,
         transposed_up_blocks: bool = False,
+        deep_fusion: bool = False,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -229,6 +235,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         for name, value in (("residual_blocks", residual_blocks), ("transposed_up_blocks", transposed_up_blocks)):
             if value and fusion != "affine":
                 raise ValueError(f"{name} shape the text-affine up-blocks: they need fusion='affine', got {fusion!r}")
+        if deep_fusion and fusion != "input":
+            raise ValueError(f"deep_fusion adds text affines to Reed's layers: it needs fusion='input' (fusion='affine' "
+                             f"has them in its own blocks), got {fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -251,6 +260,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 width //= 2
             layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
             self.net = nn.Sequential(*layers)
+            if deep_fusion:  # registered after net, so its parameters come last and a grown optimizer keeps the order
+                self.fusion_affines = nn.ModuleList(
+                    nn.Linear(noise_dim + text_proj_dim, 2 * layer.num_features) for layer in layers if isinstance(layer, nn.BatchNorm2d))
         else:
             self.stem = nn.Sequential(*layers)
             # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
@@ -267,6 +279,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 if affine is not None:
                     nn.init.zeros_(affine.weight)
                     nn.init.zeros_(affine.bias)
+        for affine in getattr(self, "fusion_affines", []):
+            nn.init.zeros_(affine.weight)
+            nn.init.zeros_(affine.bias)
 
     def text_code(self, text_embeds: torch.Tensor, code_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The text code the generator is conditioned on, [B, text_proj_dim], and with conditioning augmentation
@@ -290,7 +305,14 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         """Images [B, C, R, R] in [-1, 1] from noise [B, noise_dim] and a text code [B, text_proj_dim]."""
         condition = torch.cat([noise, code], dim=1)
         if self.config.fusion == "input":
-            return self.net(condition)
+            if not self.config.deep_fusion:
+                return self.net(condition)
+            hidden, affines = condition, iter(self.fusion_affines)
+            for layer in self.net:
+                hidden = layer(hidden)
+                if isinstance(layer, nn.BatchNorm2d):
+                    hidden = _text_affine(hidden, next(affines)(condition))
+            return hidden
         hidden = self.stem(condition)
         for block in self.up_blocks:
             hidden = block(hidden, condition)
@@ -298,20 +320,22 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def grow_from_(self, trained: "GanClsGenerator") -> None:
-        """Copy a trained generator without ``residual_blocks`` into this one with them: every tensor it has is
-        copied, the residual branches keep their fresh weights behind a zero gain, so this generator then draws
-        exactly what ``trained`` draws and training goes on from there with more depth (a function-preserving
-        expansion, as Net2Net, Chen et al., ICLR 2016). Copying between equal configs is plain weight copying.
+        """Copy a trained generator into this one, which may add ``residual_blocks`` or ``deep_fusion`` to it: every
+        tensor it has is copied, and the added parts keep their fresh weights behind a zero gain or a zero text
+        affine, so this generator then draws exactly what ``trained`` draws and training goes on from there (a
+        function-preserving expansion, as Net2Net, Chen et al., ICLR 2016). Copying between equal configs is plain
+        weight copying.
 
         Raises:
-            ValueError: ``trained`` differs in any other config value, or this generator lacks residual blocks
-                that ``trained`` has.
+            ValueError: ``trained`` differs in any other config value, or has residual blocks or deep fusion that this
+                generator lacks.
         """
         mine, theirs = dict(self.config), dict(trained.config)
-        differing = sorted(k for k in set(mine) | set(theirs) if not k.startswith("_") and k != "residual_blocks"
+        differing = sorted(k for k in set(mine) | set(theirs) if not k.startswith("_") and k not in GROWABLE
                            and mine.get(k) != theirs.get(k))
-        if differing or (theirs.get("residual_blocks") and not mine["residual_blocks"]):
-            detail = ", ".join(f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing) or "residual_blocks"
+        lost = [k for k in GROWABLE if theirs.get(k) and not mine.get(k)]
+        if differing or lost:
+            detail = ", ".join([f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing] + lost)
             raise ValueError(f"cannot grow this generator from that one: they differ in {detail}")
         state = self.state_dict()
         for name, tensor in trained.state_dict().items():
@@ -319,6 +343,14 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         for block in getattr(self, "up_blocks", []):
             if block.residual and not theirs.get("residual_blocks"):
                 block.residual_gain.zero_()
+        if mine.get("deep_fusion") and not theirs.get("deep_fusion"):
+            for affine in self.fusion_affines:
+                affine.weight.zero_()
+                affine.bias.zero_()
+
+
+GROWABLE = ("residual_blocks", "deep_fusion")
+"""Generator options that `GanClsGenerator.grow_from_` can add to a trained generator without changing what it draws."""
 
 
 def output_layers(generator: GanClsGenerator) -> tuple[nn.Module, nn.Module]:

@@ -53,3 +53,57 @@ def test_unconditional_baseline_refuses_bad_input_before_any_work(tiny_synthetic
             baseline.main(["--dataset", str(dataset), "--output_dir", str(out), "--max_train_steps", "1"])
         assert "test" in str(error.value) or "missing" in str(error.value)
     assert not out.exists()
+
+
+def test_text_probe_reads_values_per_value_and_from_the_generators_code(tiny_synthetic_dataset, tmp_path):
+    import torch
+
+    probe = load_script("text_encoder_probe")
+    # Hand-made embeddings: one feature per petal colour, so the probe reads every unseen caption right, except
+    # the one whose feature says "red" where its caption says "white".
+    train = ["a flower with red petals", "a flower with white petals"] * 8
+    test = ["red petals", "white petals", "the petals are white"]
+    features = {"red": torch.tensor([1.0, 0.0]), "white": torch.tensor([0.0, 1.0])}
+    train_x = torch.stack([features["red" if "red" in c else "white"] for c in train])
+    test_x = torch.stack([features["red"], features["white"], features["red"]])
+    petal = probe.probe_attributes(train, test, train_x, test_x)["petal_color"]
+    assert petal["train"] == 1.0 and petal["test_classes"] == 2 / 3 and petal["test_captions"] == 3
+    assert petal["per_value"] == {"red": {"captions": 1, "right": 1.0, "read_as": {"red": 1}},
+                                  "white": {"captions": 2, "right": 0.5, "read_as": {"white": 1, "red": 1}}}
+
+    from conftest import make_tiny_pipeline
+
+    folder = tmp_path / "pipeline"
+    make_tiny_pipeline().save_pretrained(folder)
+    out = tmp_path / "probe.json"
+    rows = probe.main(["--dataset", str(tiny_synthetic_dataset), "--encoder", f"tiny={folder}", "--generator_code",
+                       "--train_captions", "200", "--test_captions", "100", "--out", str(out)])
+    assert [row["name"] for row in rows] == ["tiny", "tiny: generator text code"]
+    assert rows[1]["dim"] == make_tiny_pipeline().generator.config.text_proj_dim != rows[0]["dim"]
+    saved = json.loads(out.read_text())["encoders"]
+    for row in saved:
+        for result in row["attributes"].values():
+            assert sum(v["captions"] for v in result["per_value"].values()) == result["test_captions"]
+            assert 0 <= result["test_classes"] <= 1
+
+
+def test_every_pilot_row_parses_to_a_valid_training_command(tiny_synthetic_dataset, tmp_path):
+    """benchmarks/pilots_v3.sh's rows are what docs/results.md's pilot tables ran: each must still be a command
+    train_accelerate.py accepts, with the script's common flags before it (its last flag wins, as in the script)."""
+    import re
+    import shlex
+
+    import train_accelerate
+
+    script = (BENCHMARKS / "pilots_v3.sh").read_text()
+    common = re.search(r"^COMMON=\((.*?)\)$", script, re.S | re.M).group(1)
+    common = (common.replace('"$DATASET"', str(tiny_synthetic_dataset)).replace('"$TEXT_ENCODER"', "pretrained")
+              .replace('"${LIMIT[@]}"', "--max_train_steps 10").replace('"${MIXED_PRECISION:-bf16}"', "no")
+              .replace('"$REPORT"', "none").replace('"$OUT/embedding_cache"', str(tmp_path / "cache")))
+    rows = re.findall(r'^  "([a-z0-9_]+)\|[^|]*\|([^"]*)"$', script, re.M)
+    assert len(rows) >= 25 and len({name for name, _ in rows}) == len(rows)
+    for name, flags in rows:
+        args = train_accelerate.parse_args([*shlex.split(common), *shlex.split(flags), "--output_dir", str(tmp_path / name)])
+        assert args.output_dir == str(tmp_path / name), name
+    parsed = {name: flags for name, flags in rows}
+    assert "--deep_fusion" in parsed["xmc_cfx_df"] and "--counterfactual_fakes 1.0" in parsed["xmc_cff1"]

@@ -1,6 +1,7 @@
 """Checkpoint files hold optimizer and random states as safetensors and JSON: round trips on real optimizers, and
 every damaged file refused by name."""
 
+import json
 import random
 from pathlib import Path
 
@@ -243,3 +244,27 @@ def test_a_model_flag_newer_than_the_checkpoint_resumes_only_while_off(accelerat
         check_resumable(checkpoint, 1, 4, {"fusion": "affine", "ngf": 32, "spectral_norm": True})
     with pytest.raises(ValueError, match=r"holds another model: ngf 32 \(now 16\)"):
         check_resumable(checkpoint, 1, 4, {"fusion": "affine", "ngf": 16, "polar_harmonics": 0})
+
+
+def test_grow_refuses_what_it_cannot_grow_with_a_clear_error(tmp_path, capsys):
+    from t2i.training.__main__ import main
+
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    for argv, message in [
+        (["grow", str(checkpoint), str(tmp_path / "out")], "grow takes one option: --residual_blocks or --deep_fusion"),
+        (["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion", "--residual_blocks"], "grow takes one option"),
+        (["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion"], "is not a training checkpoint (no training_state.json)"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            main(argv)
+        assert exit_info.value.code != 0 and message in capsys.readouterr().err
+    (checkpoint / "training_state.json").write_text(json.dumps({"global_step": 4}))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion"])
+    assert exit_info.value.code == 1 and "records no model_config" in capsys.readouterr().err
+    (checkpoint / "training_state.json").write_text(json.dumps({"global_step": 4, "model_config": {"fusion": "affine", "residual_blocks": True}}))
+    with pytest.raises(SystemExit):
+        main(["grow", str(checkpoint), str(tmp_path / "out"), "--residual_blocks"])
+    assert "already has residual_blocks" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing written by a refusal

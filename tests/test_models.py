@@ -353,6 +353,42 @@ def test_residual_blocks_grow_a_trained_generator_without_changing_what_it_draws
     assert torch.equal(twin.eval()(noise, text), grown.eval()(noise, text))
 
 
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_deep_fusion_grows_reeds_generator_without_changing_what_it_draws(resolution, tmp_path):
+    torch.manual_seed(0)
+    options = dict(text_embed_dim=24, ngf=8, resolution=resolution, normalize_text=True, text_batch_norm=True)
+    trained, grown = GanClsGenerator(**options), GanClsGenerator(**options, deep_fusion=True)
+    # One affine per BatchNorm of Reed's layers: the 4×4 stem and every up-sampling layer but the last.
+    norms = [m.num_features for m in grown.net if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [affine.out_features for affine in grown.fusion_affines] == [2 * n for n in norms]
+    assert len(norms) == (4 if resolution == 64 else 5) and norms[0] == 8 * 2 ** (len(norms) - 1)
+    # Reed's own tensors keep their names, so a Reed checkpoint's every tensor has a place in the grown one.
+    assert set(trained.state_dict()) < set(grown.state_dict())
+    assert {k.split(".")[0] for k in set(grown.state_dict()) - set(trained.state_dict())} == {"fusion_affines"}
+    noise, text = torch.randn(6, 100), torch.randn(6, 24)
+    trained.train()(noise, text)
+    grown.grow_from_(trained)
+    assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
+    assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))
+    # The zero affines still learn (their gradient is the BatchNorm output times the condition), and once they
+    # move the text reaches every layer.
+    grown.train()(noise, text).square().mean().backward()
+    assert all(affine.weight.grad.abs().sum() > 0 for affine in grown.fusion_affines)
+    with torch.no_grad():
+        grown.fusion_affines[-1].weight.normal_(0, 0.5)
+    images = grown.eval()(noise, text)
+    assert images.shape == (6, 3, resolution, resolution) and images.abs().max() <= 1
+    assert not torch.allclose(images, trained.eval()(noise, text), atol=1e-4)
+    grown.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    assert reloaded.config.deep_fusion is True and torch.equal(reloaded.eval()(noise, text), images)
+    # A grown generator cannot be shrunk back, and fusion='affine' has its own per-block affines.
+    with pytest.raises(ValueError, match="differ in deep_fusion"):
+        GanClsGenerator(**options).grow_from_(grown)
+    with pytest.raises(ValueError, match="deep_fusion adds text affines to Reed's layers: it needs fusion='input'"):
+        GanClsGenerator(fusion="affine", deep_fusion=True)
+
+
 @pytest.mark.parametrize("other, message", [
     ({"ngf": 16}, r"ngf: 16 \(here 8\)"),
     ({"polar_harmonics": 0}, r"polar_harmonics: 0 \(here 2\)"),

@@ -541,6 +541,46 @@ def test_a_new_phase_draws_its_own_random_streams_only_with_reseed_on_resume(tra
     assert any(not torch.equal(seed_4[k], seed_5[k]) for k in seed_4)
 
 
+def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with_the_flag(train_args, uninterrupted_run, tmp_path):
+    import filecmp
+
+    from t2i import GanClsGenerator
+    from t2i.training import generator_config, grow_checkpoint
+
+    source = uninterrupted_run / "checkpoint-9"
+    grown = grow_checkpoint(source, tmp_path, "deep_fusion")
+    assert grown == tmp_path / "checkpoint-9" and not list(tmp_path.glob(".*partial"))
+    state = json.loads((grown / "training_state.json").read_text())
+    assert state["model_config"] == {**json.loads((source / "training_state.json").read_text())["model_config"], "deep_fusion": True}
+    for name in ("model.safetensors", "ema_generator.safetensors"):  # the generator and its EMA: every tensor kept, zeros added
+        before, after = load_file(source / name), load_file(grown / name)
+        assert_identical({k: after[k] for k in before}, before)
+        added = set(after) - set(before)
+        assert added and all(k.startswith("fusion_affines.") and not after[k].any() for k in added)
+    for name in ("model_1.safetensors", "optimizer_1.safetensors", "t2i_rng_0.safetensors"):  # D and the streams, as they were
+        assert filecmp.cmp(source / name, grown / name, shallow=False), name
+    # The grown generator draws what the trained one drew.
+    tensors = load_file(grown / "model.safetensors")
+    models = []
+    for flags in (json.loads((source / "training_state.json").read_text())["model_config"], state["model_config"]):
+        model = GanClsGenerator(text_embed_dim=tensors["text_projection.0.weight"].shape[1], **generator_config(flags))
+        model.load_state_dict(load_file(source / "model.safetensors") if not flags.get("deep_fusion") else tensors)
+        models.append(model.eval())
+    noise, text = torch.randn(4, 100, generator=torch.Generator().manual_seed(0)), torch.randn(4, tensors["text_projection.0.weight"].shape[1])
+    assert torch.equal(models[0](noise, text), models[1](noise, text))
+    with pytest.raises(ValueError, match="already has deep_fusion"):
+        grow_checkpoint(grown, tmp_path / "again", "deep_fusion")
+
+    resume = [*train_args, "--resume_from_checkpoint", "latest"]
+    refused = run(resume, tmp_path, check=False)  # without the flag the checkpoint holds another model
+    assert refused.returncode != 0 and "deep_fusion True (now False)" in refused.stderr
+    run([*resume, "--deep_fusion"], tmp_path)
+    generator = GanClsPipeline.from_pretrained(tmp_path).generator
+    assert generator.config.deep_fusion is True
+    assert any(affine.weight.abs().sum() > 0 for affine in generator.fusion_affines)  # trained from step 9 on
+    assert [p.name for p in list_checkpoints(tmp_path)][-1] == f"checkpoint-{STEPS}"
+
+
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
     import re
 

@@ -9,8 +9,9 @@ images of the synthetic set at the model's resolution:
   (0–255 scale): near 0 when the noise is ignored;
 - **roughness**: the mean absolute difference between neighbouring pixels (0–255): noise patterns are several
   times rougher than any real image;
-- **flower-pixel share**: the fraction of pixels that are neither foliage-green nor dark (the renderer's
-  backgrounds are both; its petals and discs are neither), so an empty or washed-out frame scores near 0.
+- **flower-pixel share**: the fraction of pixels that are neither foliage-green, nor dark, nor neutral grey (the
+  renderer's backgrounds are green or dark; its petals and discs are none of the three), so an empty or washed-out
+  frame scores near 0.
 
     python -m t2i.evaluation.robustness --model pretrained --out benchmarks/results/robustness_default.json
 """
@@ -54,12 +55,18 @@ def roughness(images: torch.Tensor) -> torch.Tensor:
 
 
 def flower_pixel_mask(images: torch.Tensor) -> torch.Tensor:
-    """Pixels that are neither foliage-green (G ≥ max(R, B) + 0.04) nor dark (max(R, G, B) < 0.3): the renderer's
-    petals and discs. ``images``: float [N, 3, H, W] in [0, 1]. Returns bool [N, H, W]."""
+    """Pixels that are neither foliage-green (G ≥ max(R, B) + 0.04), nor dark (max(R, G, B) < 0.3), nor a neutral
+    mid-tone (max − min of R, G, B < 0.08 with max < 0.7): the renderer's petals and discs. Its backgrounds are green
+    or dark and its white petals bright, so grey belongs to neither; without that rule a flat grey frame, the
+    washed-out output of a collapsed generator, would count as all flower. A flat field of a petal colour still
+    counts: roughness, seed spread and the oracle's features are the checks for that.
+    ``images``: float [N, 3, H, W] in [0, 1]. Returns bool [N, H, W]."""
     red, green, blue = images[:, 0], images[:, 1], images[:, 2]
+    brightest, darkest = images.amax(dim=1), images.amin(dim=1)
     green_dominant = green >= torch.maximum(red, blue) + 0.04
-    dark = images.amax(dim=1) < 0.3
-    return ~(green_dominant | dark)
+    dark = brightest < 0.3
+    grey = (brightest - darkest < 0.08) & (brightest < 0.7)
+    return ~(green_dominant | dark | grey)
 
 
 def flower_pixel_share(images: torch.Tensor) -> torch.Tensor:

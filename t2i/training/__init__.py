@@ -1,9 +1,12 @@
 """GAN-CLS training: the step with its explicit objective, EMA, and atomic checkpoints (used by train_accelerate.py)."""
 
-from .checkpoints import CHECKPOINT_PATTERN, check_resumable, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint
+from .checkpoints import (
+    CHECKPOINT_PATTERN, check_resumable, generator_config, grow_checkpoint, list_checkpoints, load_checkpoint, publish_folder,
+    save_checkpoint,
+)
 from .gan_cls import GanClsObjective, train_step, update_ema
 
 __all__ = [
-    "CHECKPOINT_PATTERN", "GanClsObjective", "check_resumable", "list_checkpoints", "load_checkpoint", "publish_folder", "save_checkpoint",
+    "CHECKPOINT_PATTERN", "GanClsObjective", "check_resumable", "generator_config", "grow_checkpoint", "list_checkpoints", "load_checkpoint", "publish_folder", "save_checkpoint",
     "train_step", "update_ema",
 ]

@@ -1,12 +1,16 @@
 """Command-line tools for training checkpoints: ``python -m t2i.training convert CHECKPOINT...`` rewrites checkpoints
-written before t2i saved optimizer and random states as safetensors (see `t2i.training.checkpoints`)."""
+written before t2i saved optimizer and random states as safetensors (see `t2i.training.checkpoints`);
+``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` copies a checkpoint with its generator grown by
+an option that does not change what it draws, so the run continues with it (``--resume_from_checkpoint latest
+--output_dir OUTPUT_DIR`` and the flag)."""
 
 import argparse
 import sys
 from pathlib import Path
 
 from t2i.hub import PICKLE_SUFFIXES, CheckpointError
-from t2i.training.checkpoints import convert_legacy_checkpoint, list_checkpoints
+from t2i.models import GROWABLE
+from t2i.training.checkpoints import convert_legacy_checkpoint, grow_checkpoint, list_checkpoints
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -19,7 +23,28 @@ def main(argv: list[str] | None = None) -> None:
                     "with torch's weights-only loader, which refuses code; the random streams go into t2i_rng_*.safetensors, and other files are left alone. A conversion killed "
                     "part-way can be run again.")
     convert.add_argument("checkpoints", nargs="+", type=Path, help="checkpoint-N folders (not the run folder)")
+    grow = commands.add_parser(
+        "grow", help="copy a checkpoint with its generator grown by an option that keeps what it draws",
+        description="Copy CHECKPOINT to OUTPUT_DIR/checkpoint-N with its generator (and EMA generator) grown by the option "
+                    "(GanClsGenerator.grow_from_: the added parameters start at zero, so it draws what it drew), G's Adam "
+                    "state extended to the new parameters, and the option added to the recorded model flags. Resume it "
+                    "with train_accelerate.py --output_dir OUTPUT_DIR --resume_from_checkpoint latest and the option.")
+    grow.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
+    grow.add_argument("output_dir", type=Path, help="the new run's folder (the checkpoint is copied into it)")
+    for option in GROWABLE:
+        grow.add_argument(f"--{option}", dest="options", action="append_const", const=option)
     args = parser.parse_args(argv)
+    if args.command == "grow":
+        if not args.options or len(args.options) > 1:
+            parser.error(f"grow takes one option: {' or '.join('--' + o for o in GROWABLE)}")
+        if not (args.checkpoint / "training_state.json").is_file():
+            parser.error(f"{args.checkpoint} is not a training checkpoint (no training_state.json)")
+        try:
+            grown = grow_checkpoint(args.checkpoint, args.output_dir, args.options[0])
+        except (ValueError, CheckpointError, OSError) as error:
+            parser.exit(1, f"error: {error}\n")
+        print(f"{grown}: {args.checkpoint} with --{args.options[0]}")
+        return
     failed = []
     for checkpoint in args.checkpoints:  # one bad checkpoint does not stop the others
         if not (checkpoint / "training_state.json").is_file():

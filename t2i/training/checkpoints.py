@@ -5,7 +5,9 @@ A checkpoint holds G and D (``model.safetensors``, ``model_1.safetensors``), the
 stream of every process (``t2i_rng_{rank}.safetensors``), the EMA generator and ``training_state.json``. Nothing in
 it is a pickle: accelerate's ``save_state`` writes optimizers and random states with ``torch.save``, so t2i writes
 them itself. Checkpoints from before this (with ``optimizer.bin``, ``random_states_*.pkl``) are refused unread and
-converted once with ``python -m t2i.training convert CHECKPOINT``.
+converted once with ``python -m t2i.training convert CHECKPOINT``. ``python -m t2i.training grow`` copies a
+checkpoint into one whose generator has an option that `GanClsGenerator.grow_from_` adds without changing what it
+draws, so a trained run can continue with it, D and both optimizers included.
 
 A checkpoint is written to ``.checkpoint-{step}.partial`` and renamed to ``checkpoint-{step}`` only when every
 file is on disk, so `--resume_from_checkpoint latest` never picks up half a checkpoint, whatever moment a run is
@@ -19,7 +21,7 @@ import os
 import random
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from t2i.hub import CheckpointError
+from t2i.models import GROWABLE, GanClsGenerator
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LEGACY_PICKLE = re.compile(r"^(optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$")  # accelerate's save_state's names
@@ -427,3 +430,86 @@ def convert_legacy_checkpoint(checkpoint: Path) -> list[str]:
     for path in pickles:  # last: until they are gone, check_resumable refuses the checkpoint and convert redoes it
         path.unlink()
     return [p.name for p in pickles]
+
+
+def generator_config(flags: Mapping) -> dict:
+    """GanClsGenerator's config from the model flags of a run (train_accelerate.py's, or a checkpoint's recorded
+    ``model_config``), all but text_embed_dim (the text encoder's). A flag a record lacks was off."""
+    def flag(name, default=False):
+        return flags.get(name, default)
+
+    return dict(
+        noise_dim=flags["noise_dim"], text_proj_dim=flags["text_proj_dim"], ngf=flags["ngf"], resolution=flags["resolution"],
+        # Conditioning augmentation replaces G's text projection (and its BatchNorm): it sets the code's scale itself.
+        text_batch_norm=flag("text_batch_norm") and not flag("conditioning_augmentation"), fusion=flag("fusion", "input"),
+        conditioning_augmentation=flag("conditioning_augmentation"), normalize_text=flag("normalize_text"),
+        polar_harmonics=flag("polar_harmonics", 0), polar_antialias=flag("polar_antialias"), residual_blocks=flag("residual_blocks"),
+        transposed_up_blocks=flag("transposed_up_blocks"), deep_fusion=flag("deep_fusion"),
+    )
+
+
+def grow_checkpoint(checkpoint: Path, output_dir: Path, option: str) -> Path:
+    """Copy ``checkpoint`` to ``output_dir/checkpoint-{step}`` with its generator grown by ``option`` (one of
+    `t2i.models.GROWABLE`): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
+    state lists them after its own with no moments yet (Adam starts them as it starts every parameter), and the
+    recorded model flags gain ``--{option}``; D, its optimizer, the random streams and the rest are copied as
+    they are. Resumed with the grown flags the run draws what it drew, and goes on with the option trained.
+    The copy is written to a partial folder and renamed when complete.
+
+    Raises:
+        ValueError: ``option`` is not growable, the checkpoint already has it or its generator cannot have it.
+        CheckpointError: a checkpoint without a recorded model or with tensors that do not fit it, or an existing output.
+    """
+    if option not in GROWABLE:
+        raise ValueError(f"only {', '.join(GROWABLE)} can be grown into a trained generator, not {option!r}")
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    flags = state.get("model_config")
+    if flags is None:
+        raise CheckpointError(f"{checkpoint}/training_state.json records no model_config, so its generator cannot be rebuilt")
+    if flags.get(option):
+        raise ValueError(f"{checkpoint}'s generator already has {option}")
+    final = Path(output_dir) / checkpoint.name
+    if final.exists():
+        raise CheckpointError(f"{final} exists; grow into another output directory")
+    config = generator_config(flags)
+    grown_flags = {**flags, option: True}
+
+    def grow(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, int]:
+        text_embed_dim = next(v.shape[1] for k, v in tensors.items() if k in ("text_projection.0.weight", "ca_net.to_moments.weight"))
+        trained = GanClsGenerator(text_embed_dim=text_embed_dim, **config)
+        try:
+            trained.load_state_dict(tensors)
+        except RuntimeError as error:
+            raise CheckpointError(f"{checkpoint}/model.safetensors does not fit its recorded model: {error}") from error
+        grown = GanClsGenerator(text_embed_dim=text_embed_dim, **generator_config(grown_flags))
+        grown.grow_from_(trained)
+        names, grown_names = [n for n, _ in trained.named_parameters()], [n for n, _ in grown.named_parameters()]
+        if grown_names[: len(names)] != names:  # Adam's state is indexed by position: the new parameters must come last
+            raise ValueError(f"growing {option} reorders the generator's parameters; its optimizer state cannot follow")
+        return {k: v.contiguous() for k, v in grown.state_dict().items()}, len(names), len(grown_names)
+
+    partial = final.with_name(f".{final.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    try:
+        for path in checkpoint.iterdir():
+            if path.is_file() and path.name not in ("model.safetensors", "ema_generator.safetensors", "optimizer.safetensors", "training_state.json"):
+                shutil.copy2(path, partial / path.name)
+        tensors, before, after = grow(load_file(str(checkpoint / "model.safetensors")))
+        save_file(tensors, str(partial / "model.safetensors"))
+        if (checkpoint / "ema_generator.safetensors").is_file():
+            save_file(grow(load_file(str(checkpoint / "ema_generator.safetensors")))[0], str(partial / "ema_generator.safetensors"))
+        with safe_open(str(checkpoint / "optimizer.safetensors"), "pt") as f:
+            optimizer = optimizer_state_from_safetensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {})
+        indices = [i for group in optimizer["param_groups"] for i in group["params"]]
+        if len(indices) != before:
+            raise CheckpointError(f"{checkpoint}/optimizer.safetensors holds {len(indices)} parameters, its generator {before}")
+        optimizer["param_groups"][-1]["params"] += list(range(max(indices) + 1, max(indices) + 1 + after - before))
+        optimizer_tensors, optimizer_metadata = optimizer_state_to_safetensors(optimizer)
+        save_file(optimizer_tensors, str(partial / "optimizer.safetensors"), metadata=optimizer_metadata)
+        (partial / "training_state.json").write_text(json.dumps({**state, "model_config": grown_flags}))
+        publish_folder(partial, final)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return final
