@@ -130,13 +130,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         encoder = load_encoder(path)
         started = time.perf_counter()
         train_embeds, test_embeds = encoder.encode(train), encoder.encode(test)
-        probed = [(name, train_embeds, test_embeds)]
+        probed = [(name, train_embeds, test_embeds, time.perf_counter() - started)]
         if args.generator_code and (Path(path) / "model_index.json").is_file():
             generator_model = GanClsPipeline.from_pretrained(path).generator.eval()
+            started = time.perf_counter()
             with torch.no_grad():
-                probed.append((f"{name}: generator text code", generator_model.text_code(train_embeds)[0], generator_model.text_code(test_embeds)[0]))
-        for row_name, train_x, test_x in probed:
-            row = {"name": row_name, "encoder": path, "dim": train_x.shape[1], "encode_seconds": time.perf_counter() - started,
+                codes = generator_model.text_code(train_embeds)[0], generator_model.text_code(test_embeds)[0]
+            probed.append((f"{name}: generator text code", *codes, probed[0][3] + time.perf_counter() - started))
+        for row_name, train_x, test_x, seconds in probed:  # seconds: encoding the captions (and computing the codes)
+            row = {"name": row_name, "encoder": path, "dim": train_x.shape[1], "encode_seconds": seconds,
                    "attributes": probe_attributes(train, test, train_x, test_x)}
             results.append(row)
             print(f"{row_name}: " + ", ".join(f"{a} {row['attributes'][a]['test_classes']:.3f}" for a in row["attributes"]), flush=True)

@@ -267,4 +267,11 @@ def test_grow_refuses_what_it_cannot_grow_with_a_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["grow", str(checkpoint), str(tmp_path / "out"), "--residual_blocks"])
     assert "already has residual_blocks" in capsys.readouterr().err
+    (checkpoint / "optimizer.bin").write_bytes(b"\x80\x04")  # accelerate's pickle: never read, converted first
+    with pytest.raises(SystemExit):
+        main(["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion"])
+    assert f"python -m t2i.training convert {checkpoint}" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # the run folder instead of its checkpoint: the checkpoint is named
+        main(["grow", str(tmp_path), str(tmp_path / "out"), "--deep_fusion"])
+    assert f"its latest checkpoint is {checkpoint}" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing written by a refusal

@@ -18,9 +18,11 @@ import datasets
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import train_accelerate
+from t2i.hub import CheckpointError
 from t2i.training import list_checkpoints
 from t2i import GanClsPipeline
 from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
@@ -570,6 +572,26 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert torch.equal(models[0](noise, text), models[1](noise, text))
     with pytest.raises(ValueError, match="already has deep_fusion"):
         grow_checkpoint(grown, tmp_path / "again", "deep_fusion")
+    # A text encoder the run trained itself comes along (a resume would train it again); a damaged file is named,
+    # and a refusal leaves no new folder behind.
+    run_copy = tmp_path / "run_copy"
+    shutil.copytree(source, run_copy / "checkpoint-9")
+    (run_copy / "char_cnn_rnn").mkdir()
+    (run_copy / "char_cnn_rnn" / "config.json").write_text("{}")
+    grow_checkpoint(str(run_copy / "checkpoint-9"), str(tmp_path / "with_encoder"), "deep_fusion")
+    assert (tmp_path / "with_encoder" / "char_cnn_rnn" / "config.json").read_text() == "{}"
+    for name in ("model.safetensors", "optimizer.safetensors"):
+        damaged = tmp_path / f"damaged_{name}"
+        shutil.copytree(source, damaged / "checkpoint-9")
+        (damaged / "checkpoint-9" / name).write_bytes((source / name).read_bytes()[:1000])
+        with pytest.raises(CheckpointError, match=f"{name}: missing or unreadable"):
+            grow_checkpoint(damaged / "checkpoint-9", tmp_path / f"out_{name}", "deep_fusion")
+        assert not (tmp_path / f"out_{name}").exists()
+    swapped = tmp_path / "swapped"  # D's Adam state where G's should be: refused, not copied
+    shutil.copytree(source, swapped / "checkpoint-9")
+    shutil.copy(source / "optimizer_1.safetensors", swapped / "checkpoint-9" / "optimizer.safetensors")
+    with pytest.raises(CheckpointError, match="optimizer.safetensors"):
+        grow_checkpoint(swapped / "checkpoint-9", tmp_path / "out_swapped", "deep_fusion")
 
     resume = [*train_args, "--resume_from_checkpoint", "latest"]
     refused = run(resume, tmp_path, check=False)  # without the flag the checkpoint holds another model
@@ -598,6 +620,24 @@ def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_ste
     source = load_file(trained / "generator" / "diffusion_pytorch_model.safetensors")
     tuned = load_file(tmp_path / "logged" / "generator" / "diffusion_pytorch_model.safetensors")
     assert GanClsPipeline.from_pretrained(tmp_path / "logged").generator.config.residual_blocks is True
+    # The affine run's checkpoint grows too: its residual parameters sit inside the blocks, so G's Adam state
+    # follows the parameters by name, and the grown run resumes.
+    from t2i.training import grow_checkpoint
+    from t2i.training.checkpoints import optimizer_state_from_safetensors
+
+    grown = grow_checkpoint(trained / "checkpoint-2", tmp_path / "grown", "residual_blocks")
+    before, after = load_file(trained / "checkpoint-2" / "model.safetensors"), load_file(grown / "model.safetensors")
+    assert_identical({k: after[k] for k in before}, before)
+    with safe_open(str(grown / "optimizer.safetensors"), "pt") as f:
+        moments = optimizer_state_from_safetensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+    names = [n for n, _ in GanClsPipeline.from_pretrained(tmp_path / "logged").generator.named_parameters()]
+    with safe_open(str(trained / "checkpoint-2" / "optimizer.safetensors"), "pt") as f:
+        old_moments = optimizer_state_from_safetensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata())
+    old_names = [n for n in names if n in before]
+    for old_index, name in enumerate(old_names):
+        assert torch.equal(moments["state"][names.index(name)]["exp_avg"], old_moments["state"][old_index]["exp_avg"]), name
+    assert all(names[i].startswith("up_blocks.") and names[i] not in before for i in set(range(len(names))) - set(moments["state"]))
+    run([*affine_args, "--max_train_steps", "3", "--residual_blocks", "--resume_from_checkpoint", "latest"], tmp_path / "grown")
     weights = [k for k in source if "running" not in k and "num_batches" not in k]
     assert weights and all(torch.equal(tuned[k], source[k]) for k in weights)
     assert {k for k in tuned if k not in source} == {f"up_blocks.{i}.{name}" for i in range(4) for name in (

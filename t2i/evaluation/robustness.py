@@ -57,8 +57,9 @@ def roughness(images: torch.Tensor) -> torch.Tensor:
 def flower_pixel_mask(images: torch.Tensor) -> torch.Tensor:
     """Pixels that are neither foliage-green (G ≥ max(R, B) + 0.04), nor dark (max(R, G, B) < 0.3), nor a neutral
     mid-tone (max − min of R, G, B < 0.08 with max < 0.7): the renderer's petals and discs. Its backgrounds are green
-    or dark and its white petals bright, so grey belongs to neither; without that rule a flat grey frame, the
-    washed-out output of a collapsed generator, would count as all flower. A flat field of a petal colour still
+    or dark and its white petals mostly bright; without the grey rule a flat grey frame, the washed-out output of a
+    collapsed generator, would count as all flower. The rule also drops the shaded parts of white petals and the
+    edges of black discs: 3.5 % of real flower pixels (the mean share of 256 renders goes from 0.289 to 0.279). A flat field of a petal colour still
     counts: roughness, seed spread and the oracle's features are the checks for that.
     ``images``: float [N, 3, H, W] in [0, 1]. Returns bool [N, H, W]."""
     red, green, blue = images[:, 0], images[:, 1], images[:, 2]

@@ -30,6 +30,10 @@ logger = logging.getLogger(__name__)
 CHAR_CNN_RNN = "char-cnn-rnn"
 
 
+TRAINED_TEXT_ENCODER_FOLDER = "char_cnn_rnn"
+"""Where a run that trains its own text encoder keeps it, inside its output_dir."""
+
+
 @dataclass(frozen=True)
 class TextEncoderSpec:
     """Which text encoder a run uses (train_accelerate.py's text-encoder flags).
@@ -52,7 +56,7 @@ class TextEncoderSpec:
 
     def folder(self, output_dir: str | os.PathLike) -> Path:
         """Where the char-CNN-RNN and its joint embedding's θ are: ``path``, or trained into the output."""
-        return Path(self.path or Path(output_dir) / "char_cnn_rnn")
+        return Path(self.path or Path(output_dir) / TRAINED_TEXT_ENCODER_FOLDER)
 
     def description(self, text_encoder: TextEncoder, metrics: dict[str, float]) -> str:
         """What the model card says about the text encoder."""

@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> None:
                     "state extended to the new parameters, and the option added to the recorded model flags. Resume it "
                     "with train_accelerate.py --output_dir OUTPUT_DIR --resume_from_checkpoint latest and the option.")
     grow.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
-    grow.add_argument("output_dir", type=Path, help="the new run's folder (the checkpoint is copied into it)")
+    grow.add_argument("output_dir", type=Path, help="the new run's folder (the checkpoint, and a text encoder the run trained "
+                      "itself, are copied into it)")
     for option in GROWABLE:
         grow.add_argument(f"--{option}", dest="options", action="append_const", const=option)
     args = parser.parse_args(argv)
@@ -38,7 +39,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.options or len(args.options) > 1:
             parser.error(f"grow takes one option: {' or '.join('--' + o for o in GROWABLE)}")
         if not (args.checkpoint / "training_state.json").is_file():
-            parser.error(f"{args.checkpoint} is not a training checkpoint (no training_state.json)")
+            inside = list_checkpoints(args.checkpoint) if args.checkpoint.is_dir() else []
+            parser.error(f"{args.checkpoint} is not a training checkpoint (no training_state.json)"
+                         + (f"; its latest checkpoint is {inside[-1]}" if inside else ""))
         try:
             grown = grow_checkpoint(args.checkpoint, args.output_dir, args.options[0])
         except (ValueError, CheckpointError, OSError) as error:

@@ -448,68 +448,113 @@ def generator_config(flags: Mapping) -> dict:
     )
 
 
-def grow_checkpoint(checkpoint: Path, output_dir: Path, option: str) -> Path:
+def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, option: str) -> Path:
     """Copy ``checkpoint`` to ``output_dir/checkpoint-{step}`` with its generator grown by ``option`` (one of
     `t2i.models.GROWABLE`): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
-    state lists them after its own with no moments yet (Adam starts them as it starts every parameter), and the
-    recorded model flags gain ``--{option}``; D, its optimizer, the random streams and the rest are copied as
-    they are. Resumed with the grown flags the run draws what it drew, and goes on with the option trained.
-    The copy is written to a partial folder and renamed when complete.
+    state is re-indexed by parameter name onto the grown generator, whose new parameters have no moments yet (Adam
+    starts them as it starts every parameter), and the recorded model flags gain ``--{option}``; D, its optimizer,
+    the random streams and the rest are copied as they are, and so is a text encoder the run trained itself
+    (``RUN/char_cnn_rnn``), which a resume in ``output_dir`` would otherwise train again. Resumed there with the
+    grown flags (``--output_dir OUTPUT_DIR --resume_from_checkpoint latest --{option}``), the run draws what it drew
+    and goes on with the option trained. Everything is checked before anything is written; the copy is written to a
+    partial folder and renamed when complete, and a failure leaves no new folder behind.
 
     Raises:
         ValueError: ``option`` is not growable, the checkpoint already has it or its generator cannot have it.
-        CheckpointError: a checkpoint without a recorded model or with tensors that do not fit it, or an existing output.
+        CheckpointError: a file of the checkpoint that is missing, unreadable, pickled or does not fit the recorded
+            model (named), or an output that already holds this checkpoint.
     """
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if option not in GROWABLE:
         raise ValueError(f"only {', '.join(GROWABLE)} can be grown into a trained generator, not {option!r}")
-    state = json.loads((checkpoint / "training_state.json").read_text())
-    flags = state.get("model_config")
-    if flags is None:
-        raise CheckpointError(f"{checkpoint}/training_state.json records no model_config, so its generator cannot be rebuilt")
+    if legacy_pickles(checkpoint):
+        raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
+    try:
+        state = json.loads((checkpoint / "training_state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint / 'training_state.json'}: missing or not JSON ({error})") from error
+    flags = state.get("model_config") if isinstance(state, dict) else None
+    if not isinstance(flags, dict):
+        raise CheckpointError(f"{checkpoint / 'training_state.json'} records no model_config, so its generator cannot be rebuilt")
     if flags.get(option):
         raise ValueError(f"{checkpoint}'s generator already has {option}")
-    final = Path(output_dir) / checkpoint.name
+    final = output_dir / checkpoint.name
     if final.exists():
         raise CheckpointError(f"{final} exists; grow into another output directory")
-    config = generator_config(flags)
     grown_flags = {**flags, option: True}
+    generator_files = ["model.safetensors"] + (["ema_generator.safetensors"] if (checkpoint / "ema_generator.safetensors").is_file() else [])
 
-    def grow(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int, int]:
-        text_embed_dim = next(v.shape[1] for k, v in tensors.items() if k in ("text_projection.0.weight", "ca_net.to_moments.weight"))
-        trained = GanClsGenerator(text_embed_dim=text_embed_dim, **config)
+    def read(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+        try:
+            with safe_open(str(checkpoint / name), "pt") as f:
+                problems = _file_problems(name, f)
+                if not problems:
+                    return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+        except (OSError, SafetensorError) as error:
+            problems = [f"missing or unreadable ({error})"]
+        raise CheckpointError(f"{checkpoint / name}: {'; '.join(problems)}, so {checkpoint} cannot be grown")
+
+    def grow(name: str) -> tuple[dict[str, torch.Tensor], GanClsGenerator, GanClsGenerator]:
+        tensors = read(name)[0]
+        text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
+        if text_weight is None or text_weight.ndim != 2:
+            raise CheckpointError(f"{checkpoint / name} holds no generator text projection: it is not a t2i generator")
+        trained = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
         try:
             trained.load_state_dict(tensors)
         except RuntimeError as error:
-            raise CheckpointError(f"{checkpoint}/model.safetensors does not fit its recorded model: {error}") from error
-        grown = GanClsGenerator(text_embed_dim=text_embed_dim, **generator_config(grown_flags))
+            raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: {error}") from error
+        grown = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(grown_flags))
         grown.grow_from_(trained)
-        names, grown_names = [n for n, _ in trained.named_parameters()], [n for n, _ in grown.named_parameters()]
-        if grown_names[: len(names)] != names:  # Adam's state is indexed by position: the new parameters must come last
-            raise ValueError(f"growing {option} reorders the generator's parameters; its optimizer state cannot follow")
-        return {k: v.contiguous() for k, v in grown.state_dict().items()}, len(names), len(grown_names)
+        return {k: v.contiguous() for k, v in grown.state_dict().items()}, trained, grown
 
+    grown_generators = {name: grow(name) for name in generator_files}
+    _, trained, grown = grown_generators["model.safetensors"]
+    optimizer = optimizer_state_from_safetensors(*read("optimizer.safetensors"))
+    names = [n for n, _ in trained.named_parameters()]
+    grown_params = dict(grown.named_parameters())
+    grown_index = {n: i for i, n in enumerate(grown_params)}
+    saved = [i for group in optimizer["param_groups"] for i in group["params"]]
+    if len(optimizer["param_groups"]) != 1 or len(saved) != len(names):
+        raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'} holds {len(optimizer['param_groups'])} parameter group(s) "
+                              f"of {len(saved)} parameters; its generator has one of {len(names)}")
+    moved = {}
+    for position, index in enumerate(saved):  # Adam's state is keyed by position in the parameter list: follow the names
+        entries = optimizer["state"].get(index, {})
+        for key, value in entries.items():
+            if torch.is_tensor(value) and value.ndim > 0 and value.shape != grown_params[names[position]].shape:
+                raise CheckpointError(f"{checkpoint / 'optimizer.safetensors'}: state {key} of parameter {index} has shape "
+                                      f"{tuple(value.shape)}, the generator's {names[position]} {tuple(grown_params[names[position]].shape)}")
+        if entries:
+            moved[grown_index[names[position]]] = entries
+    optimizer = {"state": moved, "param_groups": [{**optimizer["param_groups"][0], "params": list(range(len(grown_params)))}]}
+
+    created = not output_dir.exists()
     partial = final.with_name(f".{final.name}.partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
     try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
         for path in checkpoint.iterdir():
-            if path.is_file() and path.name not in ("model.safetensors", "ema_generator.safetensors", "optimizer.safetensors", "training_state.json"):
+            if path.is_file() and path.name not in (*generator_files, "optimizer.safetensors", "training_state.json"):
                 shutil.copy2(path, partial / path.name)
-        tensors, before, after = grow(load_file(str(checkpoint / "model.safetensors")))
-        save_file(tensors, str(partial / "model.safetensors"))
-        if (checkpoint / "ema_generator.safetensors").is_file():
-            save_file(grow(load_file(str(checkpoint / "ema_generator.safetensors")))[0], str(partial / "ema_generator.safetensors"))
-        with safe_open(str(checkpoint / "optimizer.safetensors"), "pt") as f:
-            optimizer = optimizer_state_from_safetensors({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {})
-        indices = [i for group in optimizer["param_groups"] for i in group["params"]]
-        if len(indices) != before:
-            raise CheckpointError(f"{checkpoint}/optimizer.safetensors holds {len(indices)} parameters, its generator {before}")
-        optimizer["param_groups"][-1]["params"] += list(range(max(indices) + 1, max(indices) + 1 + after - before))
+        for name, (tensors, _, _) in grown_generators.items():
+            save_file(tensors, str(partial / name))
         optimizer_tensors, optimizer_metadata = optimizer_state_to_safetensors(optimizer)
         save_file(optimizer_tensors, str(partial / "optimizer.safetensors"), metadata=optimizer_metadata)
         (partial / "training_state.json").write_text(json.dumps({**state, "model_config": grown_flags}))
+        from t2i.text_pretraining import TRAINED_TEXT_ENCODER_FOLDER
+
+        text_encoder = checkpoint.parent / TRAINED_TEXT_ENCODER_FOLDER
+        if text_encoder.is_dir() and not (output_dir / text_encoder.name).exists():
+            shutil.copytree(text_encoder, output_dir / f".{text_encoder.name}.partial", dirs_exist_ok=True)
+            publish_folder(output_dir / f".{text_encoder.name}.partial", output_dir / text_encoder.name)
         publish_folder(partial, final)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        for leftover in output_dir.glob(".*.partial"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        if created:
+            shutil.rmtree(output_dir, ignore_errors=True)
         raise
     return final
