@@ -260,7 +260,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 width //= 2
             layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
             self.net = nn.Sequential(*layers)
-            if deep_fusion:  # registered after net, so its parameters come last and a grown optimizer keeps the order
+            if deep_fusion:  # a module of its own, so Reed's tensors keep their names and a Reed checkpoint loads into it
                 self.fusion_affines = nn.ModuleList(
                     nn.Linear(noise_dim + text_proj_dim, 2 * layer.num_features) for layer in layers if isinstance(layer, nn.BatchNorm2d))
         else:
