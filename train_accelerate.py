@@ -41,8 +41,8 @@ from t2i.pipeline import to_unit_range
 from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig
 from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
 from t2i.training import (
-    GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, publish_folder, save_checkpoint, train_step,
-    update_ema,
+    GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, non_finite, publish_folder, save_checkpoint,
+    train_step, update_ema,
 )
 
 logger = get_logger(__name__)
@@ -202,6 +202,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                 "('white petals with red edges' -> 'red petals with white edges'; t2i.data.counterfactual."
                                 "exchange_colors), so D must check which part has which colour (needs --counterfactual_negatives "
                                 "or --counterfactual_fakes)")
+    objective.add_argument("--counterfactual_plausible", action="store_true",
+                           help="draw each counterfactual only among edits whose new word pairs all occur in the training "
+                                "captions, so few can be told from a real caption by its text alone ('pale white' where no "
+                                "caption says it; t2i.data.caption_bigrams; needs --counterfactual_negatives or "
+                                "--counterfactual_fakes)")
+    objective.add_argument("--counterfactual_near_colors", type=int, default=0, metavar="K",
+                           help="swap a colour word only for one of the K allowed colours nearest it in sRGB (CSS values, "
+                                "t2i.data.counterfactual.COLOR_RGB: yellow -> orange or peach), hard negatives for the near "
+                                "colours G draws instead of the stated one; 0: any colour (needs --counterfactual_negatives "
+                                "or --counterfactual_fakes)")
     objective.add_argument("--counterfactual_fakes", type=float, default=0.0,
                            help="share of the batch whose counterfactual caption G also draws, a combination of values no "
                                 "training image may have, judged by D for G's loss only (like GAN-INT's interpolations), with "
@@ -307,6 +317,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "mode_seeking_weight", "matching_loss_weight", "contrastive_weight", "feature_matching_weight", "aux_class_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
             parser.error(f"--{name} must be a finite number, got {getattr(args, name)}")
+        if getattr(args, name) is not None and abs(getattr(args, name)) > torch.finfo(torch.float32).max:
+            parser.error(f"--{name} must be at most {torch.finfo(torch.float32).max:.3g} (fp32's largest number), got {getattr(args, name)}")
     positive = ["train_batch_size", "num_train_epochs", "checkpointing_steps", "validation_epochs", "captions_per_image",
                 "ngf", "ndf", "noise_dim", "text_proj_dim", "text_encoder_steps", "text_encoder_batch_size", "hard_negatives"]
     for name in positive:
@@ -351,9 +363,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--no-contrastive_generator keeps the contrastive term for D alone: it needs --contrastive_weight > 0")
     if args.reseed_on_resume and args.resume_from_checkpoint is None:
         parser.error("--reseed_on_resume draws fresh random streams for a resumed run: it needs --resume_from_checkpoint")
-    if args.counterfactual_exchange > 0 and args.counterfactual_negatives == 0 and args.counterfactual_fakes == 0:
-        parser.error("--counterfactual_exchange shapes the counterfactual captions: it needs --counterfactual_negatives or "
-                     "--counterfactual_fakes > 0")
+    if args.counterfactual_near_colors < 0:
+        parser.error(f"--counterfactual_near_colors must be >= 0 (0: any colour), got {args.counterfactual_near_colors}")
+    for flag, on in (("--counterfactual_exchange", args.counterfactual_exchange > 0), ("--counterfactual_plausible", args.counterfactual_plausible),
+                     ("--counterfactual_near_colors", args.counterfactual_near_colors > 0)):
+        if on and args.counterfactual_negatives == 0 and args.counterfactual_fakes == 0:
+            parser.error(f"{flag} shapes the counterfactual captions: it needs --counterfactual_negatives or "
+                         "--counterfactual_fakes > 0")
     if args.contrastive_hard_negatives and args.contrastive_weight == 0:
         parser.error("--contrastive_hard_negatives adds candidates to the contrastive term: it needs --contrastive_weight > 0 "
                      "(on by default, off with --conditioning concat, which has no projection scores to compare)")
@@ -525,6 +541,27 @@ def evaluate_and_keep_best(accelerator, scorer: GeneratorScorer, generator, ema_
     return best
 
 
+def stop_on_divergence(accelerator, problem: str | None, step: int, last_check: int, output_dir: str, progress) -> None:
+    """Exit (status 1, on every rank at once) with a message that names ``problem`` (`t2i.training.non_finite`),
+    the steps it arose between (weights are checked only where they are saved, ``last_check`` being the last
+    such step) and the last checkpoint, which the check keeps finite; return when no rank has a problem."""
+    diverged = problem is not None
+    if accelerator.num_processes > 1:  # one rank's NaN reaches the others' weights through the gradient all-reduce
+        diverged = bool(accelerator.reduce(torch.tensor([float(diverged)], device=accelerator.device), reduction="sum").item())
+    if not diverged:
+        return
+    checkpoints = list_checkpoints(output_dir)
+    progress.close()
+    accelerator.end_training()
+    when = f"at step {step}" if problem is None or problem.startswith("loss") or last_check >= step - 1 else f"after step {last_check}, found at step {step}"
+    raise SystemExit(
+        f"training diverged {when}: {problem or 'another rank'} is not finite. Nothing of that was saved; the last checkpoint "
+        f"is {checkpoints[-1] if checkpoints else 'none (none was saved yet)'}. Resuming restores the optimizers' state, "
+        "learning rates included, so lower --learning_rate, --discriminator_learning_rate or the loss weights and train "
+        "again in a new --output_dir (or copy a checkpoint there to start from), or resume with --reseed_on_resume --seed N "
+        "to retry from the last checkpoint on other random draws")
+
+
 def _hardware(accelerator) -> str:
     if accelerator.device.type == "cuda":
         return f"{accelerator.num_processes} × {torch.cuda.get_device_name(accelerator.device)}"
@@ -577,7 +614,9 @@ def main(argv: list[str] | None = None) -> None:
     counterfactuals = swapped = None
     if args.counterfactual_negatives > 0 or args.counterfactual_fakes > 0:  # checked before the images are decoded and the text encoder is loaded
         # Edits are drawn with a fixed seed, not --seed: every run on a dataset shares one cached encoding.
-        counterfactuals, swapped = counterfactual_captions(train_dataset["captions"], exchange=args.counterfactual_exchange)
+        counterfactuals, swapped = counterfactual_captions(train_dataset["captions"], exchange=args.counterfactual_exchange,
+                                                           plausible=args.counterfactual_plausible,
+                                                           near_colors=args.counterfactual_near_colors)
         if not any(swapped):
             raise ValueError(f"--counterfactual_negatives/--counterfactual_fakes: none of the {len(swapped)} training captions "
                              "states a colour, count or shape word that can be swapped (t2i.data.counterfactual), so there "
@@ -741,6 +780,7 @@ def main(argv: list[str] | None = None) -> None:
         accelerator.print(f"{resume_from} is the end of this run (step {global_step}): no more steps, saving the pipeline")
         max_train_steps = global_step
     progress = tqdm(total=max_train_steps, initial=global_step, disable=not accelerator.is_local_main_process, desc="steps")
+    last_check = global_step  # the last step whose weights were checked finite (a resumed checkpoint was saved checked)
     loop_started = time.monotonic()  # --max_train_minutes counts GAN steps only, not data loading or text-encoder training
     losses: dict[str, float] = training_state.get("losses", {}) if resume_from is not None else {}  # the last step's, for the card
 
@@ -768,6 +808,14 @@ def main(argv: list[str] | None = None) -> None:
                     accelerator.set_trigger()
                 if accelerator.check_trigger():
                     max_train_steps = global_step  # this step becomes the last one: checkpointed, evaluated and saved
+            saves = global_step % args.checkpointing_steps == 0 or global_step >= max_train_steps or (
+                scorer is not None and global_step % args.evaluation_steps == 0)
+            # Stop before a NaN state is checkpointed, scored or saved: every rank stops at the same step.
+            modules = {"generator": generator, "discriminator": discriminator, **({"EMA generator": ema_generator} if ema_generator is not None else {})}
+            stop_on_divergence(accelerator, non_finite(losses, modules if saves else None,
+                                                       {"generator": optimizer_g, "discriminator": optimizer_d} if saves else None),
+                               global_step, last_check, args.output_dir, progress)
+            last_check = global_step if saves else last_check
             progress.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
             accelerator.log(losses, step=global_step)
 

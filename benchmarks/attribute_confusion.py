@@ -2,6 +2,18 @@
 reading of the images generated for the test captions that state it (the captions and seeds of
 `python -m t2i.evaluation`, so the per-value rates add up to its agreement numbers).
 
+For each attribute it also asks whether the misses are memorised combinations: a wrong reading is *seen* when
+some training class has that value together with every other value the caption states (a caption stating pink
+petals and a white centre, drawn with yellow petals, where a training class has yellow petals and a white centre).
+`seen_share` is the share of misses that are seen; `seen_share_by_chance` is what misses spread uniformly over
+the other values would give (the mean, over misses, of the seen share of the other values). A `seen_share` well
+above chance says the generator falls back on the combinations it was trained on. `bound_share` (colours only)
+is the share of misses drawn in a colour the caption states for another part (white petals with yellow streaks,
+drawn yellow): a binding error, against `bound_share_by_chance` likewise. `neighbour_share` (colours only) is the
+share drawn in one of the two colours nearest the stated one in the renderer's palette, among the oracle's
+values (yellow → orange or peach): a
+colour drawn imprecisely, against 2 / (values − 1) by chance.
+
     python benchmarks/attribute_confusion.py --model pretrained --dataset /work/data/synth --out confusion.json
 """
 
@@ -15,11 +27,26 @@ import torch
 
 from t2i import GanClsPipeline
 from t2i.data import load_captioned_dataset
+from t2i.data.counterfactual import nearest_colors
 from t2i.datasets.synthetic_captions import caption_attributes
+from t2i.datasets.synthetic_render import CENTER_PALETTE, PETAL_PALETTE
 from t2i.evaluation import load_oracle
 from t2i.evaluation.metrics import _generate
 
 ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "secondary_color", "petal_shape")
+COLOR_ATTRIBUTES = ("petal_color", "center_color", "secondary_color")
+PALETTES = {"petal_color": PETAL_PALETTE, "center_color": CENTER_PALETTE, "secondary_color": PETAL_PALETTE}
+
+
+def seen_combinations(attribute_rows) -> set[frozenset]:
+    """The (attribute, value) combinations of the training classes, as frozensets of pairs over `ATTRIBUTES`."""
+    return {frozenset((name, str(row[name])) for name in ATTRIBUTES if row.get(name) is not None) for row in attribute_rows}
+
+
+def seen_values(stated: dict[str, set], attribute: str, seen: set[frozenset]) -> set[str]:
+    """Values of `attribute` that some seen combination holds together with every other single value `stated`."""
+    others = {(name, str(next(iter(v)))) for name, v in stated.items() if name != attribute and name in ATTRIBUTES and len(v) == 1}
+    return {value for combination in seen if others <= combination for name, value in combination if name == attribute}
 
 
 def main() -> None:
@@ -31,6 +58,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     test = load_captioned_dataset(args.dataset, "test")
+    seen = seen_combinations(load_captioned_dataset(args.dataset, "train")["attributes"])
     pipeline = GanClsPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
     oracle, _ = load_oracle(None)
@@ -45,12 +73,39 @@ def main() -> None:
     report = {}
     for attribute in ATTRIBUTES:
         read = defaultdict(Counter)
+        misses = seen_misses = bound_misses = neighbour_misses = 0
+        chance = bound_chance = 0.0
         for i, caption in enumerate(captions):
-            stated = caption_attributes(caption).get(attribute)
+            stated_all = caption_attributes(caption)
+            stated = stated_all.get(attribute)
             if stated and len(stated) == 1:
-                read[str(next(iter(stated)))][values[attribute][int(predictions[attribute][i])]] += 1
+                value, drawn = str(next(iter(stated))), values[attribute][int(predictions[attribute][i])]
+                read[value][drawn] += 1
+                if drawn != value:
+                    fallbacks = seen_values(stated_all, attribute, seen) - {value}
+                    misses += 1
+                    seen_misses += drawn in fallbacks
+                    chance += len(fallbacks) / (len(values[attribute]) - 1)
+                    other_colors = {str(c) for name in COLOR_ATTRIBUTES if name != attribute for c in stated_all.get(name, ())} - {value}
+                    other_colors &= set(values[attribute])
+                    bound_misses += drawn in other_colors
+                    bound_chance += len(other_colors) / (len(values[attribute]) - 1)
+                    palette = {c: rgb for c, rgb in PALETTES.get(attribute, {}).items() if c in values[attribute]}
+                    neighbour_misses += value in palette and drawn in nearest_colors(palette, value)
         print(f"\n{attribute}\n| stated | captions | right | most often read instead |\n|---|---|---|---|")
-        report[attribute] = {}
+        report[attribute] = {"misses": misses, "seen_share": seen_misses / misses if misses else math.nan,
+                             "seen_share_by_chance": chance / misses if misses else math.nan}
+        if attribute in COLOR_ATTRIBUTES:
+            report[attribute].update(bound_share=bound_misses / misses if misses else math.nan,
+                                     bound_share_by_chance=bound_chance / misses if misses else math.nan,
+                                     neighbour_share=neighbour_misses / misses if misses else math.nan,
+                                     neighbour_share_by_chance=2 / (len(values[attribute]) - 1))
+        print(f"misses: {misses}, seen combinations: {report[attribute]['seen_share']:.2f} "
+              f"(by chance {report[attribute]['seen_share_by_chance']:.2f})"
+              + (f", another part's stated colour: {report[attribute]['bound_share']:.2f} (by chance "
+                 f"{report[attribute]['bound_share_by_chance']:.2f}), one of the two nearest in the palette: "
+                 f"{report[attribute]['neighbour_share']:.2f} (by chance {report[attribute]['neighbour_share_by_chance']:.2f})"
+                 if attribute in COLOR_ATTRIBUTES else ""))
         for value in values[attribute]:
             if value in read:
                 total = sum(read[value].values())

@@ -153,6 +153,7 @@ def main() -> None:
         "projection_scales": bench.projection_scales,
         "polar_harmonics": bench.polar_harmonics,
         "residual_blocks": bench.residual_blocks,
+        "deep_fusion": bench.deep_fusion,
         "transposed_up_blocks": bench.transposed_up_blocks,
         "gan_int": bench.gan_int,
         "int_captions": bench.int_captions,

@@ -107,3 +107,41 @@ def test_every_pilot_row_parses_to_a_valid_training_command(tiny_synthetic_datas
         assert args.output_dir == str(tmp_path / name), name
     parsed = {name: flags for name, flags in rows}
     assert "--deep_fusion" in parsed["xmc_cfx_df"] and "--counterfactual_fakes 1.0" in parsed["xmc_cff1"]
+
+
+def test_attribute_confusion_finds_the_values_a_seen_combination_offers():
+    confusion = load_script("attribute_confusion")
+    rows = [  # three training classes
+        {"petal_color": "yellow", "center_color": "white", "petal_count_word": "five", "secondary_color": None, "petal_shape": "round"},
+        {"petal_color": "red", "center_color": "white", "petal_count_word": "six", "secondary_color": "white", "petal_shape": "oval"},
+        {"petal_color": "pink", "center_color": "black", "petal_count_word": "five", "secondary_color": None, "petal_shape": "round",
+         "pattern": "spots"},
+    ]
+    seen = confusion.seen_combinations(rows)
+    assert len(seen) == 3 and frozenset({("petal_color", "pink"), ("center_color", "black"), ("petal_count_word", "five"),
+                                         ("petal_shape", "round")}) in seen  # only ATTRIBUTES, no None values
+    # "pink petals and a white centre": yellow and red petals come with a white centre in training, pink does not.
+    assert confusion.seen_values({"petal_color": {"pink"}, "center_color": {"white"}}, "petal_color", seen) == {"yellow", "red"}
+    assert confusion.seen_values({"petal_color": {"pink"}, "center_color": {"white"}, "petal_count_word": {"five"}},
+                                 "petal_color", seen) == {"yellow"}
+    # Nothing else stated: every seen value; a self-contradicting statement (two values) constrains nothing.
+    assert confusion.seen_values({"petal_color": {"pink"}}, "petal_color", seen) == {"yellow", "red", "pink"}
+    assert confusion.seen_values({"center_color": {"white", "black"}}, "petal_color", seen) == {"yellow", "red", "pink"}
+    assert confusion.seen_values({"center_color": {"green"}}, "petal_color", seen) == set()
+    palette = {"red": (0.8, 0.1, 0.1), "orange": (0.95, 0.5, 0.1), "yellow": (0.98, 0.85, 0.15), "blue": (0.2, 0.3, 0.85)}
+    assert set(confusion.nearest_colors(palette, "yellow")) == {"orange", "red"}
+    assert confusion.nearest_colors(palette, "blue", k=1) == ["red"]
+
+
+def test_counterfactual_tells_counts_text_only_tells_and_plausible_edits_have_none(tiny_synthetic_dataset, tmp_path):
+    results = load_script("counterfactual_tells").main(["--dataset", str(tiny_synthetic_dataset), "--out", str(tmp_path / "t.json")])
+    assert json.loads((tmp_path / "t.json").read_text())["results"] == results
+    by = {(r["exchange"], r["plausible"]): r for r in results if r["near_colors"] == 0}
+    assert set(by) == {(0.0, False), (0.0, True), (1.0, False), (1.0, True)}
+    near = next(r for r in results if r["near_colors"] == 3)
+    assert near["plausible"] and near["unseen_pair"] == 0.0 and near["near_swap"] > by[0.0, True]["near_swap"]
+    for r in results:
+        assert r["edited"] >= 0.8 * r["captions"] and r["still_false"] == 1.0
+    assert by[0.0, False]["unseen_pair"] > 0.1 and by[1.0, False]["unseen_pair"] > by[0.0, False]["unseen_pair"]
+    assert by[0.0, True]["unseen_pair"] == by[1.0, True]["unseen_pair"] == 0.0
+    assert by[0.0, True]["unseen_value"] < by[0.0, False]["unseen_value"]

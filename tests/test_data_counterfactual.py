@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from t2i.data import counterfactual_caption, counterfactual_captions, swap_stated_word
-from t2i.data.counterfactual import SWAPPABLE_WORDS, exchange_colors
+from t2i.data import caption_bigrams, counterfactual_caption, counterfactual_captions, swap_stated_word
+from t2i.data.counterfactual import COLOR_RGB, SWAPPABLE_WORDS, exchange_colors, nearest_colors
 from t2i.datasets.synthetic import SPECIES
 from t2i.datasets.synthetic_captions import caption_attributes, make_captions
 
@@ -139,3 +139,86 @@ def test_counterfactual_captions_exchange_colours_with_the_asked_probability():
             counterfactual_captions(bad, exchange=0.5)
     with pytest.raises(TypeError, match="caption must be a string"):
         exchange_colors(None, np.random.default_rng(0))
+
+
+def test_caption_bigrams_are_the_adjacent_word_pairs_hyphens_split():
+    assert caption_bigrams(["Pink petals", "heart-shaped petals, a RED centre"]) == {
+        ("pink", "petals"), ("heart", "shaped"), ("shaped", "petals"), ("petals", "a"), ("a", "red"), ("red", "centre")}
+    assert caption_bigrams([]) == frozenset() and caption_bigrams(["rose"]) == frozenset()
+    with pytest.raises(TypeError, match="not the string"):
+        caption_bigrams("pink petals")
+    with pytest.raises(TypeError, match="must be a string"):
+        caption_bigrams(["pink petals", None])
+
+
+def test_a_plausible_counterfactual_makes_only_word_pairs_the_data_has():
+    # The data puts pink, white and lavender on petals, black and yellow on centres: "black petals" is never a
+    # plausible petal edit, and the centre's colour may only become yellow.
+    data = ["a flower with pink petals and a black center", "a flower with white petals and a yellow center",
+            "a flower with lavender petals", "a flower with six petals", "a flower with five petals"]
+    pairs = caption_bigrams(data)
+    caption = "a flower with pink petals and a black center"
+    drawn = {counterfactual_caption(caption, np.random.default_rng(i), plausible=pairs) for i in range(300)}
+    assert drawn == {"a flower with white petals and a black center", "a flower with lavender petals and a black center",
+                     "a flower with pink petals and a yellow center"}
+    assert all(counterfactual_caption(caption, np.random.default_rng(i), kinds=("count",), plausible=pairs) is None for i in range(5))
+    assert counterfactual_caption("a flower with six petals", np.random.default_rng(0), plausible=pairs) == "a flower with five petals"
+    # With no plausible replacement for any word, there is no counterfactual rather than an implausible one.
+    assert counterfactual_caption("pink petals", np.random.default_rng(0), plausible=caption_bigrams(["pink petals"])) is None
+    # An exchange must fit at both places.
+    edges = caption_bigrams(["white petals with red edges", "red petals with white spots"])
+    assert exchange_colors("pink petals with red edges", np.random.default_rng(0), edges) is None  # "with pink" never occurs
+    edges |= caption_bigrams(["yellow petals with pink edges"])
+    assert exchange_colors("pink petals with red edges", np.random.default_rng(0), edges) == "red petals with pink edges"
+
+
+def test_plausible_counterfactuals_of_synthetic_captions_keep_to_their_word_pairs_and_stay_false():
+    rng = np.random.default_rng(0)
+    captions = [make_captions(SPECIES[i % len(SPECIES)].sample_attributes(rng), rng) for i in range(60)]
+    pairs = caption_bigrams(c for row in captions for c in row)
+    default, _ = counterfactual_captions(captions, seed=1)
+    assert counterfactual_captions(captions, seed=1, plausible=False)[0] == default  # off: the same edits as before
+    for exchange in (0.0, 1.0):
+        edited, swapped = counterfactual_captions(captions, seed=1, exchange=exchange, plausible=True)
+        flat, flat_edited = [c for row in captions for c in row], [c for row in edited for c in row]
+        assert sum(swapped) >= 0.85 * len(flat)
+        for caption, counterfactual, was_swapped in zip(flat, flat_edited, swapped):
+            if was_swapped:
+                assert caption_bigrams([counterfactual]) <= pairs, counterfactual
+                assert caption_attributes(counterfactual) != caption_attributes(caption)
+    # Without the filter some edits do make pairs no caption has: the option changes something.
+    assert any(not caption_bigrams([c]) <= pairs for row in default for c in row)
+
+
+def test_near_colors_swaps_a_colour_only_for_its_nearest_allowed_colours():
+    assert set(SWAPPABLE_WORDS["color"]) <= set(COLOR_RGB)  # every colour word has a value to measure from
+    assert nearest_colors(COLOR_RGB, "yellow", 2) == ["orange", "peach"]  # CSS sRGB, not the renderer's palette
+    assert nearest_colors(COLOR_RGB, "yellow", 1, among=["blue", "white"]) == ["white"]
+    caption = "a flower with yellow petals"
+    assert {counterfactual_caption(caption, np.random.default_rng(i), near_colors=1) for i in range(20)} == {"a flower with orange petals"}
+    assert {counterfactual_caption(caption, np.random.default_rng(i), near_colors=2) for i in range(40)} == {
+        "a flower with orange petals", "a flower with peach petals"}
+    # The nearest are drawn among the allowed replacements: orange is stated already, so peach and pink.
+    two = "orange stripes on yellow petals"
+    assert {counterfactual_caption(two, np.random.default_rng(i), kinds=("color",), near_colors=2) for i in range(60)} >= {
+        "orange stripes on peach petals", "orange stripes on pink petals"}
+    # Counts and shapes are unaffected; 0 means any colour, the default.
+    assert counterfactual_caption("a flower with six petals", np.random.default_rng(0), near_colors=1) == \
+        counterfactual_caption("a flower with six petals", np.random.default_rng(0))
+    assert {counterfactual_caption(caption, np.random.default_rng(i), near_colors=0) for i in range(200)} > {
+        "a flower with orange petals", "a flower with peach petals"}
+
+
+@pytest.mark.parametrize("near_colors, error", [(-1, ValueError), ("3", TypeError), (True, TypeError), (1.5, TypeError)])
+def test_near_colors_must_be_a_non_negative_integer(near_colors, error):
+    with pytest.raises(error, match="near_colors"):
+        counterfactual_caption("red petals", np.random.default_rng(0), near_colors=near_colors)
+    with pytest.raises(error, match="near_colors"):
+        counterfactual_captions([["red petals"]], near_colors=near_colors)
+
+
+def test_counterfactuals_refuse_what_is_not_a_caption_or_a_flag():
+    with pytest.raises(TypeError, match="caption must be a string"):
+        counterfactual_caption(None, np.random.default_rng(0))
+    with pytest.raises(TypeError, match="plausible must be True or False"):
+        counterfactual_captions([["red petals"]], plausible="no")

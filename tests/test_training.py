@@ -256,7 +256,8 @@ def test_two_process_cpu_run_keeps_ranks_identical(train_args, tmp_path):
         # counterfactual fakes' shares of it per process; both ranks must still agree on every weight (G's pass scores
         # a second text block for the contrastive hard negatives, still one D forward).
         "--hard_negatives", "4", "--counterfactual_negatives", "0.5", "--fragment_captions", "0.5",
-        "--counterfactual_exchange", "0.5", "--counterfactual_fakes", "0.5", "--contrastive_hard_negatives",
+        "--counterfactual_exchange", "0.5", "--counterfactual_plausible", "--counterfactual_near_colors", "3", "--counterfactual_fakes", "0.5",
+        "--contrastive_hard_negatives",
         "--fusion", "affine", "--polar_harmonics", "2", "--polar_antialias", "--gan_int", "--int_fraction", "0.5",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
@@ -335,6 +336,11 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--contrastive_weight", "nan"], "--contrastive_weight must be a finite number"),
         (["--contrastive_weight", "0", "--contrastive_hard_negatives"], "--contrastive_hard_negatives adds candidates to the contrastive term"),
         (["--counterfactual_exchange", "0.5"], "--counterfactual_exchange shapes the counterfactual captions"),
+        (["--counterfactual_plausible"], "--counterfactual_plausible shapes the counterfactual captions"),
+        (["--counterfactual_near_colors", "3"], "--counterfactual_near_colors shapes the counterfactual captions"),
+        (["--counterfactual_negatives", "1", "--counterfactual_near_colors", "-1"], "--counterfactual_near_colors must be >= 0"),
+        (["--learning_rate", "1e39"], "--learning_rate must be at most 3.4e+38"),
+        (["--contrastive_weight=-1e39"], "--contrastive_weight must be at most 3.4e+38"),
         (["--counterfactual_fakes", "-1"], "--counterfactual_fakes must be a probability"),
         (["--reseed_on_resume"], "--reseed_on_resume draws fresh random streams for a resumed run"),
         (["--counterfactual_negatives", "1", "--counterfactual_exchange", "2"], "--counterfactual_exchange must be a probability"),
@@ -790,3 +796,31 @@ def test_counterfactual_negatives_refuse_captions_with_nothing_to_swap(train_arg
     result = run(args, tmp_path / "out", check=False)
     assert result.returncode != 0
     assert "none of the 322 training captions states a colour, count or shape word" in result.stderr.replace("\n", " ")
+
+
+@pytest.mark.parametrize("flags, culprit", [
+    (["--learning_rate", "1e30", "--discriminator_learning_rate", "1e30"], "is not finite"),
+    (["--discriminator_learning_rate", "1e30"], "loss_g = nan"),
+    # Losses and weights stay finite, but Adam's second moment is inf, so its update m/sqrt(v) is 0: a dead run.
+    (["--contrastive_weight", "1e30", "--checkpointing_steps", "1"], "optimizer exp_avg_sq of"),
+    # The same at a step that only the time limit makes the last one: it is checked before it is saved.
+    (["--contrastive_weight", "1e30", "--checkpointing_steps", "1000", "--max_train_minutes", "0.0001"], "optimizer exp_avg_sq of"),
+])
+def test_a_run_that_diverges_stops_with_a_named_error_and_keeps_its_finite_checkpoints(flags, culprit, train_args, tmp_path):
+    result = run([*train_args, *flags], tmp_path, check=False)
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "diverged at step" in result.stderr and culprit in result.stderr, result.stderr[-2000:]
+    assert "--reseed_on_resume" in result.stderr  # resuming restores the learning rates, so that is the retry offered
+    assert "Traceback" not in result.stderr
+    for checkpoint in list_checkpoints(tmp_path):  # what was saved is finite: a NaN state never replaces a good one
+        for name in ("model.safetensors", "model_1.safetensors", "optimizer.safetensors", "optimizer_1.safetensors"):
+            assert all(t.isfinite().all() for t in load_file(checkpoint / name).values() if t.is_floating_point()), f"{checkpoint.name}/{name}"
+    assert not (tmp_path / "generator").exists()  # no pipeline of NaN weights
+
+
+def test_a_two_process_run_that_diverges_stops_on_both_ranks(train_args, tmp_path):
+    # Each rank checks its own losses; they agree through one all-reduce, so neither is left waiting in the next one.
+    result = _launch(2, [*train_args, "--learning_rate", "1e30", "--discriminator_learning_rate", "1e30"], tmp_path)
+    assert result.returncode != 0
+    assert result.stderr.count("training diverged at step 1:") == 2, result.stderr[-3000:]
+    assert not list_checkpoints(tmp_path) and not (tmp_path / "generator").exists()

@@ -7,7 +7,7 @@ import torch
 from accelerate import Accelerator
 
 from t2i import GanClsDiscriminator, GanClsGenerator
-from t2i.training import GanClsObjective, train_step
+from t2i.training import GanClsObjective, non_finite, train_step
 
 
 def _models(seed=0):
@@ -269,3 +269,33 @@ def test_a_discriminator_only_step_trains_d_and_leaves_g_weights_alone():
     # The D half of the step is the full step's: same models, data and noise give the same D loss.
     full, _, _ = _step(objective)
     assert full["loss_d"] == pytest.approx(losses["loss_d"]) and "loss_g" in full
+
+
+def test_non_finite_names_the_first_bad_loss_then_parameter():
+    generator, discriminator = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.Linear(3, 1))
+    modules = {"generator": generator, "discriminator": discriminator}
+    assert non_finite({"loss_d": 1.5, "loss_g": -2.0}, modules) is None
+    assert non_finite({"loss_d": 1.5, "loss_g": float("inf")}, modules) == "loss_g = inf"
+    assert non_finite({"loss_d": float("nan"), "loss_g": float("inf")}, modules) == "loss_d = nan"  # losses first, in order
+    with torch.no_grad():
+        discriminator[1].bias[0] = float("-inf")
+    assert non_finite({"loss_d": 1.5}, modules) == "discriminator parameter 1.bias"
+    assert non_finite({"loss_d": 1.5}) is None  # parameters only when asked: the check of saving steps
+    with torch.no_grad():
+        generator.weight[1, 0] = float("nan")
+    assert non_finite({}, modules) == "generator parameter weight"
+
+
+def test_non_finite_names_an_optimizer_state_that_overflowed_while_the_weights_stay_finite():
+    # A gradient of 1e30 squares to inf in Adam's second moment; its update m / sqrt(v) is then 0, so the weight
+    # stays finite and never moves again: only the optimizer state shows the run is dead.
+    layer = torch.nn.Sequential(torch.nn.Linear(2, 1))
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    layer(torch.ones(4, 2)).sum().mul(1e30).backward()
+    optimizer.step()
+    assert all(p.isfinite().all() for p in layer.parameters())
+    assert non_finite({"loss": 1.0}, {"generator": layer}) is None
+    assert non_finite({"loss": 1.0}, {"generator": layer}, {"generator": optimizer}) == "generator optimizer exp_avg_sq of 0.weight"
+    norm = torch.nn.BatchNorm1d(1)
+    norm.running_var.fill_(float("nan"))
+    assert non_finite({}, {"generator": norm}) == "generator buffer running_var"  # BatchNorm statistics too

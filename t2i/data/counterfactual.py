@@ -14,7 +14,7 @@ The word lists are the synthetic set's colour, count and shape vocabularies (``t
 they are also common in Oxford-102 captions. Only whole words are swapped ("oval-shaped" is left alone, since
 "pointed-shaped" is not English), only values the caption states once, and never in a negated caption
 (`swappable_words`); the new word never occurs in the caption already. On the synthetic captions every
-counterfactual then states exactly one value that the image does not have (62,468 of the 65,600 training
+counterfactual then states exactly one value that the image does not have (62,415 of the 65,600 training
 captions get one). Free English can still defeat the rule ("several" is not exclusive of "five" in Oxford's
 captions), so on other data a counterfactual is false with high probability, not surely.
 
@@ -23,12 +23,27 @@ red edges" → "red petals with white edges"): false of the image whenever each 
 is the binding a generator gets wrong when it paints the edge or centre colour over the petals. Two colours
 joined directly ("white and yellow in colour", "pink, white") are never exchanged, since there the order means
 nothing.
+
+Either kind can put a word where the training captions never put it: a centre-only colour on petals ("black
+petals", "green petals": no class of the synthetic set has them), a modifier before a colour that never takes one
+("pale white"). Such a caption is false of every image, so a discriminator can reject it from its text alone and
+learns nothing about the image from it: 30 % of word swaps and 75 % of exchanges on the synthetic training
+captions hold a word pair that no training caption has. With ``plausible`` (`caption_bigrams` of the training
+captions) an edit is drawn only among those whose new word pairs all occur in some training caption, so it reads
+like a caption of the data and must be checked against the image.
+
+A swapped colour drawn uniformly is mostly far from the true one (red petals called blue), which a discriminator
+rejects from a coarse hue; the v9 generator's wrong colours are mostly near ones (yellow drawn orange, a brown
+centre drawn black: 42 % of its wrong petal colours on unseen classes are one of the two palette colours nearest
+the stated one, 18 % by chance; ``benchmarks/attribute_confusion.py``). With ``near_colors`` = k a colour is
+swapped only for one of the k allowed colours nearest it (`COLOR_RGB`, Euclidean in sRGB), the hardest negatives
+for a colour, as hard-negative mining picks the nearest non-matching sample.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
@@ -40,6 +55,14 @@ SWAPPABLE_WORDS: dict[str, tuple[str, ...]] = {
     "count": COUNT_WORDS,
     "shape": tuple(word for words in SHAPE_WORDS.values() for word in words if "-" not in word),
 }
+# The colour words' usual sRGB values, CSS Color Module 4's named colours ("peach" is CSS peachpuff), independent of
+# the synthetic renderer's palette so that "near" means what the word means in English, on any data.
+COLOR_RGB: dict[str, tuple[int, int, int]] = {
+    "black": (0, 0, 0), "blue": (0, 0, 255), "brown": (165, 42, 42), "green": (0, 128, 0), "lavender": (230, 230, 250),
+    "magenta": (255, 0, 255), "maroon": (128, 0, 0), "orange": (255, 165, 0), "peach": (255, 218, 185),
+    "pink": (255, 192, 203), "purple": (128, 0, 128), "red": (255, 0, 0), "turquoise": (64, 224, 208),
+    "white": (255, 255, 255), "yellow": (255, 255, 0),
+}
 # A caption with any of these may state a value only to deny it ("not red", "no yellow centre"): swapping the
 # value would leave it true, so such captions get no counterfactual.
 NEGATIONS = frozenset(["not", "no", "without", "never", "nor", "neither", "non", "isn", "aren", "t"])
@@ -47,6 +70,32 @@ _SHAPE_GROUP = {word: shape for shape, words in SHAPE_WORDS.items() for word in 
 _SHAPE_NAME = {shape: next(word for word in words if "-" not in word) for shape, words in SHAPE_WORDS.items()}
 _WORD = re.compile(r"(?<![\w-])[A-Za-z]+(?![\w-])")  # a whole word, not part of a hyphenated one
 _JOINED = re.compile(r"\W*(?:(?:and|or|&|to)\W*)?", re.IGNORECASE)  # "white and yellow", "pink, white": unordered
+
+
+def caption_bigrams(captions: Iterable[str]) -> frozenset[tuple[str, str]]:
+    """Every pair of adjacent words (lower case, hyphenated words split) in ``captions``, the vocabulary of
+    word pairs a ``plausible`` counterfactual keeps to.
+
+    Raises:
+        TypeError: ``captions`` is a string, or holds something that is not a string.
+    """
+    if isinstance(captions, str):
+        raise TypeError(f"captions must be an iterable of captions, not the string {captions[:50]!r}")
+    pairs = set()
+    for caption in captions:
+        if not isinstance(caption, str):
+            raise TypeError(f"every caption must be a string, got {caption!r}")
+        words = _words_of(caption)
+        pairs.update(zip(words, words[1:]))
+    return frozenset(pairs)
+
+
+def _fits(caption: str, start: int, end: int, word: str, plausible: frozenset[tuple[str, str]] | None) -> bool:
+    """Whether ``word`` at caption[start:end] makes only word pairs that ``plausible`` holds (always, without it)."""
+    if plausible is None:
+        return True
+    before, after = _words_of(caption[:start])[-1:], _words_of(caption[end:])[:1]
+    return all(pair in plausible for pair in [*((b, word.lower()) for b in before), *((word.lower(), a) for a in after)])
 
 
 def _value(kind: str, word: str) -> str:
@@ -92,11 +141,15 @@ def _replacements(kind: str, present: set[str]) -> list[str]:
     return [w for w in SWAPPABLE_WORDS[kind] if w not in present]
 
 
-def _swap(caption: str, kind: str, match: re.Match, rng: np.random.Generator) -> str | None:
-    options = _replacements(kind, set(_words_of(caption)))
+def _swap(caption: str, kind: str, match: re.Match, rng: np.random.Generator,
+          plausible: frozenset[tuple[str, str]] | None = None, near_colors: int = 0) -> str | None:
+    options = [w for w in _replacements(kind, set(_words_of(caption))) if _fits(caption, match.start(), match.end(), w, plausible)]
     if not options:
         return None
-    old, new = match.group(), options[rng.integers(len(options))]
+    old = match.group()
+    if kind == "color" and near_colors > 0:
+        options = nearest_colors(COLOR_RGB, old.lower(), near_colors, among=options)
+    new = options[rng.integers(len(options))]
     return caption[: match.start()] + _cased_like(old, new) + caption[match.end() :]
 
 
@@ -109,18 +162,38 @@ def swap_stated_word(caption: str, word: str, rng: np.random.Generator) -> str |
     return _swap(caption, *matches[0], rng) if len(matches) == 1 else None
 
 
-def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequence[str] = tuple(SWAPPABLE_WORDS)) -> str | None:
+def nearest_colors(palette: dict[str, Sequence[float]], name: str, k: int = 2, among: Iterable[str] | None = None) -> list[str]:
+    """The ``k`` colours of ``among`` (default: all of ``palette``, name → RGB) nearest ``name``'s RGB by Euclidean
+    distance, nearest first, ``name`` itself excluded; ties go to the alphabetically first.
+
+    Raises:
+        KeyError: ``name`` or a colour of ``among`` is not in ``palette``.
+    """
+    rgb = palette[name]
+    candidates = sorted(set(palette if among is None else among) - {name})
+    return sorted(candidates, key=lambda c: sum((a - b) ** 2 for a, b in zip(palette[c], rgb)))[:k]
+
+
+def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequence[str] = tuple(SWAPPABLE_WORDS),
+                           plausible: frozenset[tuple[str, str]] | None = None, near_colors: int = 0) -> str | None:
     """``caption`` with one colour, count or shape word swapped for another of its kind, or ``None`` when it has
     none of `swappable_words` (or no unused replacement).
 
     The kind is drawn uniformly among the ``kinds`` the caption has (so a caption's one count word is swapped as
     often as all its colour words together), then one of its words of that kind, then the new word among those
-    of the kind that the caption does not contain. Case ("Red", "RED") and everything else are kept.
+    of the kind that the caption does not contain. Case ("Red", "RED") and everything else are kept. With
+    ``plausible`` (`caption_bigrams`), only new words that make no word pair outside it count as replacements;
+    with ``near_colors`` = k > 0, a colour word is replaced only by one of the k replacements nearest it in
+    `COLOR_RGB` (0: any).
 
     Raises:
-        TypeError: ``kinds`` is a string, not a sequence of kind names.
-        ValueError: a kind not in ``SWAPPABLE_WORDS``.
+        TypeError: ``caption`` is not a string; ``kinds`` is a string, not a sequence of kind names; ``near_colors``
+            is not an integer.
+        ValueError: a kind not in ``SWAPPABLE_WORDS``; ``near_colors`` < 0.
     """
+    if not isinstance(caption, str):
+        raise TypeError(f"caption must be a string, got {caption!r}")
+    _check_near_colors(near_colors)
     if isinstance(kinds, str):
         raise TypeError(f"kinds must be a sequence of kind names such as ('color',), not the string {kinds!r}")
     if set(kinds) - set(SWAPPABLE_WORDS):
@@ -128,12 +201,19 @@ def counterfactual_caption(caption: str, rng: np.random.Generator, kinds: Sequen
     present = set(_words_of(caption))
     by_kind: dict[str, list[re.Match]] = {}
     for kind, match in swappable_words(caption):
-        if kind in kinds and _replacements(kind, present):
+        if kind in kinds and any(_fits(caption, match.start(), match.end(), w, plausible) for w in _replacements(kind, present)):
             by_kind.setdefault(kind, []).append(match)
     if not by_kind:
         return None
     kind = sorted(by_kind)[rng.integers(len(by_kind))]
-    return _swap(caption, kind, by_kind[kind][rng.integers(len(by_kind[kind]))], rng)
+    return _swap(caption, kind, by_kind[kind][rng.integers(len(by_kind[kind]))], rng, plausible, near_colors)
+
+
+def _check_near_colors(near_colors: int) -> None:
+    if isinstance(near_colors, bool) or not isinstance(near_colors, (int, np.integer)):
+        raise TypeError(f"near_colors must be an integer (0: any colour), got {near_colors!r}")
+    if near_colors < 0:
+        raise ValueError(f"near_colors must be >= 0 (0: any colour), got {near_colors}")
 
 
 def _cased_like(word: str, new: str) -> str:
@@ -142,11 +222,12 @@ def _cased_like(word: str, new: str) -> str:
     return new.capitalize() if word[0].isupper() else new
 
 
-def exchange_colors(caption: str, rng: np.random.Generator) -> str | None:
+def exchange_colors(caption: str, rng: np.random.Generator, plausible: frozenset[tuple[str, str]] | None = None) -> str | None:
     """``caption`` with two of its colour words exchanged, each keeping the other's case and place, or ``None``
     when it states fewer than two distinct colours that `swappable_words` allows to edit, or only colours joined
     directly ("white and yellow", "pink, white", "red to orange"), whose order states nothing. The pair is drawn
-    uniformly among the allowed ones.
+    uniformly among the allowed ones; with ``plausible`` (`caption_bigrams`), among those whose exchange makes no
+    word pair outside it.
 
     Raises:
         TypeError: ``caption`` is not a string.
@@ -155,7 +236,8 @@ def exchange_colors(caption: str, rng: np.random.Generator) -> str | None:
         raise TypeError(f"caption must be a string, got {caption!r}")
     colors = [match for kind, match in swappable_words(caption) if kind == "color"]
     pairs = [(a, b) for i, a in enumerate(colors) for b in colors[i + 1 :]
-             if a.group().lower() != b.group().lower() and not _JOINED.fullmatch(caption[a.end() : b.start()])]
+             if a.group().lower() != b.group().lower() and not _JOINED.fullmatch(caption[a.end() : b.start()])
+             and _fits(caption, a.start(), a.end(), b.group(), plausible) and _fits(caption, b.start(), b.end(), a.group(), plausible)]
     if not pairs:
         return None
     first, second = pairs[rng.integers(len(pairs))]
@@ -163,35 +245,42 @@ def exchange_colors(caption: str, rng: np.random.Generator) -> str | None:
             + _cased_like(second.group(), first.group().lower()) + caption[second.end() :])
 
 
-def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0,
-                            exchange: float = 0.0) -> tuple[list[list[str]], list[bool]]:
+def counterfactual_captions(captions: Sequence[Sequence[str]], seed: int = 0, exchange: float = 0.0,
+                            plausible: bool = False, near_colors: int = 0) -> tuple[list[list[str]], list[bool]]:
     """One counterfactual for every caption of a dataset (a list of caption lists, one per image), drawn from a
     generator seeded with ``seed``, and a flat list saying which captions have one. With probability
     ``exchange`` (in [0, 1]) a caption that allows it gets `exchange_colors` instead of `counterfactual_caption`.
-    A caption without a swappable word is returned unchanged and flagged ``False``: it must not serve as its own
-    negative.
+    ``plausible`` keeps every edit to the word pairs of ``captions`` themselves (`caption_bigrams`); ``near_colors``
+    as in `counterfactual_caption`. A caption without an allowed edit is returned unchanged and flagged ``False``:
+    it must not serve as its own negative.
 
     Raises:
-        TypeError: a row is a string, not a list of captions; a caption is not a string; ``exchange`` is not a number.
-        ValueError: ``exchange`` is not in [0, 1].
+        TypeError: a row is a string, not a list of captions; a caption is not a string; ``exchange`` is not a
+            number; ``plausible`` is not a bool; ``near_colors`` is not an integer.
+        ValueError: ``exchange`` is not in [0, 1]; ``near_colors`` < 0.
     """
+    if not isinstance(plausible, (bool, np.bool_)):
+        raise TypeError(f"plausible must be True or False, got {plausible!r}")
+    _check_near_colors(near_colors)
     if isinstance(exchange, bool) or not isinstance(exchange, (int, float)):
         raise TypeError(f"exchange must be a number in [0, 1], got {exchange!r}")
     if not 0.0 <= exchange <= 1.0:  # NaN fails this too
         raise ValueError(f"exchange must be a probability in [0, 1], got {exchange}")
-    rng = np.random.default_rng(seed)
-    edited, swapped = [], []
     for image_captions in captions:
         if isinstance(image_captions, str):
             raise TypeError(f"captions must be one list of captions per image, got the string {image_captions[:50]!r}")
+    pairs = caption_bigrams(caption for image_captions in captions for caption in image_captions) if plausible else None
+    rng = np.random.default_rng(seed)
+    edited, swapped = [], []
+    for image_captions in captions:
         row = []
         for caption in image_captions:
             if not isinstance(caption, str):
                 raise TypeError(f"every caption must be a string, got {caption!r}")
             # The exchange draw happens only when asked for: exchange = 0 replays the earlier edits (and caches) exactly.
-            counterfactual = exchange_colors(caption, rng) if exchange > 0 and rng.random() < exchange else None
+            counterfactual = exchange_colors(caption, rng, pairs) if exchange > 0 and rng.random() < exchange else None
             if counterfactual is None:
-                counterfactual = counterfactual_caption(caption, rng)
+                counterfactual = counterfactual_caption(caption, rng, plausible=pairs, near_colors=near_colors)
             row.append(caption if counterfactual is None else counterfactual)
             swapped.append(counterfactual is not None)
         edited.append(row)

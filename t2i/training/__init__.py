@@ -4,9 +4,9 @@ from .checkpoints import (
     CHECKPOINT_PATTERN, check_resumable, generator_config, grow_checkpoint, list_checkpoints, load_checkpoint, publish_folder,
     save_checkpoint,
 )
-from .gan_cls import GanClsObjective, train_step, update_ema
+from .gan_cls import GanClsObjective, non_finite, train_step, update_ema
 
 __all__ = [
     "CHECKPOINT_PATTERN", "GanClsObjective", "check_resumable", "generator_config", "grow_checkpoint", "list_checkpoints", "load_checkpoint", "publish_folder", "save_checkpoint",
-    "train_step", "update_ema",
+    "non_finite", "train_step", "update_ema",
 ]

@@ -11,6 +11,7 @@ step depends on and the defaults are the paper.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -300,6 +301,37 @@ def train_step(
     optimizer_g.step()
 
     return {**d_stats, "loss_g": loss_g.detach().item()}
+
+
+@torch.no_grad()
+def non_finite(losses: dict[str, float], modules: dict[str, torch.nn.Module] | None = None,
+               optimizers: dict[str, torch.optim.Optimizer] | None = None) -> str | None:
+    """What made a run diverge, named: the first of ``losses`` (as `train_step` returns them), then of the
+    parameters and buffers of ``modules`` ({name: module}), then of the state of ``optimizers`` ({name:
+    optimizer}), that is NaN or ±inf ("loss_d = nan", "discriminator parameter conv.0.weight", "generator
+    optimizer exp_avg_sq of fc.weight"); ``None`` when all are finite.
+
+    Losses are checked first because they are free (already floats); weights need one pass over them, and catch
+    the step whose update overflowed while its loss, computed before the update, was still finite. The optimizer
+    state catches what the weights do not show: a gradient above ~1e19 makes Adam's second moment inf in fp32,
+    and its update m / √v is then 0, so the weights stay finite and stop learning for good.
+    """
+    for name, value in losses.items():
+        if not math.isfinite(value):
+            return f"{name} = {value}"
+    for module_name, module in (modules or {}).items():
+        for kind, named in (("parameter", module.named_parameters()), ("buffer", module.named_buffers())):
+            for name, tensor in named:
+                if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                    return f"{module_name} {kind} {name}"
+    for optimizer_name, optimizer in (optimizers or {}).items():
+        names = {id(p): n for module in (modules or {}).values() for n, p in module.named_parameters()}
+        for group in optimizer.param_groups:
+            for index, parameter in enumerate(group["params"]):
+                for key, tensor in optimizer.state.get(parameter, {}).items():
+                    if torch.is_tensor(tensor) and tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                        return f"{optimizer_name} optimizer {key} of {names.get(id(parameter), f'parameter {index}')}"
+    return None
 
 
 @torch.no_grad()
