@@ -158,10 +158,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--deep_fusion", action=argparse.BooleanOptionalAction, default=False,
                        help="with --fusion input: a text affine after every BatchNorm of Reed's generator, zero at the "
                             "start (DF-GAN's deep fusion), so a trained Reed generator can be grown into this one")
+    model.add_argument("--fusion_masks", type=int, default=0, metavar="K",
+                       help="with --deep_fusion: K soft spatial masks per fused layer, predicted from its features, each "
+                            "with its own text affine (zero at the start), so parts of the flower can take different "
+                            "colours from the caption (SSA-GAN's semantic-spatial fusion with K masks); 0 = off")
     model.add_argument("--pretrained_model_name_or_path", default=None,
                        help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
-                            "plus --residual_blocks or --deep_fusion (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
+                            "plus --residual_blocks, --deep_fusion or --fusion_masks (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
                             "unless --text_encoder_path is given")
     model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
                        help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
@@ -349,6 +353,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} shapes the text-affine blocks: it needs --fusion affine")
     if args.deep_fusion and args.fusion != "input":
         parser.error("--deep_fusion adds text affines to Reed's generator: it needs --fusion input (--fusion affine has its own)")
+    if args.fusion_masks < 0 or (args.fusion_masks and not args.deep_fusion):
+        parser.error(f"--fusion_masks {args.fusion_masks}: must be ≥ 0, and > 0 needs --deep_fusion (it makes its affines spatial)")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -455,7 +461,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion",
+               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion", "fusion_masks",
                "discriminator_from_joint_embedding")
 
 

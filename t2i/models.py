@@ -179,7 +179,10 @@ class TextAffineUpBlock(nn.Module):
 
 
 def _text_affine(hidden: torch.Tensor, scale_and_shift: torch.Tensor) -> torch.Tensor:
-    scale, shift = scale_and_shift[:, :, None, None].chunk(2, dim=1)
+    """hidden [B, C, H, W] · (1 + scale) + shift, from scale and shift [B, 2C] (per channel) or [B, 2C, H, W]."""
+    if scale_and_shift.ndim == 2:
+        scale_and_shift = scale_and_shift[:, :, None, None]
+    scale, shift = scale_and_shift.chunk(2, dim=1)
     return hidden * (1 + scale) + shift
 
 
@@ -198,12 +201,19 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     after each BatchNorm, (1 + γ(c))·h + β(c) with γ, β linear in c = [noise; text code] and zero at the start (DF-GAN's
     deep fusion, Tao et al., CVPR 2022, on DCGAN's blocks), so a trained Reed generator grows into one
     (`grow_from_`) that draws exactly what it drew.
+    ``fusion_masks`` K > 0 (with ``deep_fusion``) makes those affines spatial: after each BatchNorm a 1×1
+    convolution of the feature map predicts K soft masks (a softmax over K at every position), and mask k carries
+    its own text affine γ_k(c), β_k(c), added to the global one where the mask is on: h·(1 + γ(c) + Σ_k m_k γ_k(c))
+    + β(c) + Σ_k m_k β_k(c). A per-channel affine tints every position alike, so a caption's petal and centre
+    colours must be told apart by the layers after it; with masks each region can take its own colour from the
+    text (the semantic-spatial aware blocks of SSA-GAN, Liao et al., CVPR 2022, with K masks instead of one). The
+    mask affines start at zero, so a deep-fusion generator grows into one (`grow_from_`) that draws what it drew.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
 
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
             < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``,
-            ``deep_fusion`` without ``fusion="input"``, or a resolution other than 64 or 128.
+            ``deep_fusion`` without ``fusion="input"``, ``fusion_masks`` < 0 or > 0 without ``deep_fusion``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -224,6 +234,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         residual_blocks: bool = False,
         transposed_up_blocks: bool = False,
         deep_fusion: bool = False,
+        fusion_masks: int = 0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -238,6 +249,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if deep_fusion and fusion != "input":
             raise ValueError(f"deep_fusion adds text affines to Reed's layers: it needs fusion='input' (fusion='affine' "
                              f"has them in its own blocks), got {fusion!r}")
+        if fusion_masks < 0 or (fusion_masks and not deep_fusion):
+            raise ValueError(f"fusion_masks must be ≥ 0, and > 0 only with deep_fusion (it makes deep fusion's affines "
+                             f"spatial); got {fusion_masks} with deep_fusion={deep_fusion}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -261,8 +275,11 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             layers += [nn.ConvTranspose2d(width, out_channels, 4, 2, 1, bias=False), nn.Tanh()]
             self.net = nn.Sequential(*layers)
             if deep_fusion:  # a module of its own, so Reed's tensors keep their names and a Reed checkpoint loads into it
-                self.fusion_affines = nn.ModuleList(
-                    nn.Linear(noise_dim + text_proj_dim, 2 * layer.num_features) for layer in layers if isinstance(layer, nn.BatchNorm2d))
+                norms = [layer.num_features for layer in layers if isinstance(layer, nn.BatchNorm2d)]
+                self.fusion_affines = nn.ModuleList(nn.Linear(noise_dim + text_proj_dim, 2 * n) for n in norms)
+                if fusion_masks:
+                    self.fusion_mask_predictors = nn.ModuleList(nn.Conv2d(n, fusion_masks, 1) for n in norms)
+                    self.fusion_mask_affines = nn.ModuleList(nn.Linear(noise_dim + text_proj_dim, 2 * fusion_masks * n) for n in norms)
         else:
             self.stem = nn.Sequential(*layers)
             # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
@@ -279,7 +296,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 if affine is not None:
                     nn.init.zeros_(affine.weight)
                     nn.init.zeros_(affine.bias)
-        for affine in getattr(self, "fusion_affines", []):
+        for affine in [*getattr(self, "fusion_affines", []), *getattr(self, "fusion_mask_affines", [])]:
             nn.init.zeros_(affine.weight)
             nn.init.zeros_(affine.bias)
 
@@ -307,33 +324,47 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if self.config.fusion == "input":
             if not self.config.deep_fusion:
                 return self.net(condition)
-            hidden, affines = condition, iter(self.fusion_affines)
+            hidden, fused = condition, 0
             for layer in self.net:
                 hidden = layer(hidden)
                 if isinstance(layer, nn.BatchNorm2d):
-                    hidden = _text_affine(hidden, next(affines)(condition))
+                    scale_and_shift = self.fusion_affines[fused](condition)
+                    if self.config.fusion_masks:
+                        scale_and_shift = scale_and_shift[:, :, None, None] + self._masked_affine(hidden, condition, fused)
+                    hidden = _text_affine(hidden, scale_and_shift)
+                    fused += 1
             return hidden
         hidden = self.stem(condition)
         for block in self.up_blocks:
             hidden = block(hidden, condition)
         return self.to_rgb(hidden)
 
+    def _masked_affine(self, hidden: torch.Tensor, condition: torch.Tensor, index: int) -> torch.Tensor:
+        """Σ_k m_k · (γ_k(c), β_k(c)) of fusion layer ``index``: [B, 2C, H, W], in ``hidden``'s memory format."""
+        masks = self.fusion_mask_predictors[index](hidden).softmax(dim=1)  # [B, K, H, W]
+        batch, channels = hidden.shape[:2]
+        per_mask = self.fusion_mask_affines[index](condition).view(batch, self.config.fusion_masks, 2 * channels)
+        if hidden.is_contiguous(memory_format=torch.channels_last):  # a mixed-layout add is 4× slower
+            return torch.einsum("bkhw,bkc->bhwc", masks, per_mask.to(masks.dtype)).permute(0, 3, 1, 2).to(hidden.dtype)
+        return torch.einsum("bkhw,bkc->bchw", masks, per_mask.to(masks.dtype)).to(hidden.dtype)
+
     @torch.no_grad()
     def grow_from_(self, trained: "GanClsGenerator") -> None:
-        """Copy a trained generator into this one, which may add ``residual_blocks`` or ``deep_fusion`` to it: every
+        """Copy a trained generator into this one, which may add ``residual_blocks``, ``deep_fusion`` or ``fusion_masks``
+        to it: every
         tensor it has is copied, and the added parts keep their fresh weights behind a zero gain or a zero text
         affine, so this generator then draws exactly what ``trained`` draws and training goes on from there (a
         function-preserving expansion, as Net2Net, Chen et al., ICLR 2016). Copying between equal configs is plain
         weight copying.
 
         Raises:
-            ValueError: ``trained`` differs in any other config value, or has residual blocks or deep fusion that this
-                generator lacks.
+            ValueError: ``trained`` differs in any other config value, or has residual blocks, deep fusion or fusion
+                masks that this generator lacks (or another number of masks).
         """
         mine, theirs = dict(self.config), dict(trained.config)
         differing = sorted(k for k in set(mine) | set(theirs) if not k.startswith("_") and k not in GROWABLE
                            and mine.get(k) != theirs.get(k))
-        lost = [k for k in GROWABLE if theirs.get(k) and not mine.get(k)]
+        lost = [k for k in GROWABLE if theirs.get(k) and mine.get(k) != theirs.get(k)]
         if differing or lost:
             detail = ", ".join([f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing] + lost)
             raise ValueError(f"cannot grow this generator from that one: they differ in {detail}")
@@ -347,10 +378,15 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             for affine in self.fusion_affines:
                 affine.weight.zero_()
                 affine.bias.zero_()
+        if mine.get("fusion_masks") and not theirs.get("fusion_masks"):
+            for affine in self.fusion_mask_affines:
+                affine.weight.zero_()
+                affine.bias.zero_()
 
 
-GROWABLE = ("residual_blocks", "deep_fusion")
-"""Generator options that `GanClsGenerator.grow_from_` can add to a trained generator without changing what it draws."""
+GROWABLE = {"residual_blocks": bool, "deep_fusion": bool, "fusion_masks": int}
+"""Generator options that `GanClsGenerator.grow_from_` can add to a trained generator without changing what it
+draws, with their type (a flag, or a count)."""
 
 
 def output_layers(generator: GanClsGenerator) -> tuple[nn.Module, nn.Module]:

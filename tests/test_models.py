@@ -1,4 +1,5 @@
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -387,6 +388,68 @@ def test_deep_fusion_grows_reeds_generator_without_changing_what_it_draws(resolu
         GanClsGenerator(**options).grow_from_(grown)
     with pytest.raises(ValueError, match="deep_fusion adds text affines to Reed's layers: it needs fusion='input'"):
         GanClsGenerator(fusion="affine", deep_fusion=True)
+
+
+def test_fusion_masks_grow_deep_fusion_into_spatial_affines_that_give_regions_their_own_colour(tmp_path):
+    torch.manual_seed(0)
+    options = dict(text_embed_dim=24, ngf=8, normalize_text=True, text_batch_norm=True, deep_fusion=True)
+    trained, grown = GanClsGenerator(**options), GanClsGenerator(**options, fusion_masks=3)
+    norms = [m.num_features for m in grown.net if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [p.out_channels for p in grown.fusion_mask_predictors] == [3] * len(norms)
+    assert [a.out_features for a in grown.fusion_mask_affines] == [2 * 3 * n for n in norms]
+    added = {k.split(".")[0] for k in set(grown.state_dict()) - set(trained.state_dict())}
+    assert added == {"fusion_mask_predictors", "fusion_mask_affines"}  # deep fusion's own tensors keep their names
+    noise, text = torch.randn(6, 100), torch.randn(6, 24)
+    trained.train()(noise, text)
+    with torch.no_grad():
+        trained.fusion_affines[1].weight.normal_(0, 0.3)  # a trained deep-fusion generator
+    grown.grow_from_(trained)
+    assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
+    assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))
+    grown.train()(noise, text).square().mean().backward()
+    assert all(a.weight.grad.abs().sum() > 0 for a in grown.fusion_mask_affines)
+
+    # A mask gives its region its own affine: with the masks split left / right by hand, a shift on mask 0 moves
+    # only the positions mask 0 covers, by exactly the shift.
+    layer = grown.eval().fusion_mask_predictors[-1]
+    channels = norms[-1]
+    hidden = torch.randn(2, channels, 4, 4)
+    with torch.no_grad():
+        layer.weight.zero_()
+        layer.bias.zero_()
+        grown.fusion_mask_affines[-1].weight.zero_()
+        grown.fusion_mask_affines[-1].bias.zero_()
+        grown.fusion_mask_affines[-1].bias.view(3, 2 * channels)[0, channels:] = 2.0  # mask 0's shift
+        hidden[:, 0, :, :2], hidden[:, 0, :, 2:] = 50.0, -50.0  # channel 0 decides the mask, through a wide logit
+        layer.weight[0, 0] = 1.0
+    condition = torch.randn(2, 100 + grown.config.text_proj_dim)
+    term = grown._masked_affine(hidden, condition, len(norms) - 1)
+    assert term.shape == (2, 2 * channels, 4, 4)
+    scale, shift = term.chunk(2, dim=1)
+    assert torch.allclose(scale, torch.zeros_like(scale))
+    assert torch.allclose(shift[:, :, :, :2], torch.full_like(shift[:, :, :, :2], 2.0), atol=1e-4)
+    assert torch.allclose(shift[:, :, :, 2:], torch.zeros_like(shift[:, :, :, 2:]), atol=1e-4)
+    # channels_last in, channels_last out (a mixed-layout add is slow), with the same values.
+    last = grown._masked_affine(hidden.contiguous(memory_format=torch.channels_last), condition, len(norms) - 1)
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.allclose(last, term)
+
+    grown.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    assert reloaded.config.fusion_masks == 3 and torch.equal(reloaded.eval()(noise, text), grown.eval()(noise, text))
+    with pytest.raises(ValueError, match="differ in fusion_masks"):  # neither shrunk nor re-counted
+        GanClsGenerator(**options).grow_from_(grown)
+    with pytest.raises(ValueError, match="differ in fusion_masks"):
+        GanClsGenerator(**options, fusion_masks=2).grow_from_(grown)
+    for bad in (dict(fusion_masks=2), dict(deep_fusion=True, fusion_masks=-1)):
+        with pytest.raises(ValueError, match="fusion_masks must be ≥ 0, and > 0 only with deep_fusion"):
+            GanClsGenerator(**bad)
+    # A deep-fusion generator saved before the option existed (no fusion_masks in its config) loads without masks.
+    trained.save_pretrained(tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    del config["fusion_masks"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config))
+    old = GanClsGenerator.from_pretrained(tmp_path / "old")
+    assert old.config.fusion_masks == 0 and torch.equal(old.eval()(noise, text), trained.eval()(noise, text))
 
 
 @pytest.mark.parametrize("other, message", [

@@ -608,6 +608,21 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert any(affine.weight.abs().sum() > 0 for affine in generator.fusion_affines)  # trained from step 9 on
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == f"checkpoint-{STEPS}"
 
+    # Deep fusion grows on into spatial fusion masks (a count, not a flag), and that run resumes only with both flags.
+    with pytest.raises(ValueError, match="fusion_masks is grown to a count ≥ 1, not True"):
+        grow_checkpoint(grown, tmp_path / "masked", "fusion_masks")
+    masked = grow_checkpoint(grown, tmp_path / "masked", "fusion_masks", 2)
+    assert json.loads((masked / "training_state.json").read_text())["model_config"] == {**state["model_config"], "fusion_masks": 2}
+    before, after = load_file(grown / "model.safetensors"), load_file(masked / "model.safetensors")
+    assert_identical({k: after[k] for k in before}, before)
+    assert all(not after[k].any() for k in after if k.startswith("fusion_mask_affines."))
+    refused = run(resume, tmp_path / "masked", check=False)
+    assert refused.returncode != 0 and "fusion_masks 2 (now 0)" in refused.stderr
+    run([*resume, "--deep_fusion", "--fusion_masks", "2"], tmp_path / "masked")
+    generator = GanClsPipeline.from_pretrained(tmp_path / "masked").generator
+    assert generator.config.fusion_masks == 2
+    assert all(affine.weight.abs().sum() > 0 for affine in generator.fusion_mask_affines)  # trained from step 9 on
+
 
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
     import re

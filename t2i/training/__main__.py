@@ -1,6 +1,6 @@
 """Command-line tools for training checkpoints: ``python -m t2i.training convert CHECKPOINT...`` rewrites checkpoints
 written before t2i saved optimizer and random states as safetensors (see `t2i.training.checkpoints`);
-``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` copies a checkpoint with its generator grown by
+``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` (or ``--residual_blocks``, ``--fusion_masks K``) copies a checkpoint with its generator grown by
 an option that does not change what it draws, so the run continues with it (``--resume_from_checkpoint latest
 --output_dir OUTPUT_DIR`` and the flag)."""
 
@@ -11,6 +11,16 @@ from pathlib import Path
 from t2i.hub import PICKLE_SUFFIXES, CheckpointError
 from t2i.models import GROWABLE
 from t2i.training.checkpoints import convert_legacy_checkpoint, grow_checkpoint, list_checkpoints
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}")
+    return count
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -32,21 +42,26 @@ def main(argv: list[str] | None = None) -> None:
     grow.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
     grow.add_argument("output_dir", type=Path, help="the new run's folder (the checkpoint, and a text encoder the run trained "
                       "itself, are copied into it)")
-    for option in GROWABLE:
-        grow.add_argument(f"--{option}", dest="options", action="append_const", const=option)
+    for option, kind in GROWABLE.items():
+        if kind is bool:
+            grow.add_argument(f"--{option}", dest="options", action="append_const", const=(option, True))
+        else:
+            grow.add_argument(f"--{option}", dest="options", action="append", metavar="K",
+                              type=lambda text, option=option: (option, _count(text)))
     args = parser.parse_args(argv)
     if args.command == "grow":
         if not args.options or len(args.options) > 1:
-            parser.error(f"grow takes one option: {' or '.join('--' + o for o in GROWABLE)}")
+            parser.error("grow takes one option: " + " or ".join(f"--{o}" + (" K" if k is int else "") for o, k in GROWABLE.items()))
         if not (args.checkpoint / "training_state.json").is_file():
             inside = list_checkpoints(args.checkpoint) if args.checkpoint.is_dir() else []
             parser.error(f"{args.checkpoint} is not a training checkpoint (no training_state.json)"
                          + (f"; its latest checkpoint is {inside[-1]}" if inside else ""))
         try:
-            grown = grow_checkpoint(args.checkpoint, args.output_dir, args.options[0])
+            grown = grow_checkpoint(args.checkpoint, args.output_dir, *args.options[0])
         except (ValueError, CheckpointError, OSError) as error:
             parser.exit(1, f"error: {error}\n")
-        print(f"{grown}: {args.checkpoint} with --{args.options[0]}")
+        option, value = args.options[0]
+        print(f"{grown}: {args.checkpoint} with --{option}" + ("" if value is True else f" {value}"))
         return
     failed = []
     for checkpoint in args.checkpoints:  # one bad checkpoint does not stop the others

@@ -445,28 +445,32 @@ def generator_config(flags: Mapping) -> dict:
         conditioning_augmentation=flag("conditioning_augmentation"), normalize_text=flag("normalize_text"),
         polar_harmonics=flag("polar_harmonics", 0), polar_antialias=flag("polar_antialias"), residual_blocks=flag("residual_blocks"),
         transposed_up_blocks=flag("transposed_up_blocks"), deep_fusion=flag("deep_fusion"),
+        fusion_masks=flag("fusion_masks", 0),
     )
 
 
-def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, option: str) -> Path:
+def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, option: str, value: bool | int = True) -> Path:
     """Copy ``checkpoint`` to ``output_dir/checkpoint-{step}`` with its generator grown by ``option`` (one of
-    `t2i.models.GROWABLE`): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
+    `t2i.models.GROWABLE`) set to ``value`` (True for a flag, the count for ``fusion_masks``): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
     state is re-indexed by parameter name onto the grown generator, whose new parameters have no moments yet (Adam
     starts them as it starts every parameter), and the recorded model flags gain ``--{option}``; D, its optimizer,
     the random streams and the rest are copied as they are, and so is a text encoder the run trained itself
     (``RUN/char_cnn_rnn``), which a resume in ``output_dir`` would otherwise train again. Resumed there with the
     grown flags (``--output_dir OUTPUT_DIR --resume_from_checkpoint latest --{option}``), the run draws what it drew
-    and goes on with the option trained. Everything is checked before anything is written; the copy is written to a
+    and goes on with the option trained (``--fusion_masks K`` for a count). Everything is checked before anything is written; the copy is written to a
     partial folder and renamed when complete, and a failure leaves no new folder behind.
 
     Raises:
-        ValueError: ``option`` is not growable, the checkpoint already has it or its generator cannot have it.
+        ValueError: ``option`` is not growable, ``value`` is not a positive value of its type, the checkpoint already
+            has it or its generator cannot have it.
         CheckpointError: a file of the checkpoint that is missing, unreadable, pickled or does not fit the recorded
             model (named), or an output that already holds this checkpoint.
     """
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if option not in GROWABLE:
         raise ValueError(f"only {', '.join(GROWABLE)} can be grown into a trained generator, not {option!r}")
+    if type(value) is not GROWABLE[option] or value < 1:  # bool is an int: a count must not be True
+        raise ValueError(f"{option} is grown to a {'flag (True)' if GROWABLE[option] is bool else 'count ≥ 1'}, not {value!r}")
     if legacy_pickles(checkpoint):
         raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
     try:
@@ -481,7 +485,7 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
     final = output_dir / checkpoint.name
     if final.exists():
         raise CheckpointError(f"{final} exists; grow into another output directory")
-    grown_flags = {**flags, option: True}
+    grown_flags = {**flags, option: value}
     generator_files = ["model.safetensors"] + (["ema_generator.safetensors"] if (checkpoint / "ema_generator.safetensors").is_file() else [])
 
     def read(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
