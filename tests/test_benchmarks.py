@@ -145,3 +145,41 @@ def test_counterfactual_tells_counts_text_only_tells_and_plausible_edits_have_no
     assert by[0.0, False]["unseen_pair"] > 0.1 and by[1.0, False]["unseen_pair"] > by[0.0, False]["unseen_pair"]
     assert by[0.0, True]["unseen_pair"] == by[1.0, True]["unseen_pair"] == 0.0
     assert by[0.0, True]["unseen_value"] < by[0.0, False]["unseen_value"]
+
+
+def test_fusion_masks_reports_where_each_mask_lies_and_draws_them(tmp_path):
+    import pytest
+    import torch
+
+    from t2i import GanClsGenerator, GanClsPipeline
+
+    fusion_masks = load_script("fusion_masks")
+    # Hand-made: mask 0 is a centre disc (radius < 0.3), mask 1 the rest; only the disc is drawn in a flower colour.
+    axis = torch.linspace(-1, 1, 64)
+    radius = (axis[None, :] ** 2 + axis[:, None] ** 2).sqrt()
+    disc = (radius < 0.3).float()
+    masks = torch.stack([disc, 1 - disc])[None]  # [1, 2, 64, 64]
+    images = torch.zeros(1, 3, 64, 64)
+    images[0, 0] = disc  # red disc on black: flower pixels exactly where mask 0 is
+    [layer] = fusion_masks.mask_statistics(images, [masks])
+    assert layer["resolution"] == 64 and layer["max_weight_mean"] == pytest.approx(1.0)
+    centre, rest = layer["masks"]
+    assert centre["share"] == pytest.approx(float(disc.mean())) and centre["share"] + rest["share"] == pytest.approx(1.0)
+    assert centre["distance_from_centre"] == pytest.approx(float((radius * disc).sum() / disc.sum()))
+    assert centre["distance_from_centre"] < 0.3 < rest["distance_from_centre"]
+    assert centre["flower_share"] == pytest.approx(1.0) and rest["flower_share"] == pytest.approx(0.0)
+
+    # End to end on a tiny generator with masks: one forward pass, the masks of every fused layer captured.
+    torch.manual_seed(0)
+    reference = GanClsPipeline.from_pretrained(Path(__file__).parents[1] / "pretrained")
+    config = {k: v for k, v in dict(reference.generator.config).items() if not k.startswith("_")}
+    generator = GanClsGenerator(**{**config, "ngf": 8, "deep_fusion": True, "fusion_masks": 3}).eval()
+    pipeline = GanClsPipeline(tokenizer=reference.tokenizer, text_encoder=reference.text_encoder, generator=generator)
+    images, captured = fusion_masks.masks_and_images(pipeline, ["a red flower", "a white flower"], [0, 1])
+    assert images.shape == (4, 3, 64, 64)
+    assert [tuple(m.shape) for m in captured] == [(4, 3, 4, 4), (4, 3, 8, 8), (4, 3, 16, 16), (4, 3, 32, 32)]
+    assert all(torch.allclose(m.sum(dim=1), torch.ones(1)) for m in captured)  # a softmax over the masks
+    grid = fusion_masks.mask_grid(images, captured)
+    assert grid.size == (64 * 5, 64 * 4)
+    with pytest.raises(ValueError, match="this generator has no fusion masks"):
+        fusion_masks.masks_and_images(reference, ["a red flower"], [0])
