@@ -162,10 +162,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with --deep_fusion: K soft spatial masks per fused layer, predicted from its features, each "
                             "with its own text affine (zero at the start), so parts of the flower can take different "
                             "colours from the caption (SSA-GAN's semantic-spatial fusion with K masks); 0 = off")
+    model.add_argument("--output_palette", type=int, default=0, metavar="K",
+                       help="with --fusion input: G's last layer also predicts K soft regions, each adding a colour linear in "
+                            "the text code (zero at the start) to the RGB before the tanh, so a caption sets each region's "
+                            "colour through a linear map; 0 = off")
     model.add_argument("--pretrained_model_name_or_path", default=None,
                        help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
-                            "plus --residual_blocks, --deep_fusion or --fusion_masks (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
+                            "plus --residual_blocks, --deep_fusion, --fusion_masks or --output_palette (then it is grown: GanClsGenerator.grow_from_). Its text encoder is used "
                             "unless --text_encoder_path is given")
     model.add_argument("--discriminator_from_joint_embedding", action=argparse.BooleanOptionalAction, default=False,
                        help="start D's image path as the text encoder's joint image encoder θ (trained to match images with "
@@ -355,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--deep_fusion adds text affines to Reed's generator: it needs --fusion input (--fusion affine has its own)")
     if args.fusion_masks < 0 or (args.fusion_masks and not args.deep_fusion):
         parser.error(f"--fusion_masks {args.fusion_masks}: must be ≥ 0, and > 0 needs --deep_fusion (it makes its affines spatial)")
+    if args.output_palette < 0 or (args.output_palette and args.fusion != "input"):
+        parser.error(f"--output_palette {args.output_palette}: must be ≥ 0, and > 0 needs --fusion input (it paints Reed's last layer)")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
@@ -461,7 +467,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # The flags that shape G and D (a checkpoint resumes only with the same ones); aux_class_weight adds D's class head.
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
-               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion", "fusion_masks",
+               "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion", "fusion_masks", "output_palette",
                "discriminator_from_joint_embedding")
 
 

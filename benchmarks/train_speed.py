@@ -67,6 +67,7 @@ def main() -> None:
     parser.add_argument("--transposed_up_blocks", action="store_true")
     parser.add_argument("--deep_fusion", action="store_true", help="with --fusion input: a text affine after every BatchNorm of G")
     parser.add_argument("--fusion_masks", type=int, default=0, help="with --deep_fusion: K spatial masks per fused layer")
+    parser.add_argument("--output_palette", type=int, default=0, help="with --fusion input: K output regions coloured from the text")
     parser.add_argument("--gan_int", action=argparse.BooleanOptionalAction, default=True, help="--no-gan_int: GAN-CLS only")
     parser.add_argument("--int_captions", type=int, default=2, help="> 2: GAN-INT on flat-Dirichlet mixtures of this many captions")
     parser.add_argument("--int_fraction", type=float, default=1.0, help="share of the batch that gets a GAN-INT mixture")
@@ -103,7 +104,8 @@ def main() -> None:
                                 conditioning_augmentation=bench.conditioning_augmentation, text_batch_norm=bench.text_batch_norm,
                                 polar_harmonics=bench.polar_harmonics,
                                 residual_blocks=bench.residual_blocks, transposed_up_blocks=bench.transposed_up_blocks,
-                                deep_fusion=bench.deep_fusion, fusion_masks=bench.fusion_masks)
+                                deep_fusion=bench.deep_fusion, fusion_masks=bench.fusion_masks,
+                                output_palette=bench.output_palette)
     discriminator = GanClsDiscriminator(text_embed_dim=bench.text_embed_dim, ndf=bench.ndf, resolution=bench.resolution,
                                         text_batch_norm=bench.text_batch_norm, conditioning=bench.conditioning,
                                         projection_scales=bench.projection_scales)
@@ -156,6 +158,7 @@ def main() -> None:
         "residual_blocks": bench.residual_blocks,
         "deep_fusion": bench.deep_fusion,
         "fusion_masks": bench.fusion_masks,
+        "output_palette": bench.output_palette,
         "transposed_up_blocks": bench.transposed_up_blocks,
         "gan_int": bench.gan_int,
         "int_captions": bench.int_captions,

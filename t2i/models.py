@@ -178,6 +178,14 @@ class TextAffineUpBlock(nn.Module):
         return hidden
 
 
+def _mask_weighted_sum(masks: torch.Tensor, per_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Σ_k masks[:, k] · per_mask[:, k]: masks [B, K, H, W] and per_mask [B, K, C] → [B, C, H, W], in the dtype and
+    memory format of ``like`` (a mixed-layout add is 4× slower)."""
+    if like.is_contiguous(memory_format=torch.channels_last):
+        return torch.einsum("bkhw,bkc->bhwc", masks, per_mask.to(masks.dtype)).permute(0, 3, 1, 2).to(like.dtype)
+    return torch.einsum("bkhw,bkc->bchw", masks, per_mask.to(masks.dtype)).to(like.dtype)
+
+
 def _text_affine(hidden: torch.Tensor, scale_and_shift: torch.Tensor) -> torch.Tensor:
     """hidden [B, C, H, W] · (1 + scale) + shift, from scale and shift [B, 2C] (per channel) or [B, 2C, H, W]."""
     if scale_and_shift.ndim == 2:
@@ -208,12 +216,19 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     colours must be told apart by the layers after it; with masks each region can take its own colour from the
     text (the semantic-spatial aware blocks of SSA-GAN, Liao et al., CVPR 2022, with K masks instead of one). The
     mask affines start at zero, so a deep-fusion generator grows into one (`grow_from_`) that draws what it drew.
+    ``output_palette`` K > 0 (``fusion="input"`` only) paints the output: the last layer also predicts K soft
+    regions (a softmax over K at every pixel), and each region k adds a colour p_k(c), linear in c, to the RGB the
+    convolution draws before the tanh: tanh(rgb + Σ_k m_k p_k(c)). The text then sets each region's colour through
+    a linear map, which holds for combinations of colours the training captions never paired, where colour drawn
+    by the convolutions alone is learnt per combination (round 12 in docs/results.md). The colours start at zero,
+    so a generator without the palette grows into one (`grow_from_`) that draws what it drew.
     Every config saved before these options existed loads unchanged (the defaults are Reed's design).
 
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
             < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``,
-            ``deep_fusion`` without ``fusion="input"``, ``fusion_masks`` < 0 or > 0 without ``deep_fusion``, or a resolution other than 64 or 128.
+            ``deep_fusion`` without ``fusion="input"``, ``fusion_masks`` < 0 or > 0 without ``deep_fusion``,
+            ``output_palette`` < 0 or > 0 without ``fusion="input"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -235,6 +250,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         transposed_up_blocks: bool = False,
         deep_fusion: bool = False,
         fusion_masks: int = 0,
+        output_palette: int = 0,
     ):
         super().__init__()
         if fusion not in FUSIONS:
@@ -252,6 +268,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if fusion_masks < 0 or (fusion_masks and not deep_fusion):
             raise ValueError(f"fusion_masks must be ≥ 0, and > 0 only with deep_fusion (it makes deep fusion's affines "
                              f"spatial); got {fusion_masks} with deep_fusion={deep_fusion}")
+        if output_palette < 0 or (output_palette and fusion != "input"):
+            raise ValueError(f"output_palette must be ≥ 0, and > 0 only with fusion='input' (it paints Reed's last layer); "
+                             f"got {output_palette} with fusion={fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -280,6 +299,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 if fusion_masks:
                     self.fusion_mask_predictors = nn.ModuleList(nn.Conv2d(n, fusion_masks, 1) for n in norms)
                     self.fusion_mask_affines = nn.ModuleList(nn.Linear(noise_dim + text_proj_dim, 2 * fusion_masks * n) for n in norms)
+            if output_palette:  # beside the last transposed convolution, which it mirrors, so Reed's tensors keep their names
+                self.palette_masks = nn.ConvTranspose2d(width, output_palette, 4, 2, 1)
+                self.palette_colors = nn.Linear(noise_dim + text_proj_dim, output_palette * out_channels)
         else:
             self.stem = nn.Sequential(*layers)
             # Halving per block, the last one (at full resolution) with ngf / 2 channels, never fewer than 8.
@@ -296,7 +318,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 if affine is not None:
                     nn.init.zeros_(affine.weight)
                     nn.init.zeros_(affine.bias)
-        for affine in [*getattr(self, "fusion_affines", []), *getattr(self, "fusion_mask_affines", [])]:
+        for affine in [*getattr(self, "fusion_affines", []), *getattr(self, "fusion_mask_affines", []), *([self.palette_colors] if output_palette else [])]:
             nn.init.zeros_(affine.weight)
             nn.init.zeros_(affine.bias)
 
@@ -322,18 +344,21 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         """Images [B, C, R, R] in [-1, 1] from noise [B, noise_dim] and a text code [B, text_proj_dim]."""
         condition = torch.cat([noise, code], dim=1)
         if self.config.fusion == "input":
-            if not self.config.deep_fusion:
+            if not (self.config.deep_fusion or self.config.output_palette):
                 return self.net(condition)
             hidden, fused = condition, 0
-            for layer in self.net:
+            for layer in self.net[:-2]:
                 hidden = layer(hidden)
-                if isinstance(layer, nn.BatchNorm2d):
+                if self.config.deep_fusion and isinstance(layer, nn.BatchNorm2d):
                     scale_and_shift = self.fusion_affines[fused](condition)
                     if self.config.fusion_masks:
                         scale_and_shift = scale_and_shift[:, :, None, None] + self._masked_affine(hidden, condition, fused)
                     hidden = _text_affine(hidden, scale_and_shift)
                     fused += 1
-            return hidden
+            rgb = self.net[-2](hidden)
+            if self.config.output_palette:
+                rgb = rgb + self._palette(hidden, condition)
+            return self.net[-1](rgb)
         hidden = self.stem(condition)
         for block in self.up_blocks:
             hidden = block(hidden, condition)
@@ -344,22 +369,26 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         masks = self.fusion_mask_predictors[index](hidden).softmax(dim=1)  # [B, K, H, W]
         batch, channels = hidden.shape[:2]
         per_mask = self.fusion_mask_affines[index](condition).view(batch, self.config.fusion_masks, 2 * channels)
-        if hidden.is_contiguous(memory_format=torch.channels_last):  # a mixed-layout add is 4× slower
-            return torch.einsum("bkhw,bkc->bhwc", masks, per_mask.to(masks.dtype)).permute(0, 3, 1, 2).to(hidden.dtype)
-        return torch.einsum("bkhw,bkc->bchw", masks, per_mask.to(masks.dtype)).to(hidden.dtype)
+        return _mask_weighted_sum(masks, per_mask, hidden)
+
+    def _palette(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Σ_k m_k · p_k(c) from the last layer's input ``hidden`` [B, C, H, W]: [B, out_channels, 2H, 2W]."""
+        masks = self.palette_masks(hidden).softmax(dim=1)  # [B, K, 2H, 2W]
+        colors = self.palette_colors(condition).view(hidden.shape[0], self.config.output_palette, self.config.out_channels)
+        return _mask_weighted_sum(masks, colors, hidden)
 
     @torch.no_grad()
     def grow_from_(self, trained: "GanClsGenerator") -> None:
-        """Copy a trained generator into this one, which may add ``residual_blocks``, ``deep_fusion`` or ``fusion_masks``
-        to it: every
+        """Copy a trained generator into this one, which may add ``residual_blocks``, ``deep_fusion``, ``fusion_masks``
+        or ``output_palette`` to it: every
         tensor it has is copied, and the added parts keep their fresh weights behind a zero gain or a zero text
         affine, so this generator then draws exactly what ``trained`` draws and training goes on from there (a
         function-preserving expansion, as Net2Net, Chen et al., ICLR 2016). Copying between equal configs is plain
         weight copying.
 
         Raises:
-            ValueError: ``trained`` differs in any other config value, or has residual blocks, deep fusion or fusion
-                masks that this generator lacks (or another number of masks).
+            ValueError: ``trained`` differs in any other config value, or has residual blocks, deep fusion, fusion
+                masks or a palette that this generator lacks (or another number of masks or palette colours).
         """
         mine, theirs = dict(self.config), dict(trained.config)
         differing = sorted(k for k in set(mine) | set(theirs) if not k.startswith("_") and k not in GROWABLE
@@ -382,9 +411,12 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
             for affine in self.fusion_mask_affines:
                 affine.weight.zero_()
                 affine.bias.zero_()
+        if mine.get("output_palette") and not theirs.get("output_palette"):
+            self.palette_colors.weight.zero_()
+            self.palette_colors.bias.zero_()
 
 
-GROWABLE = {"residual_blocks": bool, "deep_fusion": bool, "fusion_masks": int}
+GROWABLE = {"residual_blocks": bool, "deep_fusion": bool, "fusion_masks": int, "output_palette": int}
 """Generator options that `GanClsGenerator.grow_from_` can add to a trained generator without changing what it
 draws, with their type (a flag, or a count)."""
 

@@ -252,7 +252,7 @@ def test_grow_refuses_what_it_cannot_grow_with_a_clear_error(tmp_path, capsys):
     checkpoint = tmp_path / "checkpoint-4"
     checkpoint.mkdir()
     for argv, message in [
-        (["grow", str(checkpoint), str(tmp_path / "out")], "grow takes one option: --residual_blocks or --deep_fusion or --fusion_masks K"),
+        (["grow", str(checkpoint), str(tmp_path / "out")], "grow takes one option: --residual_blocks or --deep_fusion or --fusion_masks K or --output_palette K"),
         (["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion", "--residual_blocks"], "grow takes one option"),
         (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "0"], "--fusion_masks: must be a whole number ≥ 1, got '0'"),
         (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "two"], "must be a whole number ≥ 1, got 'two'"),

@@ -452,6 +452,49 @@ def test_fusion_masks_grow_deep_fusion_into_spatial_affines_that_give_regions_th
     assert old.config.fusion_masks == 0 and torch.equal(old.eval()(noise, text), trained.eval()(noise, text))
 
 
+@pytest.mark.parametrize("deep_fusion", [False, True])
+def test_output_palette_grows_into_a_generator_and_paints_each_region_a_colour_linear_in_the_text(deep_fusion, tmp_path):
+    torch.manual_seed(0)
+    options = dict(text_embed_dim=24, ngf=8, normalize_text=True, text_batch_norm=True, deep_fusion=deep_fusion)
+    trained, grown = GanClsGenerator(**options), GanClsGenerator(**options, output_palette=4)
+    assert grown.palette_masks.out_channels == 4 and grown.palette_colors.out_features == 4 * 3
+    added = {k.split(".")[0] for k in set(grown.state_dict()) - set(trained.state_dict())}
+    assert added == {"palette_masks", "palette_colors"}  # Reed's tensors keep their names
+    noise, text = torch.randn(6, 100), torch.randn(6, 24)
+    trained.train()(noise, text)
+    if deep_fusion:
+        with torch.no_grad():
+            trained.fusion_affines[1].weight.normal_(0, 0.3)
+    grown.grow_from_(trained)
+    assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
+    assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))
+    grown.train()(noise, text).square().mean().backward()
+    assert grown.palette_colors.weight.grad.abs().sum() > 0  # zero at the start, trained from the first step
+
+    # Region k gets exactly its colour before the tanh: masks forced to region 0 on the left half, 1 on the right.
+    with torch.no_grad():
+        grown.palette_masks.weight.zero_()
+        grown.palette_masks.bias.copy_(torch.tensor([0.0, 0.0, -1e4, -1e4]))
+        grown.palette_colors.weight.zero_()
+        grown.palette_colors.bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0, -0.5] + [9.0] * 6))
+    hidden = torch.randn(2, 8, 32, 32)
+    paint = grown._palette(hidden, torch.randn(2, 100 + grown.config.text_proj_dim))
+    assert paint.shape == (2, 3, 64, 64)
+    expected = torch.tensor([0.25, 0.0, -0.25])[None, :, None, None]  # regions 0 and 1 equally likely: their mean
+    assert torch.allclose(paint, expected.expand_as(paint), atol=1e-5)
+    last = grown._palette(hidden.contiguous(memory_format=torch.channels_last), torch.zeros(2, 100 + grown.config.text_proj_dim))
+    assert last.is_contiguous(memory_format=torch.channels_last) and torch.allclose(last, paint, atol=1e-5)
+
+    grown.save_pretrained(tmp_path)
+    reloaded = GanClsGenerator.from_pretrained(tmp_path)
+    assert reloaded.config.output_palette == 4 and torch.equal(reloaded.eval()(noise, text), grown.eval()(noise, text))
+    with pytest.raises(ValueError, match="differ in output_palette"):
+        GanClsGenerator(**options).grow_from_(grown)
+    for bad in (dict(fusion="affine", output_palette=2), dict(output_palette=-1)):
+        with pytest.raises(ValueError, match="output_palette must be ≥ 0, and > 0 only with fusion='input'"):
+            GanClsGenerator(**bad)
+
+
 @pytest.mark.parametrize("other, message", [
     ({"ngf": 16}, r"ngf: 16 \(here 8\)"),
     ({"polar_harmonics": 0}, r"polar_harmonics: 0 \(here 2\)"),

@@ -360,6 +360,10 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--discriminator_warmup_steps", "-1"], "--discriminator_warmup_steps must be ≥ 0, got -1"),
         (["--residual_blocks", "--fusion", "input"], "--residual_blocks shapes the text-affine blocks: it needs --fusion affine"),
         (["--transposed_up_blocks", "--fusion", "input"], "--transposed_up_blocks shapes the text-affine blocks: it needs --fusion affine"),
+        (["--fusion_masks", "3"], "--fusion_masks 3: must be ≥ 0, and > 0 needs --deep_fusion"),
+        (["--deep_fusion", "--fusion_masks", "-1"], "--fusion_masks -1: must be ≥ 0"),
+        (["--output_palette", "4", "--fusion", "affine"], "--output_palette 4: must be ≥ 0, and > 0 needs --fusion input"),
+        (["--output_palette", "-1"], "--output_palette -1: must be ≥ 0"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
         (["--counterfactual_negatives", "1.5"], "--counterfactual_negatives must be a probability in [0, 1], got 1.5"),
         (["--counterfactual_negatives", "nan"], "--counterfactual_negatives must be a probability in [0, 1], got nan"),
@@ -622,6 +626,14 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     generator = GanClsPipeline.from_pretrained(tmp_path / "masked").generator
     assert generator.config.fusion_masks == 2
     assert all(affine.weight.abs().sum() > 0 for affine in generator.fusion_mask_affines)  # trained from step 9 on
+
+    # And on into an output palette: the run with all three trains the palette's colours from zero.
+    painted = grow_checkpoint(list_checkpoints(tmp_path / "masked")[-1], tmp_path / "painted", "output_palette", 3)
+    after_palette = load_file(painted / "model.safetensors")
+    assert not after_palette["palette_colors.weight"].any() and after_palette["palette_masks.weight"].any()
+    run([*resume, "--deep_fusion", "--fusion_masks", "2", "--output_palette", "3", "--max_train_steps", str(STEPS + 3)], tmp_path / "painted")
+    generator = GanClsPipeline.from_pretrained(tmp_path / "painted").generator
+    assert generator.config.output_palette == 3 and generator.palette_colors.weight.abs().sum() > 0
 
 
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):

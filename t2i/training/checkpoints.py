@@ -445,13 +445,13 @@ def generator_config(flags: Mapping) -> dict:
         conditioning_augmentation=flag("conditioning_augmentation"), normalize_text=flag("normalize_text"),
         polar_harmonics=flag("polar_harmonics", 0), polar_antialias=flag("polar_antialias"), residual_blocks=flag("residual_blocks"),
         transposed_up_blocks=flag("transposed_up_blocks"), deep_fusion=flag("deep_fusion"),
-        fusion_masks=flag("fusion_masks", 0),
+        fusion_masks=flag("fusion_masks", 0), output_palette=flag("output_palette", 0),
     )
 
 
 def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, option: str, value: bool | int = True) -> Path:
     """Copy ``checkpoint`` to ``output_dir/checkpoint-{step}`` with its generator grown by ``option`` (one of
-    `t2i.models.GROWABLE`) set to ``value`` (True for a flag, the count for ``fusion_masks``): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
+    `t2i.models.GROWABLE`) set to ``value`` (True for a flag, the count for ``fusion_masks`` and ``output_palette``): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
     state is re-indexed by parameter name onto the grown generator, whose new parameters have no moments yet (Adam
     starts them as it starts every parameter), and the recorded model flags gain ``--{option}``; D, its optimizer,
     the random streams and the rest are copied as they are, and so is a text encoder the run trained itself
