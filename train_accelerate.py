@@ -36,7 +36,7 @@ from t2i.evaluation import HEADLINE_METRICS, LOWER_IS_BETTER, GeneratorScorer, l
 from t2i.hardware import cpu_has_fast_bf16
 from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
 from t2i.losses import LOSS_TYPES
-from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, standing_batch_norm_
+from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, check_region_count, standing_batch_norm_
 from t2i.pipeline import to_unit_range
 from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig
 from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
@@ -357,10 +357,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} shapes the text-affine blocks: it needs --fusion affine")
     if args.deep_fusion and args.fusion != "input":
         parser.error("--deep_fusion adds text affines to Reed's generator: it needs --fusion input (--fusion affine has its own)")
-    if args.fusion_masks < 0 or (args.fusion_masks and not args.deep_fusion):
-        parser.error(f"--fusion_masks {args.fusion_masks}: must be ≥ 0, and > 0 needs --deep_fusion (it makes its affines spatial)")
-    if args.output_palette < 0 or (args.output_palette and args.fusion != "input"):
-        parser.error(f"--output_palette {args.output_palette}: must be ≥ 0, and > 0 needs --fusion input (it paints Reed's last layer)")
+    for name in ("fusion_masks", "output_palette"):
+        try:
+            check_region_count(f"--{name}", getattr(args, name))
+        except ValueError as error:
+            parser.error(str(error))
+    if args.fusion_masks and not args.deep_fusion:
+        parser.error(f"--fusion_masks {args.fusion_masks} makes --deep_fusion's affines spatial: it needs --deep_fusion")
+    if args.output_palette and args.fusion != "input":
+        parser.error(f"--output_palette {args.output_palette} paints the last layer of Reed's generator: it needs --fusion input")
     if args.projection_scales > 1 and args.conditioning != "projection":
         parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):

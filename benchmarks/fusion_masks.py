@@ -1,10 +1,11 @@
-"""What the spatial fusion masks of a `--fusion_masks K` generator follow: the K soft masks it predicts at each fused
-layer, drawn beside the images, and where each mask's weight lies.
+"""What the soft masks of a generator with `--fusion_masks K` or `--output_palette K` follow: the masks it predicts at
+each fused layer and the palette's regions at the output, drawn beside the images, and where each mask's weight lies.
 
 For each layer and mask it reports the mask's share of the image (its mean weight), how sure the masks are (the mean
 of the largest weight at a position: 1/K when they are uniform, 1 when each position has one mask), its mean
-distance from the image centre in units of the half-width (the synthetic flowers are centred: a centre-disc mask
-sits near 0.2, the petals near 0.5, the background corners beyond 0.8) and the share of its weight on flower pixels
+distance from the image centre in units of the half-width (`t2i.models.polar_coordinates`' radius; the synthetic
+flowers are centred: a centre-disc mask sits near 0.2, the petals near 0.5, the background corners beyond 0.8, and
+uniform masks at 0.77) and the share of its weight on flower pixels
 of the generated image (`t2i.evaluation.robustness.flower_pixel_mask`). Masks that follow the parts differ in
 distance and flower share; masks that learned nothing are uniform.
 
@@ -25,6 +26,7 @@ from PIL import Image
 
 from t2i import GanClsPipeline
 from t2i.evaluation.robustness import flower_pixel_mask
+from t2i.models import polar_coordinates, soft_masks
 
 CAPTIONS = (
     "a yellow centre surrounded by six oval white petals",
@@ -35,19 +37,21 @@ CAPTIONS = (
 
 
 def masks_and_images(pipeline: GanClsPipeline, captions: list[str], seeds: list[int]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Images [N, 3, H, W] in [0, 1] and, per fused layer, its masks [N, K, h, w] (softmax over K), for every caption
-    with every seed (N = len(captions) · len(seeds), caption-major).
+    """Images [N, 3, H, W] in [0, 1] and the masks [N, K, h, w] the generator weighs its terms by (`soft_masks` of
+    its predictors' logits): one per fused layer, then the palette's regions, for every caption with every seed
+    (N = len(captions) · len(seeds), caption-major).
 
     Raises:
-        ValueError: the pipeline's generator has no fusion masks.
+        ValueError: the pipeline's generator has neither fusion masks nor an output palette.
     """
     generator = pipeline.generator
-    if not getattr(generator.config, "fusion_masks", 0):
-        raise ValueError(f"this generator has no fusion masks (fusion_masks = {getattr(generator.config, 'fusion_masks', 0)}); "
-                         "train one with --deep_fusion --fusion_masks K")
+    predictors = [*getattr(generator, "fusion_mask_predictors", []), *([generator.palette_masks] if hasattr(generator, "palette_masks") else [])]
+    if not predictors:
+        raise ValueError("this generator has no fusion masks and no output palette: train one with --deep_fusion "
+                         "--fusion_masks K or --output_palette K")
     captured: list[torch.Tensor] = []
-    hooks = [layer.register_forward_hook(lambda module, inputs, output: captured.append(output.float().softmax(dim=1)))
-             for layer in generator.fusion_mask_predictors]
+    hooks = [layer.register_forward_hook(lambda module, inputs, output: captured.append(soft_masks(output).float()))
+             for layer in predictors]
     try:
         noise = torch.stack([torch.randn(generator.config.noise_dim, generator=torch.Generator().manual_seed(seed))
                              for seed in seeds])
@@ -67,8 +71,7 @@ def mask_statistics(images: torch.Tensor, masks: list[torch.Tensor]) -> list[dic
     for layer_masks in masks:
         size = layer_masks.shape[-1]
         full = F.interpolate(layer_masks, size=images.shape[-2:], mode="bilinear", align_corners=False)
-        axis = torch.linspace(-1, 1, images.shape[-1])
-        radius = (axis[None, :] ** 2 + axis[:, None] ** 2).sqrt()  # [H, W], 1 at the middle of each edge
+        radius = polar_coordinates(images.shape[-1], 0)[0]  # [H, W], 1 at the middle of each edge
         weight = full.sum(dim=(0, 2, 3)).clamp_min(1e-8)  # [K]
         layers.append({
             "resolution": size,
@@ -97,7 +100,7 @@ def mask_grid(images: torch.Tensor, masks: list[torch.Tensor]) -> Image.Image:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a saved pipeline whose generator has --fusion_masks K")
+    parser.add_argument("--model", required=True, help="a saved pipeline whose generator has --fusion_masks K or --output_palette K")
     parser.add_argument("--captions", nargs="+", default=list(CAPTIONS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", type=Path, help="JSON of the statistics")
@@ -106,8 +109,9 @@ def main() -> None:
     pipeline = GanClsPipeline.from_pretrained(args.model)
     images, masks = masks_and_images(pipeline, args.captions, args.seeds)
     layers = mask_statistics(images, masks)
-    for index, layer in enumerate(layers):
-        print(f"layer {index} ({layer['resolution']}×{layer['resolution']}): mean largest weight {layer['max_weight_mean']:.3f} "
+    for layer in layers:
+        kind = "output palette" if layer["resolution"] == images.shape[-1] else "fusion masks"
+        print(f"{kind}, {layer['resolution']}×{layer['resolution']}: mean largest weight {layer['max_weight_mean']:.3f} "
               f"(uniform {1 / len(layer['masks']):.3f})")
         for k, mask in enumerate(layer["masks"]):
             print(f"  mask {k}: share {mask['share']:.3f}, distance from centre {mask['distance_from_centre']:.3f}, "

@@ -178,6 +178,27 @@ class TextAffineUpBlock(nn.Module):
         return hidden
 
 
+MAX_REGIONS = 16
+"""The most soft masks or palette regions a generator may have (``fusion_masks``, ``output_palette``)."""
+
+
+def check_region_count(name: str, value, allow_off: bool = True) -> int:
+    """``value`` if it is a number of soft masks or palette regions: a whole number from 2 to `MAX_REGIONS`, or 0
+    (off) where ``allow_off``. One region would be a softmax of one, 1 everywhere: a global term that learns nothing.
+
+    Raises:
+        ValueError: anything else (a bool, a float, 1, a negative or too large a number), named by ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not ((allow_off and value == 0) or 2 <= value <= MAX_REGIONS):
+        raise ValueError(f"{name} must be a whole number from 2 to {MAX_REGIONS}{' (0 = off)' if allow_off else ''}, got {value!r}")
+    return value
+
+
+def soft_masks(logits: torch.Tensor) -> torch.Tensor:
+    """K soft masks from their logits [B, K, H, W]: a softmax over K at every position, so they sum to 1 there."""
+    return logits.softmax(dim=1)
+
+
 def _mask_weighted_sum(masks: torch.Tensor, per_mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """Σ_k masks[:, k] · per_mask[:, k]: masks [B, K, H, W] and per_mask [B, K, C] → [B, C, H, W], in the dtype and
     memory format of ``like`` (a mixed-layout add is 4× slower)."""
@@ -227,8 +248,9 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     Raises:
         ValueError: an unknown ``fusion``, ``conditioning_augmentation`` with ``text_batch_norm``, ``polar_harmonics``
             < 0 or > 0 without ``fusion="affine"``, ``polar_antialias`` without ``polar_harmonics``, ``residual_blocks`` or ``transposed_up_blocks`` without ``fusion="affine"``,
-            ``deep_fusion`` without ``fusion="input"``, ``fusion_masks`` < 0 or > 0 without ``deep_fusion``,
-            ``output_palette`` < 0 or > 0 without ``fusion="input"``, or a resolution other than 64 or 128.
+            ``deep_fusion`` without ``fusion="input"``, ``fusion_masks`` or ``output_palette`` that is not 0 or
+            2–`MAX_REGIONS` (`check_region_count`), ``fusion_masks`` without ``deep_fusion``, ``output_palette``
+            without ``fusion="input"``, or a resolution other than 64 or 128.
     """
 
     @register_to_config
@@ -265,12 +287,13 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if deep_fusion and fusion != "input":
             raise ValueError(f"deep_fusion adds text affines to Reed's layers: it needs fusion='input' (fusion='affine' "
                              f"has them in its own blocks), got {fusion!r}")
-        if fusion_masks < 0 or (fusion_masks and not deep_fusion):
-            raise ValueError(f"fusion_masks must be ≥ 0, and > 0 only with deep_fusion (it makes deep fusion's affines "
-                             f"spatial); got {fusion_masks} with deep_fusion={deep_fusion}")
-        if output_palette < 0 or (output_palette and fusion != "input"):
-            raise ValueError(f"output_palette must be ≥ 0, and > 0 only with fusion='input' (it paints Reed's last layer); "
-                             f"got {output_palette} with fusion={fusion!r}")
+        check_region_count("fusion_masks", fusion_masks)
+        check_region_count("output_palette", output_palette)
+        if fusion_masks and not deep_fusion:
+            raise ValueError(f"fusion_masks makes deep fusion's affines spatial: it needs deep_fusion=True, got fusion_masks="
+                             f"{fusion_masks} without it")
+        if output_palette and fusion != "input":
+            raise ValueError(f"output_palette paints the last layer of Reed's generator: it needs fusion='input', got {fusion!r}")
         if conditioning_augmentation and text_batch_norm:
             raise ValueError("conditioning_augmentation replaces the text projection: it cannot have text_batch_norm too")
         num_up = _num_up_blocks(resolution)
@@ -318,9 +341,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 if affine is not None:
                     nn.init.zeros_(affine.weight)
                     nn.init.zeros_(affine.bias)
-        for affine in [*getattr(self, "fusion_affines", []), *getattr(self, "fusion_mask_affines", []), *([self.palette_colors] if output_palette else [])]:
-            nn.init.zeros_(affine.weight)
-            nn.init.zeros_(affine.bias)
+        self._zero_text_terms(list(ZERO_AT_START))
 
     def text_code(self, text_embeds: torch.Tensor, code_noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """The text code the generator is conditioned on, [B, text_proj_dim], and with conditioning augmentation
@@ -357,7 +378,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                     fused += 1
             rgb = self.net[-2](hidden)
             if self.config.output_palette:
-                rgb = rgb + self._palette(hidden, condition)
+                rgb = rgb + self._palette(hidden, condition, rgb)
             return self.net[-1](rgb)
         hidden = self.stem(condition)
         for block in self.up_blocks:
@@ -366,16 +387,25 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
 
     def _masked_affine(self, hidden: torch.Tensor, condition: torch.Tensor, index: int) -> torch.Tensor:
         """Σ_k m_k · (γ_k(c), β_k(c)) of fusion layer ``index``: [B, 2C, H, W], in ``hidden``'s memory format."""
-        masks = self.fusion_mask_predictors[index](hidden).softmax(dim=1)  # [B, K, H, W]
+        masks = soft_masks(self.fusion_mask_predictors[index](hidden))  # [B, K, H, W]
         batch, channels = hidden.shape[:2]
         per_mask = self.fusion_mask_affines[index](condition).view(batch, self.config.fusion_masks, 2 * channels)
         return _mask_weighted_sum(masks, per_mask, hidden)
 
-    def _palette(self, hidden: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
-        """Σ_k m_k · p_k(c) from the last layer's input ``hidden`` [B, C, H, W]: [B, out_channels, 2H, 2W]."""
-        masks = self.palette_masks(hidden).softmax(dim=1)  # [B, K, 2H, 2W]
+    def _palette(self, hidden: torch.Tensor, condition: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Σ_k m_k · p_k(c) from the last layer's input ``hidden`` [B, C, H, W]: [B, out_channels, 2H, 2W], in the
+        dtype and memory format of ``rgb``, the convolution's output it is added to."""
+        masks = soft_masks(self.palette_masks(hidden))  # [B, K, 2H, 2W]
         colors = self.palette_colors(condition).view(hidden.shape[0], self.config.output_palette, self.config.out_channels)
-        return _mask_weighted_sum(masks, colors, hidden)
+        return _mask_weighted_sum(masks, colors, rgb)
+
+    def _zero_text_terms(self, options: list[str]) -> None:
+        """Zero the text terms that ``options`` (keys of `ZERO_AT_START`) add, where this generator has them."""
+        for option in options:
+            modules = getattr(self, ZERO_AT_START[option], None)
+            for module in ([] if modules is None else modules if isinstance(modules, nn.ModuleList) else [modules]):
+                nn.init.zeros_(module.weight)
+                nn.init.zeros_(module.bias)
 
     @torch.no_grad()
     def grow_from_(self, trained: "GanClsGenerator") -> None:
@@ -395,7 +425,7 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                            and mine.get(k) != theirs.get(k))
         lost = [k for k in GROWABLE if theirs.get(k) and mine.get(k) != theirs.get(k)]
         if differing or lost:
-            detail = ", ".join([f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing] + lost)
+            detail = ", ".join(f"{k}: {theirs.get(k)!r} (here {mine.get(k)!r})" for k in differing + lost)
             raise ValueError(f"cannot grow this generator from that one: they differ in {detail}")
         state = self.state_dict()
         for name, tensor in trained.state_dict().items():
@@ -403,22 +433,16 @@ class GanClsGenerator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         for block in getattr(self, "up_blocks", []):
             if block.residual and not theirs.get("residual_blocks"):
                 block.residual_gain.zero_()
-        if mine.get("deep_fusion") and not theirs.get("deep_fusion"):
-            for affine in self.fusion_affines:
-                affine.weight.zero_()
-                affine.bias.zero_()
-        if mine.get("fusion_masks") and not theirs.get("fusion_masks"):
-            for affine in self.fusion_mask_affines:
-                affine.weight.zero_()
-                affine.bias.zero_()
-        if mine.get("output_palette") and not theirs.get("output_palette"):
-            self.palette_colors.weight.zero_()
-            self.palette_colors.bias.zero_()
+        self._zero_text_terms([k for k in ZERO_AT_START if mine.get(k) and not theirs.get(k)])
 
 
 GROWABLE = {"residual_blocks": bool, "deep_fusion": bool, "fusion_masks": int, "output_palette": int}
 """Generator options that `GanClsGenerator.grow_from_` can add to a trained generator without changing what it
-draws, with their type (a flag, or a count)."""
+draws, with their type (a flag, or a count checked by `check_region_count`)."""
+
+ZERO_AT_START = {"deep_fusion": "fusion_affines", "fusion_masks": "fusion_mask_affines", "output_palette": "palette_colors"}
+"""The text terms each option adds, zero in a new generator and when grown into a trained one, so that it first
+draws what it would without them (residual blocks start behind a zero gain instead)."""
 
 
 def output_layers(generator: GanClsGenerator) -> tuple[nn.Module, nn.Module]:

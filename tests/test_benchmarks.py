@@ -155,8 +155,9 @@ def test_fusion_masks_reports_where_each_mask_lies_and_draws_them(tmp_path):
 
     fusion_masks = load_script("fusion_masks")
     # Hand-made: mask 0 is a centre disc (radius < 0.3), mask 1 the rest; only the disc is drawn in a flower colour.
-    axis = torch.linspace(-1, 1, 64)
-    radius = (axis[None, :] ** 2 + axis[:, None] ** 2).sqrt()
+    from t2i.models import polar_coordinates
+
+    radius = polar_coordinates(64, 0)[0]  # pixel centres, 1 at the middle of an edge
     disc = (radius < 0.3).float()
     masks = torch.stack([disc, 1 - disc])[None]  # [1, 2, 64, 64]
     images = torch.zeros(1, 3, 64, 64)
@@ -169,17 +170,27 @@ def test_fusion_masks_reports_where_each_mask_lies_and_draws_them(tmp_path):
     assert centre["distance_from_centre"] < 0.3 < rest["distance_from_centre"]
     assert centre["flower_share"] == pytest.approx(1.0) and rest["flower_share"] == pytest.approx(0.0)
 
-    # End to end on a tiny generator with masks: one forward pass, the masks of every fused layer captured.
+    # End to end on a tiny generator with masks and a palette: the masks of every fused layer and the palette's
+    # regions are captured as the model weighs by them. With each predictor's bias favouring one mask by a wide
+    # margin, that mask is the one captured, everywhere.
     torch.manual_seed(0)
     reference = GanClsPipeline.from_pretrained(Path(__file__).parents[1] / "pretrained")
     config = {k: v for k, v in dict(reference.generator.config).items() if not k.startswith("_")}
-    generator = GanClsGenerator(**{**config, "ngf": 8, "deep_fusion": True, "fusion_masks": 3}).eval()
+    generator = GanClsGenerator(**{**config, "ngf": 8, "deep_fusion": True, "fusion_masks": 3, "output_palette": 4}).eval()
+    with torch.no_grad():
+        for index, predictor in enumerate([*generator.fusion_mask_predictors, generator.palette_masks]):
+            predictor.weight.zero_()
+            predictor.bias.zero_()
+            predictor.bias[index % 3] = 30.0
     pipeline = GanClsPipeline(tokenizer=reference.tokenizer, text_encoder=reference.text_encoder, generator=generator)
     images, captured = fusion_masks.masks_and_images(pipeline, ["a red flower", "a white flower"], [0, 1])
     assert images.shape == (4, 3, 64, 64)
-    assert [tuple(m.shape) for m in captured] == [(4, 3, 4, 4), (4, 3, 8, 8), (4, 3, 16, 16), (4, 3, 32, 32)]
-    assert all(torch.allclose(m.sum(dim=1), torch.ones(1)) for m in captured)  # a softmax over the masks
+    assert [tuple(m.shape) for m in captured] == [(4, 3, 4, 4), (4, 3, 8, 8), (4, 3, 16, 16), (4, 3, 32, 32), (4, 4, 64, 64)]
+    for index, masks in enumerate(captured):
+        assert torch.allclose(masks[:, index % 3], torch.ones(1), atol=1e-6), index
+    layers = fusion_masks.mask_statistics(images, captured)
+    assert [layer["max_weight_mean"] for layer in layers] == pytest.approx([1.0] * 5)
     grid = fusion_masks.mask_grid(images, captured)
-    assert grid.size == (64 * 5, 64 * 4)
-    with pytest.raises(ValueError, match="this generator has no fusion masks"):
+    assert grid.size == (64 * 6, 64 * 4)
+    with pytest.raises(ValueError, match="this generator has no fusion masks and no output palette"):
         fusion_masks.masks_and_images(reference, ["a red flower"], [0])

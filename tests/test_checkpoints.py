@@ -254,8 +254,9 @@ def test_grow_refuses_what_it_cannot_grow_with_a_clear_error(tmp_path, capsys):
     for argv, message in [
         (["grow", str(checkpoint), str(tmp_path / "out")], "grow takes one option: --residual_blocks or --deep_fusion or --fusion_masks K or --output_palette K"),
         (["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion", "--residual_blocks"], "grow takes one option"),
-        (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "0"], "--fusion_masks: must be a whole number ≥ 1, got '0'"),
-        (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "two"], "must be a whole number ≥ 1, got 'two'"),
+        (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "0"], "--fusion_masks: K must be a whole number from 2 to 16, got 0"),
+        (["grow", str(checkpoint), str(tmp_path / "out"), "--output_palette", "1"], "--output_palette: K must be a whole number from 2 to 16, got 1"),
+        (["grow", str(checkpoint), str(tmp_path / "out"), "--fusion_masks", "two"], "K must be a whole number from 2 to 16, got 'two'"),
         (["grow", str(checkpoint), str(tmp_path / "out"), "--deep_fusion"], "is not a training checkpoint (no training_state.json)"),
     ]:
         with pytest.raises(SystemExit) as exit_info:

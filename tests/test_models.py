@@ -403,6 +403,8 @@ def test_fusion_masks_grow_deep_fusion_into_spatial_affines_that_give_regions_th
     trained.train()(noise, text)
     with torch.no_grad():
         trained.fusion_affines[1].weight.normal_(0, 0.3)  # a trained deep-fusion generator
+        for affine in grown.fusion_mask_affines:  # growth itself must zero the new text terms
+            affine.weight.normal_(0, 0.3)
     grown.grow_from_(trained)
     assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
     assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))
@@ -436,13 +438,15 @@ def test_fusion_masks_grow_deep_fusion_into_spatial_affines_that_give_regions_th
     grown.save_pretrained(tmp_path)
     reloaded = GanClsGenerator.from_pretrained(tmp_path)
     assert reloaded.config.fusion_masks == 3 and torch.equal(reloaded.eval()(noise, text), grown.eval()(noise, text))
-    with pytest.raises(ValueError, match="differ in fusion_masks"):  # neither shrunk nor re-counted
+    with pytest.raises(ValueError, match=r"differ in fusion_masks: 3 \(here 0\)"):  # neither shrunk nor re-counted
         GanClsGenerator(**options).grow_from_(grown)
-    with pytest.raises(ValueError, match="differ in fusion_masks"):
+    with pytest.raises(ValueError, match=r"differ in fusion_masks: 3 \(here 2\)"):
         GanClsGenerator(**options, fusion_masks=2).grow_from_(grown)
-    for bad in (dict(fusion_masks=2), dict(deep_fusion=True, fusion_masks=-1)):
-        with pytest.raises(ValueError, match="fusion_masks must be ≥ 0, and > 0 only with deep_fusion"):
-            GanClsGenerator(**bad)
+    with pytest.raises(ValueError, match="fusion_masks makes deep fusion's affines spatial: it needs deep_fusion=True"):
+        GanClsGenerator(fusion_masks=2)
+    for bad in (-1, 1, 17, True, 2.0, "3"):  # one mask is a softmax of one, 1 everywhere: a term that learns nothing
+        with pytest.raises(ValueError, match=f"fusion_masks must be a whole number from 2 to 16 \\(0 = off\\), got {bad!r}"):
+            GanClsGenerator(deep_fusion=True, fusion_masks=bad)
     # A deep-fusion generator saved before the option existed (no fusion_masks in its config) loads without masks.
     trained.save_pretrained(tmp_path / "old")
     config = json.loads((tmp_path / "old" / "config.json").read_text())
@@ -462,37 +466,53 @@ def test_output_palette_grows_into_a_generator_and_paints_each_region_a_colour_l
     assert added == {"palette_masks", "palette_colors"}  # Reed's tensors keep their names
     noise, text = torch.randn(6, 100), torch.randn(6, 24)
     trained.train()(noise, text)
-    if deep_fusion:
-        with torch.no_grad():
+    with torch.no_grad():
+        if deep_fusion:
             trained.fusion_affines[1].weight.normal_(0, 0.3)
+        grown.palette_colors.weight.normal_(0, 0.3)  # growth itself must zero the colours
     grown.grow_from_(trained)
     assert torch.equal(grown.eval()(noise, text), trained.eval()(noise, text))
     assert torch.equal(grown.train()(noise, text), trained.train()(noise, text))
     grown.train()(noise, text).square().mean().backward()
     assert grown.palette_colors.weight.grad.abs().sum() > 0  # zero at the start, trained from the first step
 
-    # Region k gets exactly its colour before the tanh: masks forced to region 0 on the left half, 1 on the right.
+    # Each region gets exactly its own colour, linear in the condition: channel 0 of the last layer's input, +50 on
+    # the left half and -50 on the right, picks region 0 on the left and region 1 on the right (a wide logit), and
+    # region k's colour is W_k · c + b_k.
+    condition_dim = 100 + grown.config.text_proj_dim
     with torch.no_grad():
         grown.palette_masks.weight.zero_()
         grown.palette_masks.bias.copy_(torch.tensor([0.0, 0.0, -1e4, -1e4]))
-        grown.palette_colors.weight.zero_()
-        grown.palette_colors.bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.0, 0.0, -0.5] + [9.0] * 6))
-    hidden = torch.randn(2, 8, 32, 32)
-    paint = grown._palette(hidden, torch.randn(2, 100 + grown.config.text_proj_dim))
+        grown.palette_masks.weight[0, 0] = 0.25  # a 4×4 stride-2 kernel: each output pixel sums 4 input taps of it
+        grown.palette_masks.weight[0, 1] = -0.25
+        grown.palette_colors.weight.normal_(0, 0.1)
+    hidden = torch.zeros(2, 8, 32, 32)
+    hidden[:, 0, :, :16], hidden[:, 0, :, 16:] = 50.0, -50.0
+    condition = torch.randn(2, condition_dim)
+    rgb = torch.zeros(2, 3, 64, 64)
+    paint = grown._palette(hidden, condition, rgb)
     assert paint.shape == (2, 3, 64, 64)
-    expected = torch.tensor([0.25, 0.0, -0.25])[None, :, None, None]  # regions 0 and 1 equally likely: their mean
-    assert torch.allclose(paint, expected.expand_as(paint), atol=1e-5)
-    last = grown._palette(hidden.contiguous(memory_format=torch.channels_last), torch.zeros(2, 100 + grown.config.text_proj_dim))
+    colors = grown.palette_colors(condition).view(2, 4, 3)
+    interior = slice(2, 30), slice(34, 62)  # away from the border between the halves and the image's edge
+    assert torch.allclose(paint[:, :, :, interior[0]], colors[:, 0, :, None, None].expand(2, 3, 64, 28), atol=1e-4)
+    assert torch.allclose(paint[:, :, :, interior[1]], colors[:, 1, :, None, None].expand(2, 3, 64, 28), atol=1e-4)
+    doubled = grown._palette(hidden, 2 * condition, rgb)  # linear in c: the bias plus twice the weight's part
+    bias = grown.palette_colors.bias.view(4, 3)
+    assert torch.allclose(doubled[:, :, :, interior[0]] - bias[0, :, None, None], 2 * (paint[:, :, :, interior[0]] - bias[0, :, None, None]), atol=1e-4)
+    last = grown._palette(hidden.contiguous(memory_format=torch.channels_last), condition,
+                          rgb.contiguous(memory_format=torch.channels_last))
     assert last.is_contiguous(memory_format=torch.channels_last) and torch.allclose(last, paint, atol=1e-5)
 
     grown.save_pretrained(tmp_path)
     reloaded = GanClsGenerator.from_pretrained(tmp_path)
     assert reloaded.config.output_palette == 4 and torch.equal(reloaded.eval()(noise, text), grown.eval()(noise, text))
-    with pytest.raises(ValueError, match="differ in output_palette"):
+    with pytest.raises(ValueError, match=r"differ in output_palette: 4 \(here 0\)"):
         GanClsGenerator(**options).grow_from_(grown)
-    for bad in (dict(fusion="affine", output_palette=2), dict(output_palette=-1)):
-        with pytest.raises(ValueError, match="output_palette must be ≥ 0, and > 0 only with fusion='input'"):
-            GanClsGenerator(**bad)
+    with pytest.raises(ValueError, match="output_palette paints the last layer of Reed's generator: it needs fusion='input'"):
+        GanClsGenerator(fusion="affine", output_palette=2)
+    for bad in (-1, 1, 17, True):
+        with pytest.raises(ValueError, match=f"output_palette must be a whole number from 2 to 16 \\(0 = off\\), got {bad!r}"):
+            GanClsGenerator(output_palette=bad)
 
 
 @pytest.mark.parametrize("other, message", [

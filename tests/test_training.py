@@ -360,10 +360,10 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--discriminator_warmup_steps", "-1"], "--discriminator_warmup_steps must be ≥ 0, got -1"),
         (["--residual_blocks", "--fusion", "input"], "--residual_blocks shapes the text-affine blocks: it needs --fusion affine"),
         (["--transposed_up_blocks", "--fusion", "input"], "--transposed_up_blocks shapes the text-affine blocks: it needs --fusion affine"),
-        (["--fusion_masks", "3"], "--fusion_masks 3: must be ≥ 0, and > 0 needs --deep_fusion"),
-        (["--deep_fusion", "--fusion_masks", "-1"], "--fusion_masks -1: must be ≥ 0"),
-        (["--output_palette", "4", "--fusion", "affine"], "--output_palette 4: must be ≥ 0, and > 0 needs --fusion input"),
-        (["--output_palette", "-1"], "--output_palette -1: must be ≥ 0"),
+        (["--fusion_masks", "3"], "--fusion_masks 3 makes --deep_fusion's affines spatial: it needs --deep_fusion"),
+        (["--deep_fusion", "--fusion_masks", "1"], "--fusion_masks must be a whole number from 2 to 16 (0 = off), got 1"),
+        (["--output_palette", "4", "--fusion", "affine"], "--output_palette 4 paints the last layer of Reed's generator: it needs --fusion input"),
+        (["--output_palette", "3000"], "--output_palette must be a whole number from 2 to 16 (0 = off), got 3000"),
         (["--hard_negatives", "0"], "--hard_negatives must be ≥ 1, got 0"),
         (["--counterfactual_negatives", "1.5"], "--counterfactual_negatives must be a probability in [0, 1], got 1.5"),
         (["--counterfactual_negatives", "nan"], "--counterfactual_negatives must be a probability in [0, 1], got nan"),
@@ -613,7 +613,7 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert [p.name for p in list_checkpoints(tmp_path)][-1] == f"checkpoint-{STEPS}"
 
     # Deep fusion grows on into spatial fusion masks (a count, not a flag), and that run resumes only with both flags.
-    with pytest.raises(ValueError, match="fusion_masks is grown to a count ≥ 1, not True"):
+    with pytest.raises(ValueError, match="fusion_masks must be a whole number from 2 to 16, got True"):
         grow_checkpoint(grown, tmp_path / "masked", "fusion_masks")
     masked = grow_checkpoint(grown, tmp_path / "masked", "fusion_masks", 2)
     assert json.loads((masked / "training_state.json").read_text())["model_config"] == {**state["model_config"], "fusion_masks": 2}
@@ -627,10 +627,24 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert generator.config.fusion_masks == 2
     assert all(affine.weight.abs().sum() > 0 for affine in generator.fusion_mask_affines)  # trained from step 9 on
 
-    # And on into an output palette: the run with all three trains the palette's colours from zero.
-    painted = grow_checkpoint(list_checkpoints(tmp_path / "masked")[-1], tmp_path / "painted", "output_palette", 3)
-    after_palette = load_file(painted / "model.safetensors")
-    assert not after_palette["palette_colors.weight"].any() and after_palette["palette_masks.weight"].any()
+    # And on into an output palette. The grown G and its EMA copy draw what they drew, and share the new mask
+    # predictor's fresh weights (an EMA blending G's into another random draw would mix two unrelated masks);
+    # the run with all three options trains the palette's colours from zero.
+    source = list_checkpoints(tmp_path / "masked")[-1]
+    painted = grow_checkpoint(source, tmp_path / "painted", "output_palette", 3)
+    state = json.loads((painted / "training_state.json").read_text())
+    for name in ("model.safetensors", "ema_generator.safetensors"):
+        tensors = load_file(painted / name)
+        assert not tensors["palette_colors.weight"].any() and tensors["palette_masks.weight"].any()
+        before, after = GanClsGenerator(text_embed_dim=text.shape[1], **generator_config(state["model_config"] | {"output_palette": 0})), \
+            GanClsGenerator(text_embed_dim=text.shape[1], **generator_config(state["model_config"]))
+        before.load_state_dict(load_file(source / name))
+        after.load_state_dict(tensors)
+        assert torch.equal(after.eval()(noise, text), before.eval()(noise, text)), name
+    generator_tensors, ema_tensors = load_file(painted / "model.safetensors"), load_file(painted / "ema_generator.safetensors")
+    assert all(torch.equal(generator_tensors[k], ema_tensors[k]) for k in generator_tensors if k.startswith("palette_"))
+    refused = run([*resume, "--deep_fusion", "--fusion_masks", "2"], tmp_path / "painted", check=False)
+    assert refused.returncode != 0 and "output_palette 3 (now 0)" in refused.stderr
     run([*resume, "--deep_fusion", "--fusion_masks", "2", "--output_palette", "3", "--max_train_steps", str(STEPS + 3)], tmp_path / "painted")
     generator = GanClsPipeline.from_pretrained(tmp_path / "painted").generator
     assert generator.config.output_palette == 3 and generator.palette_colors.weight.abs().sum() > 0

@@ -1,26 +1,28 @@
 """Command-line tools for training checkpoints: ``python -m t2i.training convert CHECKPOINT...`` rewrites checkpoints
 written before t2i saved optimizer and random states as safetensors (see `t2i.training.checkpoints`);
-``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` (or ``--residual_blocks``, ``--fusion_masks K``) copies a checkpoint with its generator grown by
-an option that does not change what it draws, so the run continues with it (``--resume_from_checkpoint latest
---output_dir OUTPUT_DIR`` and the flag)."""
+``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` (or ``--residual_blocks``, ``--fusion_masks K``,
+``--output_palette K``) copies a checkpoint with its generator grown by an option that does not change what it draws
+(its text terms start at zero), so the run continues with it (``--resume_from_checkpoint latest --output_dir
+OUTPUT_DIR`` and the flag)."""
 
 import argparse
 import sys
 from pathlib import Path
 
 from t2i.hub import PICKLE_SUFFIXES, CheckpointError
-from t2i.models import GROWABLE
+from t2i.models import GROWABLE, MAX_REGIONS, check_region_count
 from t2i.training.checkpoints import convert_legacy_checkpoint, grow_checkpoint, list_checkpoints
 
 
 def _count(text: str) -> int:
     try:
-        count = int(text)
+        value: int | str = int(text)
     except ValueError:
-        count = 0
-    if count < 1:
-        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 1, got {text!r}")
-    return count
+        value = text
+    try:
+        return check_region_count("K", value, allow_off=False)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     grow = commands.add_parser(
         "grow", help="copy a checkpoint with its generator grown by an option that keeps what it draws",
         description="Copy CHECKPOINT to OUTPUT_DIR/checkpoint-N with its generator (and EMA generator) grown by the option "
-                    "(GanClsGenerator.grow_from_: the added parameters start at zero, so it draws what it drew), G's Adam "
+                    "(GanClsGenerator.grow_from_: the added text terms start at zero and a residual branch behind a zero gain, so "
+                    "it draws what it drew; the EMA generator gets G's new tensors), G's Adam "
                     "state extended to the new parameters, and the option added to the recorded model flags. Resume it "
                     "with train_accelerate.py --output_dir OUTPUT_DIR --resume_from_checkpoint latest and the option.")
     grow.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
@@ -44,10 +47,12 @@ def main(argv: list[str] | None = None) -> None:
                       "itself, are copied into it)")
     for option, kind in GROWABLE.items():
         if kind is bool:
-            grow.add_argument(f"--{option}", dest="options", action="append_const", const=(option, True))
+            grow.add_argument(f"--{option}", dest="options", action="append_const", const=(option, True),
+                              help=f"add {option} (train_accelerate.py --{option})")
         else:
             grow.add_argument(f"--{option}", dest="options", action="append", metavar="K",
-                              type=lambda text, option=option: (option, _count(text)))
+                              type=lambda text, option=option: (option, _count(text)),
+                              help=f"add {option} with K regions, 2 to {MAX_REGIONS} (train_accelerate.py --{option} K)")
     args = parser.parse_args(argv)
     if args.command == "grow":
         if not args.options or len(args.options) > 1:

@@ -30,7 +30,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from t2i.hub import CheckpointError
-from t2i.models import GROWABLE, GanClsGenerator
+from t2i.models import GROWABLE, GanClsGenerator, check_region_count
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 LEGACY_PICKLE = re.compile(r"^(optimizer(_\d+)?\.bin|random_states_\d+\.pkl|scaler\.pt)$")  # accelerate's save_state's names
@@ -469,8 +469,10 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
     checkpoint, output_dir = Path(checkpoint), Path(output_dir)
     if option not in GROWABLE:
         raise ValueError(f"only {', '.join(GROWABLE)} can be grown into a trained generator, not {option!r}")
-    if type(value) is not GROWABLE[option] or value < 1:  # bool is an int: a count must not be True
-        raise ValueError(f"{option} is grown to a {'flag (True)' if GROWABLE[option] is bool else 'count ≥ 1'}, not {value!r}")
+    if GROWABLE[option] is bool and value is not True:
+        raise ValueError(f"{option} is grown to a flag (True), not {value!r}")
+    if GROWABLE[option] is int:
+        check_region_count(option, value, allow_off=False)
     if legacy_pickles(checkpoint):
         raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
     try:
@@ -498,7 +500,7 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
             problems = [f"missing or unreadable ({error})"]
         raise CheckpointError(f"{checkpoint / name}: {'; '.join(problems)}, so {checkpoint} cannot be grown")
 
-    def grow(name: str) -> tuple[dict[str, torch.Tensor], GanClsGenerator, GanClsGenerator]:
+    def grow(name: str, added_from: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], GanClsGenerator, GanClsGenerator]:
         tensors = read(name)[0]
         text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
         if text_weight is None or text_weight.ndim != 2:
@@ -510,9 +512,13 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
             raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: {error}") from error
         grown = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(grown_flags))
         grown.grow_from_(trained)
-        return {k: v.contiguous() for k, v in grown.state_dict().items()}, trained, grown
+        grown_tensors = {k: v.contiguous() for k, v in grown.state_dict().items()}
+        if added_from is not None:  # the EMA generator's new tensors are G's own fresh ones, not another random draw
+            grown_tensors.update({k: added_from[k] for k in grown_tensors.keys() - tensors.keys()})
+        return grown_tensors, trained, grown
 
-    grown_generators = {name: grow(name) for name in generator_files}
+    grown_generators = {"model.safetensors": grow("model.safetensors")}
+    grown_generators.update({name: grow(name, grown_generators["model.safetensors"][0]) for name in generator_files[1:]})
     _, trained, grown = grown_generators["model.safetensors"]
     optimizer = optimizer_state_from_safetensors(*read("optimizer.safetensors"))
     names = [n for n, _ in trained.named_parameters()]
