@@ -3,7 +3,9 @@ every `eval/*` scalar by step, read back from each run's tensorboard logs, print
 
     python benchmarks/eval_curves.py RUN [RUN ...] --out benchmarks/results/curves.json
 
-A run resumed into the same folder appends to the same logs, so its curve covers every phase there.
+A run resumed into the same folder appends to the same logs, so its curve covers every phase there. With
+`--previous OLD.json` (an earlier --out) the curves saved there are kept beside the new ones, for runs whose
+folders are gone; a run given again is read afresh.
 """
 
 import argparse
@@ -33,8 +35,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--previous", type=Path, help="an earlier --out JSON whose curves are kept")
     args = parser.parse_args()
-    curves = {}
+    curves = json.loads(args.previous.read_text()) if args.previous else {}
     for run in args.runs:
         curve = eval_curve(run)
         if not curve:

@@ -13,9 +13,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from t2i import GanClsPipeline
-from t2i.data import augment_batch, load_captioned_dataset
-from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle, oracle_training_set
-from t2i.evaluation.robustness import free_text_prompts, free_text_report, interpolation_report, real_image_statistics
+from t2i.data import load_captioned_dataset
+from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
+from t2i.evaluation.robustness import real_image_statistics, robustness_report
 
 COLUMNS = (
     ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),
@@ -26,12 +26,12 @@ COLUMNS = (
 )
 
 
-def score(folder: Path, test, train, oracle, reference, real_features, num_samples: int) -> dict:
+def score(folder: Path, test, train, oracle, num_samples: int) -> dict:
     pipeline = GanClsPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
     metrics = headline_metrics(evaluate_pipeline(pipeline, test, train, oracle, num_samples=num_samples))
-    free = free_text_report(pipeline, free_text_prompts(), reference)
-    strips = interpolation_report(pipeline, oracle=oracle, real_features=real_features)
+    report = robustness_report(pipeline, oracle)
+    free, strips = report["free_text"], report["interpolation"]
     summary = json.loads((folder / "training_summary.json").read_text())
     return {**metrics, "free_text_passed": free["passed"], "free_text_total": free["total"],
             "free_text_roughness": sum(r["roughness"] for r in free["prompts"]) / free["total"],
@@ -52,13 +52,10 @@ def main() -> None:
         parser.error(f"--previous was scored on {previous['num_samples']} samples, not {args.num_samples}")
     test, train = load_captioned_dataset(args.dataset, "test"), load_captioned_dataset(args.dataset, "train")
     oracle = load_oracle()[0]
-    reference = real_image_statistics(64)
-    real, _ = oracle_training_set(256, seed=54321, num_proc=1)
-    real_features = oracle.predict(augment_batch(real, 64, train=False))[1]
     runs = dict(previous["runs"])
     for folder in sorted(Path(args.pilots).glob("*-s[0-9]*")):
         if (folder / "training_summary.json").is_file() and folder.name not in runs:
-            runs[folder.name] = score(folder, test, train, oracle, reference, real_features, args.num_samples)
+            runs[folder.name] = score(folder, test, train, oracle, args.num_samples)
             print(folder.name, json.dumps(runs[folder.name]))
     by_design = defaultdict(list)
     for name, row in runs.items():
@@ -76,7 +73,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"runs": runs, "reference": reference, "num_samples": args.num_samples}, indent=2))
+        Path(args.out).write_text(json.dumps({"runs": runs, "reference": real_image_statistics(64), "num_samples": args.num_samples}, indent=2))
         Path(args.out).with_suffix(".md").write_text(table)
 
 

@@ -310,3 +310,20 @@ def test_real_renders_have_a_flower_share_like_the_protocols_reference():
     # Measured on 256 renders: 0.279 (0.289 before grey was excluded); a frame is mostly background.
     assert 0.18 < reference["flower_share_mean"] < 0.4, reference
     assert 0 < reference["flower_share_p05"] < reference["flower_share_mean"]
+
+
+def test_robustness_command_writes_both_checks_for_a_saved_model(tmp_path, capsys):
+    """`python -m t2i.evaluation.robustness`, as pilots_report.py and benchmarks/truncation.py score it
+    (`robustness_report`): every free-text prompt and every strip is judged and saved, and the printed totals are
+    the saved ones."""
+    from t2i.evaluation.robustness import INTERPOLATION_PAIRS, free_text_prompts, main as robustness_main
+
+    make_tiny_pipeline(seed=3).save_pretrained(tmp_path / "model")
+    report = robustness_main(["--model", str(tmp_path / "model"), "--out", str(tmp_path / "robustness.json")])
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    free, strips = saved["free_text"], saved["interpolation"]
+    assert [row["prompt"] for row in free["prompts"]] == free_text_prompts()
+    assert strips["total"] == len(strips["strips"]) == 4 * len(INTERPOLATION_PAIRS)
+    assert all(len(row["feature_distance"]) == strips["num_steps"] for row in strips["strips"])  # the oracle judged 64 px frames
+    assert free["passed"] == sum(row["passes"] for row in free["prompts"]) and saved == json.loads(json.dumps(report))
+    assert f"free text: {free['passed']} / {free['total']} prompts pass; interpolation: {strips['passed']} / {strips['total']}" in capsys.readouterr().out

@@ -152,10 +152,23 @@ def interpolation_report(pipeline, pairs: Sequence[tuple[str, str]] = INTERPOLAT
     return {"strips": rows, "passed": sum(r["passes"] for r in rows), "total": len(rows), "tolerance": tolerance, "num_steps": num_steps}
 
 
+def robustness_report(pipeline, oracle) -> dict:
+    """Both checks on `pipeline` against the rendered real images at its resolution: `{"free_text": ...,
+    "interpolation": ...}` (`free_text_report` on `free_text_prompts()`, `interpolation_report` on
+    `INTERPOLATION_PAIRS`), the feature distance judged by `oracle` where the generator draws at its 64 px."""
+    from .oracle import oracle_training_set
+
+    resolution = pipeline.generator.config.resolution
+    real, _ = oracle_training_set(256, seed=54321, num_proc=1)
+    real_features = oracle.predict(augment_batch(real, 64, train=False))[1]
+    return {"free_text": free_text_report(pipeline, free_text_prompts(), real_image_statistics(resolution)),
+            "interpolation": interpolation_report(pipeline, oracle=oracle if resolution == 64 else None, real_features=real_features)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run both checks on one model; print a summary and write JSON with every figure."""
     from ..pipeline import GanClsPipeline
-    from .oracle import load_oracle, oracle_training_set
+    from .oracle import load_oracle
 
     parser = argparse.ArgumentParser(prog="python -m t2i.evaluation.robustness", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="pipeline folder or Hub model id")
@@ -167,14 +180,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     pipeline = GanClsPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    resolution = pipeline.generator.config.resolution
-    reference = real_image_statistics(resolution)
     oracle = load_oracle(args.oracle_dir)[0]
-    real, _ = oracle_training_set(256, seed=54321, num_proc=1)
-    real_features = oracle.predict(augment_batch(real, 64, train=False))[1]
-    report = {"model": str(args.model), "free_text": free_text_report(pipeline, free_text_prompts(), reference),
-              "interpolation": interpolation_report(pipeline, oracle=oracle if resolution == 64 else None, real_features=real_features)}
-    free, strips = report["free_text"], report["interpolation"]
+    report = {"model": str(args.model), **robustness_report(pipeline, oracle)}
+    free, strips, reference = report["free_text"], report["interpolation"], report["free_text"]["reference"]
     print(f"real images: roughness {reference['roughness_mean']:.1f} (p95 {reference['roughness_p95']:.1f}), "
           f"flower share {reference['flower_share_mean']:.2f}")
     for row in free["prompts"]:
