@@ -32,21 +32,34 @@ def eval_curve(run: Path) -> dict[int, dict[str, float]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", nargs="+", type=Path)
-    parser.add_argument("--out", type=Path)
-    parser.add_argument("--previous", type=Path, help="an earlier --out JSON whose curves are kept")
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="*", type=Path, help="train_accelerate.py output_dir folders")
+    parser.add_argument("--out", type=Path, help="JSON {run folder: {step: {metric: value}}}")
+    parser.add_argument("--previous", type=Path, help="an earlier --out JSON whose curves are kept (and printed)")
     args = parser.parse_args()
-    curves = json.loads(args.previous.read_text()) if args.previous else {}
+    if not args.runs and args.previous is None:
+        parser.error("give at least one run folder, or --previous")
+    curves = {}
+    if args.previous is not None:
+        try:
+            curves = json.loads(args.previous.read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--previous {args.previous}: {error}")
+        if not isinstance(curves, dict) or not all(isinstance(c, dict) and all(isinstance(v, dict) for v in c.values()) for c in curves.values()):
+            parser.error(f"--previous {args.previous} is not an eval_curves.py JSON ({{run: {{step: {{metric: value}}}}}})")
     for run in args.runs:
+        if not run.is_dir():
+            parser.error(f"{run}: no such run folder")
         curve = eval_curve(run)
         if not curve:
             parser.error(f"{run}: no eval/* scalars under {run}/logs (trained without --evaluation_steps or tensorboard?)")
-        curves[str(run)] = curve
+        curves[str(run.resolve())] = curve  # one key per folder, however its path was typed
+    for run, curve in curves.items():
         print(f"\n{run}\n| step | " + " | ".join(SHOWN) + " |\n|---|" + "---|" * len(SHOWN))
-        for step, values in curve.items():
+        for step, values in sorted(curve.items(), key=lambda item: int(item[0])):
             print(f"| {step} | " + " | ".join(f"{values[k]:.3f}" if k in values else "" for k in SHOWN) + " |")
     if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(curves, indent=2))
 
 

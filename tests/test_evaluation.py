@@ -327,3 +327,19 @@ def test_robustness_command_writes_both_checks_for_a_saved_model(tmp_path, capsy
     assert all(len(row["feature_distance"]) == strips["num_steps"] for row in strips["strips"])  # the oracle judged 64 px frames
     assert free["passed"] == sum(row["passes"] for row in free["prompts"]) and saved == json.loads(json.dumps(report))
     assert f"free text: {free['passed']} / {free['total']} prompts pass; interpolation: {strips['passed']} / {strips['total']}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("folder", ["missing", "empty"])
+def test_robustness_command_refuses_a_model_folder_in_one_line(tmp_path, folder):
+    """A missing folder or one with no model_index.json: `error: ...` and exit status 1, as `python -m t2i.evaluation`."""
+    import subprocess
+    import sys
+
+    from conftest import REPO_ROOT
+
+    (tmp_path / "empty").mkdir()
+    result = subprocess.run([sys.executable, "-m", "t2i.evaluation.robustness", "--model", str(tmp_path / folder)],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    expected = "no such model folder" if folder == "missing" else "has no model_index.json"
+    assert result.returncode == 1 and result.stderr.startswith("error: ") and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr

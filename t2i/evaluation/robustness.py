@@ -13,7 +13,7 @@ images of the synthetic set at the model's resolution:
   renderer's backgrounds are green or dark; its petals and discs are none of the three), so an empty or washed-out
   frame scores near 0.
 
-    python -m t2i.evaluation.robustness --model pretrained --out benchmarks/results/robustness_default.json
+    python -m t2i.evaluation.robustness --model pretrained --out benchmarks/results/robustness_default_v9.json
 """
 
 from __future__ import annotations
@@ -215,4 +215,9 @@ def save_interpolation_strips(pipeline, pairs: Sequence[tuple[str, str]], path: 
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    try:
+        main()
+    except (FileNotFoundError, ValueError) as error:  # a missing or refused model folder: say it, no traceback
+        sys.exit(f"error: {error}")
