@@ -15,7 +15,7 @@ from pathlib import Path
 from t2i import GanClsPipeline
 from t2i.data import load_captioned_dataset
 from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
-from t2i.evaluation.robustness import real_image_statistics, robustness_report
+from t2i.evaluation.robustness import real_references, robustness_report
 
 COLUMNS = (
     ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),
@@ -26,11 +26,11 @@ COLUMNS = (
 )
 
 
-def score(folder: Path, test, train, oracle, num_samples: int) -> dict:
+def score(folder: Path, test, train, oracle, reference, real_features, num_samples: int) -> dict:
     pipeline = GanClsPipeline.from_pretrained(folder)
     pipeline.set_progress_bar_config(disable=True)
     metrics = headline_metrics(evaluate_pipeline(pipeline, test, train, oracle, num_samples=num_samples))
-    report = robustness_report(pipeline, oracle)
+    report = robustness_report(pipeline, oracle, reference, real_features)
     free, strips = report["free_text"], report["interpolation"]
     summary = json.loads((folder / "training_summary.json").read_text())
     return {**metrics, "free_text_passed": free["passed"], "free_text_total": free["total"],
@@ -52,10 +52,11 @@ def main() -> None:
         parser.error(f"--previous was scored on {previous['num_samples']} samples, not {args.num_samples}")
     test, train = load_captioned_dataset(args.dataset, "test"), load_captioned_dataset(args.dataset, "train")
     oracle = load_oracle()[0]
+    reference, real_features = real_references(oracle, 64)
     runs = dict(previous["runs"])
     for folder in sorted(Path(args.pilots).glob("*-s[0-9]*")):
         if (folder / "training_summary.json").is_file() and folder.name not in runs:
-            runs[folder.name] = score(folder, test, train, oracle, args.num_samples)
+            runs[folder.name] = score(folder, test, train, oracle, reference, real_features, args.num_samples)
             print(folder.name, json.dumps(runs[folder.name]))
     by_design = defaultdict(list)
     for name, row in runs.items():
@@ -73,7 +74,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:
-        Path(args.out).write_text(json.dumps({"runs": runs, "reference": real_image_statistics(64), "num_samples": args.num_samples}, indent=2))
+        Path(args.out).write_text(json.dumps({"runs": runs, "reference": reference, "num_samples": args.num_samples}, indent=2))
         Path(args.out).with_suffix(".md").write_text(table)
 
 

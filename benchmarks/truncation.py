@@ -19,7 +19,7 @@ from pathlib import Path
 from t2i import GanClsPipeline
 from t2i.data import load_captioned_dataset
 from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
-from t2i.evaluation.robustness import robustness_report
+from t2i.evaluation.robustness import real_references, robustness_report
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder
 
 COLUMNS = (
@@ -59,12 +59,13 @@ def main() -> None:
     pipeline = TruncatedPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
     joint_image_encoder = load_joint_image_encoder(args.model)
+    reference, real_features = real_references(oracle, pipeline.generator.config.resolution)  # once, for every ψ
     rows = []
     for psi in args.psi:
         pipeline.psi = psi
         metrics = headline_metrics(evaluate_pipeline(pipeline, test, train, oracle, num_samples=args.num_samples,
                                                          joint_image_encoder=joint_image_encoder))
-        report = robustness_report(pipeline, oracle)
+        report = robustness_report(pipeline, oracle, reference, real_features)
         free = report["free_text"]
         rows.append({"psi": psi, **metrics, "free_text_passed": free["passed"], "free_text_total": free["total"],
                      "free_text_flower_share": sum(r["flower_share"] for r in free["prompts"]) / free["total"],

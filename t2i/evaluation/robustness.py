@@ -152,16 +152,21 @@ def interpolation_report(pipeline, pairs: Sequence[tuple[str, str]] = INTERPOLAT
     return {"strips": rows, "passed": sum(r["passes"] for r in rows), "total": len(rows), "tolerance": tolerance, "num_steps": num_steps}
 
 
-def robustness_report(pipeline, oracle) -> dict:
-    """Both checks on `pipeline` against the rendered real images at its resolution: `{"free_text": ...,
-    "interpolation": ...}` (`free_text_report` on `free_text_prompts()`, `interpolation_report` on
-    `INTERPOLATION_PAIRS`), the feature distance judged by `oracle` where the generator draws at its 64 px."""
+def real_references(oracle, resolution: int = 64) -> tuple[dict[str, float], torch.Tensor]:
+    """What both checks compare with, rendered once per protocol: the real images' statistics at `resolution`
+    (`real_image_statistics`) and `oracle`'s features [256, F] of 256 rendered real images at its 64 px."""
     from .oracle import oracle_training_set
 
-    resolution = pipeline.generator.config.resolution
     real, _ = oracle_training_set(256, seed=54321, num_proc=1)
-    real_features = oracle.predict(augment_batch(real, 64, train=False))[1]
-    return {"free_text": free_text_report(pipeline, free_text_prompts(), real_image_statistics(resolution)),
+    return real_image_statistics(resolution), oracle.predict(augment_batch(real, 64, train=False))[1]
+
+
+def robustness_report(pipeline, oracle, reference: dict[str, float], real_features: torch.Tensor) -> dict:
+    """Both checks on `pipeline`: `{"free_text": ..., "interpolation": ...}` (`free_text_report` on
+    `free_text_prompts()`, `interpolation_report` on `INTERPOLATION_PAIRS`), against `real_references` at the
+    generator's resolution; the feature distance is judged by `oracle` only where the generator draws at its 64 px."""
+    resolution = pipeline.generator.config.resolution
+    return {"free_text": free_text_report(pipeline, free_text_prompts(), reference),
             "interpolation": interpolation_report(pipeline, oracle=oracle if resolution == 64 else None, real_features=real_features)}
 
 
@@ -181,8 +186,9 @@ def main(argv: list[str] | None = None) -> dict:
     pipeline = GanClsPipeline.from_pretrained(args.model)
     pipeline.set_progress_bar_config(disable=True)
     oracle = load_oracle(args.oracle_dir)[0]
-    report = {"model": str(args.model), **robustness_report(pipeline, oracle)}
-    free, strips, reference = report["free_text"], report["interpolation"], report["free_text"]["reference"]
+    reference, real_features = real_references(oracle, pipeline.generator.config.resolution)
+    report = {"model": str(args.model), **robustness_report(pipeline, oracle, reference, real_features)}
+    free, strips = report["free_text"], report["interpolation"]
     print(f"real images: roughness {reference['roughness_mean']:.1f} (p95 {reference['roughness_p95']:.1f}), "
           f"flower share {reference['flower_share_mean']:.2f}")
     for row in free["prompts"]:
