@@ -114,7 +114,9 @@ class GanClsPipeline(DiffusionPipeline):
         ``kwargs`` may hold the Hub download options (``revision``, ``token``, ``cache_dir``, ``local_files_only``),
         ``dtype`` (diffusers' newer name for ``torch_dtype``) and components to use instead of the saved ones
         (``tokenizer=...``). A folder that also carries the remote code of ``save_with_model_card`` is loaded with
-        this package's own classes: the code in the folder is never run here.
+        this package's own classes: the code in the folder is never run here. The loaded models compute in
+        ``torch_dtype`` (default ``torch.float32``) whatever dtype their files store: the embedded default stores its
+        generator in float16.
 
         Raises:
             CheckpointError: no ``model_index.json``, or a component whose files are missing, corrupt, pickled or
@@ -127,6 +129,9 @@ class GanClsPipeline(DiffusionPipeline):
         dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"torch_dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
+        # Weights may be stored in float16 to halve the files (`t2i.training.checkpoints.export_checkpoint`); they
+        # compute in float32 unless asked, as diffusers' pipelines do (transformers would keep a stored float16).
+        dtype = torch.float32 if dtype is None else dtype
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("t2i loads safetensors only (never pickles): use_safetensors=False is not supported")
         if "trust_remote_code" in kwargs:
@@ -148,10 +153,10 @@ class GanClsPipeline(DiffusionPipeline):
             model_class = _component_class(*index[name])
             check_before_loading(model_class, folder / name)
             load_kwargs = {} if name == "tokenizer" else {"use_safetensors": True}
-            if dtype is not None and issubclass(model_class, ModelMixin):  # diffusers warns about a cast after loading
+            if issubclass(model_class, ModelMixin):  # diffusers warns about a cast after loading
                 load_kwargs["torch_dtype"] = dtype
             component = model_class.from_pretrained(str(folder / name), **load_kwargs)
-            if dtype is not None and name != "tokenizer" and component.dtype != dtype:
+            if name != "tokenizer" and component.dtype != dtype:
                 component = component.to(dtype)
             components[name] = component
         pipeline = cls(**components)

@@ -650,6 +650,61 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert generator.config.output_palette == 3 and generator.palette_colors.weight.abs().sum() > 0
 
 
+def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16(uninterrupted_run, tmp_path):
+    from t2i.training import export_checkpoint
+
+    checkpoint = uninterrupted_run / "checkpoint-9"
+    trained = load_file(checkpoint / "model.safetensors")  # G, not the EMA copy
+    full, difference = export_checkpoint(checkpoint, tmp_path / "float32")
+    assert difference == 0.0 and not list(tmp_path.glob(".*partial"))
+    assert_identical(load_file(full / "generator" / "diffusion_pytorch_model.safetensors"), trained)
+    assert same_weights(full / "text_encoder", uninterrupted_run / "text_encoder")
+    half, difference = export_checkpoint(checkpoint, tmp_path / "float16", generator_dtype=torch.float16)
+    stored = load_file(half / "generator" / "diffusion_pytorch_model.safetensors")
+    assert {v.dtype for k, v in stored.items() if "num_batches" not in k} == {torch.float16}
+    size = {f: (f / "generator" / "diffusion_pytorch_model.safetensors").stat().st_size for f in (full, half)}
+    assert size[half] < 0.55 * size[full]
+    # Loaded as float32 (the text encoder too, whatever transformers would keep), holding the rounded weights, and
+    # drawing within a pixel level of the float32 weights.
+    pipeline = GanClsPipeline.from_pretrained(half)
+    assert pipeline.generator.dtype == pipeline.text_encoder.dtype == torch.float32
+    assert_identical({k: v for k, v in pipeline.generator.state_dict().items()},
+                     {k: v.half().float() if v.is_floating_point() else v for k, v in trained.items()})
+    assert 0.0 < difference < 1.5 / 255
+    assert GanClsPipeline.from_pretrained(half, torch_dtype=torch.bfloat16).generator.dtype == torch.bfloat16
+
+    with pytest.raises(CheckpointError, match="exists; export into a new folder"):
+        export_checkpoint(checkpoint, half)
+    with pytest.raises(ValueError, match="generator_dtype must be one of torch.float32, torch.float16"):
+        export_checkpoint(checkpoint, tmp_path / "bf16", generator_dtype=torch.bfloat16)
+    with pytest.raises(CheckpointError, match="holds no saved pipeline"):
+        export_checkpoint(checkpoint, tmp_path / "no_pipeline", pipeline_dir=tmp_path)
+    damaged = tmp_path / "damaged" / "checkpoint-9"
+    shutil.copytree(checkpoint, damaged)
+    (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="model.safetensors: missing or unreadable.*cannot be exported"):
+        export_checkpoint(damaged, tmp_path / "out_damaged", pipeline_dir=uninterrupted_run)
+    assert not (tmp_path / "out_damaged").exists()
+
+    # The command: one line for what it wrote, one-line refusals (a run folder names its latest checkpoint).
+    command = [sys.executable, "-m", "t2i.training", "export"]
+    done = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli"), "--generator_dtype", "float16"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "generator in float16; images differ from float32 weights by at most" in done.stdout
+    refused = subprocess.run([*command, str(uninterrupted_run), str(tmp_path / "cli2")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 2 and f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}" in refused.stderr
+    refused = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and refused.stderr.strip().endswith("exists; export into a new folder")
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """Two model folders hold the same tensors (saving again may order a safetensors file differently)."""
+    def tensors(folder):
+        return {k: v for f in sorted(folder.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    first, second = tensors(a), tensors(b)
+    return bool(first) and first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
     import re
 

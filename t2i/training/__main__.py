@@ -3,7 +3,8 @@ written before t2i saved optimizer and random states as safetensors (see `t2i.tr
 ``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` (or ``--residual_blocks``, ``--fusion_masks K``,
 ``--output_palette K``) copies a checkpoint with its generator grown by an option that does not change what it draws
 (its text terms start at zero), so the run continues with it (``--resume_from_checkpoint latest --output_dir
-OUTPUT_DIR`` and the flag)."""
+OUTPUT_DIR`` and the flag); ``python -m t2i.training export CHECKPOINT OUTPUT_DIR [--generator_dtype float16]``
+writes a checkpoint's generator as a pipeline folder that ``GanClsPipeline.from_pretrained`` loads."""
 
 import argparse
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from t2i.hub import PICKLE_SUFFIXES, CheckpointError
 from t2i.models import GROWABLE, MAX_REGIONS, check_region_count
-from t2i.training.checkpoints import convert_legacy_checkpoint, grow_checkpoint, list_checkpoints
+from t2i.training.checkpoints import EXPORT_DTYPES, convert_legacy_checkpoint, export_checkpoint, grow_checkpoint, list_checkpoints
 
 
 def _count(text: str) -> int:
@@ -23,6 +24,13 @@ def _count(text: str) -> int:
         return check_region_count("K", value, allow_off=False)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _require_checkpoint(parser: argparse.ArgumentParser, checkpoint: Path) -> None:
+    if not (checkpoint / "training_state.json").is_file():
+        inside = list_checkpoints(checkpoint) if checkpoint.is_dir() else []
+        parser.error(f"{checkpoint} is not a training checkpoint (no training_state.json)"
+                     + (f"; its latest checkpoint is {inside[-1]}" if inside else ""))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,14 +61,33 @@ def main(argv: list[str] | None = None) -> None:
             grow.add_argument(f"--{option}", dest="options", action="append", metavar="K",
                               type=lambda text, option=option: (option, _count(text)),
                               help=f"add {option} with K regions, 2 to {MAX_REGIONS} (train_accelerate.py --{option} K)")
+    export = commands.add_parser(
+        "export", help="write a checkpoint's generator as a pipeline folder",
+        description="Write OUTPUT_DIR, a pipeline folder (GanClsPipeline.from_pretrained loads it) whose generator is CHECKPOINT's "
+                    "(the trained G) and whose tokenizer, text encoder and joint image encoder are "
+                    "--pipeline's. The folder is loaded back and checked before it appears.")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
+    export.add_argument("output_dir", type=Path, help="the pipeline folder to write (must not exist)")
+    export.add_argument("--pipeline", type=Path, default=None,
+                        help="the saved pipeline to take the text encoder from (default: the run folder holding CHECKPOINT, "
+                             "once the run has finished; else the folder the run's --text_encoder_path named)")
+    export.add_argument("--generator_dtype", choices=list(EXPORT_DTYPES), default="float32",
+                        help="the dtype the generator's weights are stored in: float16 halves the file and moves pixels by "
+                             "under one level of 255 (loaded as float32)")
     args = parser.parse_args(argv)
+    if args.command == "export":
+        _require_checkpoint(parser, args.checkpoint)
+        try:
+            folder, difference = export_checkpoint(args.checkpoint, args.output_dir, args.pipeline, EXPORT_DTYPES[args.generator_dtype])
+        except (ValueError, CheckpointError, OSError) as error:
+            parser.exit(1, f"error: {error}\n")
+        print(f"{folder}: {args.checkpoint}'s generator in {args.generator_dtype}; images differ from float32 weights by "
+              f"at most {difference * 255:.2f} of 255")
+        return
     if args.command == "grow":
         if not args.options or len(args.options) > 1:
             parser.error("grow takes one option: " + " or ".join(f"--{o}" + (" K" if k is int else "") for o, k in GROWABLE.items()))
-        if not (args.checkpoint / "training_state.json").is_file():
-            inside = list_checkpoints(args.checkpoint) if args.checkpoint.is_dir() else []
-            parser.error(f"{args.checkpoint} is not a training checkpoint (no training_state.json)"
-                         + (f"; its latest checkpoint is {inside[-1]}" if inside else ""))
+        _require_checkpoint(parser, args.checkpoint)
         try:
             grown = grow_checkpoint(args.checkpoint, args.output_dir, *args.options[0])
         except (ValueError, CheckpointError, OSError) as error:

@@ -449,6 +449,45 @@ def generator_config(flags: Mapping) -> dict:
     )
 
 
+def _recorded_state(checkpoint: Path) -> dict:
+    """``checkpoint``'s training_state.json, which must record the model flags (``model_config``) its generator was
+    built from. Raises `CheckpointError` otherwise."""
+    try:
+        state = json.loads((checkpoint / "training_state.json").read_text())
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{checkpoint / 'training_state.json'}: missing or not JSON ({error})") from error
+    if not isinstance(state, dict) or not isinstance(state.get("model_config"), dict):
+        raise CheckpointError(f"{checkpoint / 'training_state.json'} records no model_config, so its generator cannot be rebuilt")
+    return state
+
+
+def _read_state_file(checkpoint: Path, name: str, purpose: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of ``checkpoint/name``, after `_file_problems`; `CheckpointError` saying that the
+    checkpoint cannot be ``purpose`` ("grown", "exported") otherwise."""
+    try:
+        with safe_open(str(checkpoint / name), "pt") as f:
+            problems = _file_problems(name, f)
+            if not problems:
+                return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (OSError, SafetensorError) as error:
+        problems = [f"missing or unreadable ({error})"]
+    raise CheckpointError(f"{checkpoint / name}: {'; '.join(problems)}, so {checkpoint} cannot be {purpose}")
+
+
+def _recorded_generator(checkpoint: Path, name: str, tensors: dict[str, torch.Tensor], flags: Mapping) -> GanClsGenerator:
+    """The generator that the model flags ``flags`` describe, holding ``tensors`` (read from ``checkpoint/name``);
+    its text width is read from the tensors. Raises `CheckpointError` if they do not fit."""
+    text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
+    if text_weight is None or text_weight.ndim != 2:
+        raise CheckpointError(f"{checkpoint / name} holds no generator text projection: it is not a t2i generator")
+    generator = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
+    try:
+        generator.load_state_dict(tensors)
+    except RuntimeError as error:
+        raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: {error}") from error
+    return generator
+
+
 def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, option: str, value: bool | int = True) -> Path:
     """Copy ``checkpoint`` to ``output_dir/checkpoint-{step}`` with its generator grown by ``option`` (one of
     `t2i.models.GROWABLE`) set to ``value`` (True for a flag, the count for ``fusion_masks`` and ``output_palette``): the generator (and the EMA one) gains the option's zero-initialised parameters, G's Adam
@@ -475,13 +514,8 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
         check_region_count(option, value, allow_off=False)
     if legacy_pickles(checkpoint):
         raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
-    try:
-        state = json.loads((checkpoint / "training_state.json").read_text())
-    except (OSError, ValueError) as error:
-        raise CheckpointError(f"{checkpoint / 'training_state.json'}: missing or not JSON ({error})") from error
-    flags = state.get("model_config") if isinstance(state, dict) else None
-    if not isinstance(flags, dict):
-        raise CheckpointError(f"{checkpoint / 'training_state.json'} records no model_config, so its generator cannot be rebuilt")
+    state = _recorded_state(checkpoint)
+    flags = state["model_config"]
     if flags.get(option):
         raise ValueError(f"{checkpoint}'s generator already has {option}")
     final = output_dir / checkpoint.name
@@ -491,26 +525,12 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
     generator_files = ["model.safetensors"] + (["ema_generator.safetensors"] if (checkpoint / "ema_generator.safetensors").is_file() else [])
 
     def read(name: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-        try:
-            with safe_open(str(checkpoint / name), "pt") as f:
-                problems = _file_problems(name, f)
-                if not problems:
-                    return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
-        except (OSError, SafetensorError) as error:
-            problems = [f"missing or unreadable ({error})"]
-        raise CheckpointError(f"{checkpoint / name}: {'; '.join(problems)}, so {checkpoint} cannot be grown")
+        return _read_state_file(checkpoint, name, "grown")
 
     def grow(name: str, added_from: dict[str, torch.Tensor] | None = None) -> tuple[dict[str, torch.Tensor], GanClsGenerator, GanClsGenerator]:
         tensors = read(name)[0]
-        text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
-        if text_weight is None or text_weight.ndim != 2:
-            raise CheckpointError(f"{checkpoint / name} holds no generator text projection: it is not a t2i generator")
-        trained = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
-        try:
-            trained.load_state_dict(tensors)
-        except RuntimeError as error:
-            raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: {error}") from error
-        grown = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(grown_flags))
+        trained = _recorded_generator(checkpoint, name, tensors, flags)
+        grown = GanClsGenerator(text_embed_dim=trained.config.text_embed_dim, **generator_config(grown_flags))
         grown.grow_from_(trained)
         grown_tensors = {k: v.contiguous() for k, v in grown.state_dict().items()}
         if added_from is not None:  # the EMA generator's new tensors are G's own fresh ones, not another random draw
@@ -568,3 +588,73 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
             shutil.rmtree(output_dir, ignore_errors=True)
         raise
     return final
+
+
+EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+"""The dtypes `export_checkpoint` can store a generator in, by name. bfloat16 is not one: on a masks + palette
+generator its 8-bit mantissa moved pixels by up to 7.7 levels of 255, float16's 11 bits by 0.6 (docs/results.md,
+"Half-precision storage")."""
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, pipeline_dir: str | os.PathLike | None = None,
+                      generator_dtype: torch.dtype = torch.float32, prompt: str = "a flower with five red petals and a yellow centre",
+                      num_images: int = 8) -> tuple[Path, float]:
+    """Write ``output_dir``: a pipeline folder (what a run saves at its end, without the model card) whose generator
+    is ``checkpoint``'s trained generator G and whose tokenizer, text encoder and joint image encoder (if any) are
+    ``pipeline_dir``'s (default: the run folder holding the checkpoint, once the run has saved its pipeline there).
+    An EMA copy is not exported: its BatchNorm statistics are G's until a run recalibrates them as it saves it (the
+    run's ``best_generator`` and final pipeline hold the recalibrated one).
+
+    ``generator_dtype`` ``torch.float16`` stores the generator's weights in half the bytes (the embedded default does,
+    to stay under 25 MB); `GanClsPipeline.from_pretrained` computes in float32 whatever the files store. The folder
+    is written beside ``output_dir``, loaded back with `GanClsPipeline.from_pretrained` and renamed when complete.
+
+    Returns:
+        The folder, and the largest difference (0–1 pixel scale) between ``num_images`` images of ``prompt`` (seed
+        0) drawn by the loaded-back pipeline and by the float32 weights: 0.0 for float32, about 1/255 for float16.
+
+    Raises:
+        ValueError: a ``generator_dtype`` not in `EXPORT_DTYPES`.
+        CheckpointError: a checkpoint file that is missing, unreadable or does not fit the recorded model (named), a
+            ``pipeline_dir`` with no saved pipeline or a text encoder of another width, or an ``output_dir`` that
+            exists.
+    """
+    from t2i.pipeline import GanClsPipeline
+    from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
+
+    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
+    pipeline_dir = checkpoint.parent if pipeline_dir is None else Path(pipeline_dir)
+    if generator_dtype not in EXPORT_DTYPES.values():
+        raise ValueError(f"generator_dtype must be one of {', '.join(f'torch.{n}' for n in EXPORT_DTYPES)}, got {generator_dtype!r}")
+    if output_dir.exists():
+        raise CheckpointError(f"{output_dir} exists; export into a new folder")
+    if legacy_pickles(checkpoint):
+        raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
+    flags = _recorded_state(checkpoint)["model_config"]
+    tensors = _read_state_file(checkpoint, "model.safetensors", "exported")[0]
+    generator = _recorded_generator(checkpoint, "model.safetensors", tensors, flags).eval()
+    if not (pipeline_dir / "model_index.json").is_file():
+        raise CheckpointError(f"{pipeline_dir} holds no saved pipeline (model_index.json) to take the text encoder from: "
+                              "pass the folder of the text encoder the run trained with (its --text_encoder_path, or the run's "
+                              "output folder once it has finished)")
+    pipeline = GanClsPipeline.from_pretrained(pipeline_dir, generator=generator)
+
+    def draw(model: GanClsPipeline) -> torch.Tensor:
+        return model(prompt, num_images_per_prompt=num_images, generator=torch.Generator().manual_seed(0), output_type="pt").images
+
+    reference = draw(pipeline)
+    partial = output_dir.with_name(f".{output_dir.name}.partial")
+    try:
+        shutil.rmtree(partial, ignore_errors=True)
+        if generator_dtype == torch.float16:  # storage only: from_pretrained computes in float32
+            pipeline.generator.half()
+        pipeline.save_pretrained(partial)
+        if (pipeline_dir / JOINT_IMAGE_ENCODER_FOLDER).is_dir():  # R-precision's image encoder travels with its text encoder
+            shutil.copytree(pipeline_dir / JOINT_IMAGE_ENCODER_FOLDER, partial / JOINT_IMAGE_ENCODER_FOLDER)
+        difference = (draw(GanClsPipeline.from_pretrained(partial)) - reference).abs().max().item()
+        output_dir.parent.mkdir(parents=True, exist_ok=True)
+        publish_folder(partial, output_dir)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    return output_dir, difference
