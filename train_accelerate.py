@@ -659,6 +659,7 @@ def main(argv: list[str] | None = None) -> None:
                               f"{sum(map(len, fragments))} training captions (their embeddings follow)")
             fragment_embeddings = load_or_build_caption_embeddings(fragments, text_encoder, cache_dir=args.cache_dir)
     validation_embeds = text_encoder.encode(args.validation_prompts)
+    text_encoder_fingerprint = text_encoder.fingerprint()  # in every checkpoint: export_checkpoint refuses another encoder
     joint_image_encoder = None
     if args.matching_loss_weight > 0 or args.discriminator_from_joint_embedding:  # θ of the text encoder's joint embedding
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -845,7 +846,8 @@ def main(argv: list[str] | None = None) -> None:
                                   "model_config": model_config,
                                   "train_seconds": seconds_before_resume + time.monotonic() - started,
                                   "gan_seconds": gan_seconds_before_resume + time.monotonic() - loop_started, "best": best,
-                                  "losses": losses, "use_ema": ema_generator is not None}
+                                  "losses": losses, "use_ema": ema_generator is not None,
+                                  "text_encoder_fingerprint": text_encoder_fingerprint}
                 rng_state = {"loader_epoch_start": epoch_start_rng, "noise": noise_rng.get_state()}
                 path = save_checkpoint(accelerator, args.output_dir, training_state, rng_state, (generator, discriminator), (optimizer_g, optimizer_d),
                                        ema_generator, args.checkpoints_total_limit)

@@ -115,8 +115,8 @@ class GanClsPipeline(DiffusionPipeline):
         ``dtype`` (diffusers' newer name for ``torch_dtype``) and components to use instead of the saved ones
         (``tokenizer=...``). A folder that also carries the remote code of ``save_with_model_card`` is loaded with
         this package's own classes: the code in the folder is never run here. The loaded models compute in
-        ``torch_dtype`` (default ``torch.float32``) whatever dtype their files store: the embedded default stores its
-        generator in float16.
+        ``torch_dtype`` (default ``torch.float32``) whatever dtype their files store (a generator stored in float16 by
+        ``python -m t2i.training export --generator_dtype float16`` computes in float32).
 
         Raises:
             CheckpointError: no ``model_index.json``, or a component whose files are missing, corrupt, pickled or
@@ -129,8 +129,8 @@ class GanClsPipeline(DiffusionPipeline):
         dtype = kwargs.pop("dtype", None) if torch_dtype is None else torch_dtype
         if dtype is not None and not isinstance(dtype, torch.dtype):
             raise TypeError(f"torch_dtype must be a torch.dtype such as torch.bfloat16, got {dtype!r}")
-        # Weights may be stored in float16 to halve the files (`t2i.training.checkpoints.export_checkpoint`); they
-        # compute in float32 unless asked, as diffusers' pipelines do (transformers would keep a stored float16).
+        # Weights may be stored in float16 to halve the files (`t2i.training.export_checkpoint`); they compute in
+        # float32 unless asked, as diffusers' pipelines do (transformers alone would keep a stored float16).
         dtype = torch.float32 if dtype is None else dtype
         if kwargs.pop("use_safetensors", True) is not True:
             raise ValueError("t2i loads safetensors only (never pickles): use_safetensors=False is not supported")

@@ -97,7 +97,6 @@ def test_from_pretrained_arguments(tiny_pipeline, tmp_path):
     half.to(torch.float16).save_pretrained(tmp_path / "float16")
     stored = GanClsPipeline.from_pretrained(tmp_path / "float16")
     assert stored.generator.dtype == stored.text_encoder.dtype == torch.float32
-    assert stored("a red flower", generator=torch.Generator().manual_seed(0), output_type="pt").images.dtype == torch.float32
     with pytest.raises(TypeError, match="must be a torch.dtype"):
         GanClsPipeline.from_pretrained(tmp_path / "saved", torch_dtype="bfloat16")
     with pytest.raises(ValueError, match="safetensors only"):

@@ -650,13 +650,14 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert generator.config.output_palette == 3 and generator.palette_colors.weight.abs().sum() > 0
 
 
-def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16(uninterrupted_run, tmp_path):
+def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16(uninterrupted_run, tiny_text_encoder, tmp_path):
+    from t2i.text_encoders import TextEncoder
     from t2i.training import export_checkpoint
 
     checkpoint = uninterrupted_run / "checkpoint-9"
     trained = load_file(checkpoint / "model.safetensors")  # G, not the EMA copy
     full, difference = export_checkpoint(checkpoint, tmp_path / "float32")
-    assert difference == 0.0 and not list(tmp_path.glob(".*partial"))
+    assert difference == 0.0 and sorted(p.name for p in tmp_path.iterdir()) == ["float32"]  # no partial folder left
     assert_identical(load_file(full / "generator" / "diffusion_pytorch_model.safetensors"), trained)
     assert same_weights(full / "text_encoder", uninterrupted_run / "text_encoder")
     half, difference = export_checkpoint(checkpoint, tmp_path / "float16", generator_dtype=torch.float16)
@@ -664,36 +665,73 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     assert {v.dtype for k, v in stored.items() if "num_batches" not in k} == {torch.float16}
     size = {f: (f / "generator" / "diffusion_pytorch_model.safetensors").stat().st_size for f in (full, half)}
     assert size[half] < 0.55 * size[full]
-    # Loaded as float32 (the text encoder too, whatever transformers would keep), holding the rounded weights, and
-    # drawing within a pixel level of the float32 weights.
+    # Loaded as float32, holding the rounded weights, and drawing within a few pixel levels of the float32 weights.
     pipeline = GanClsPipeline.from_pretrained(half)
     assert pipeline.generator.dtype == pipeline.text_encoder.dtype == torch.float32
-    assert_identical({k: v for k, v in pipeline.generator.state_dict().items()},
-                     {k: v.half().float() if v.is_floating_point() else v for k, v in trained.items()})
-    assert 0.0 < difference < 1.5 / 255
-    assert GanClsPipeline.from_pretrained(half, torch_dtype=torch.bfloat16).generator.dtype == torch.bfloat16
+    assert_identical(pipeline.generator.state_dict(), {k: v.half().float() if v.is_floating_point() else v for k, v in trained.items()})
+    assert 0.0 < difference < 5 / 255
+
+    # A checkpoint records its text encoder, so an unfinished run exports with the run's --text_encoder_path, and
+    # another encoder is refused even at the same width.
+    state = json.loads((checkpoint / "training_state.json").read_text())
+    assert state["text_encoder_fingerprint"] == TextEncoder.from_pretrained(str(tiny_text_encoder)).fingerprint()
+    unfinished = tmp_path / "unfinished" / "checkpoint-9"
+    shutil.copytree(checkpoint, unfinished)
+    with pytest.raises(CheckpointError, match="holds no saved pipeline yet .* pass the run's --text_encoder_path"):
+        export_checkpoint(unfinished, tmp_path / "default_encoder")
+    export_checkpoint(unfinished, tmp_path / "given_encoder", text_encoder_path=tiny_text_encoder)
+    other = TextEncoder.from_pretrained(str(tiny_text_encoder))
+    with torch.no_grad():
+        next(other.model.parameters()).add_(0.01)
+    other.save_pretrained(tmp_path / "other_encoder")
+    with pytest.raises(CheckpointError, match="is not the one .* was trained with"):
+        export_checkpoint(unfinished, tmp_path / "other", text_encoder_path=tmp_path / "other_encoder")
 
     with pytest.raises(CheckpointError, match="exists; export into a new folder"):
         export_checkpoint(checkpoint, half)
+    with pytest.raises(CheckpointError, match="a training checkpoint's name"):
+        export_checkpoint(checkpoint, tmp_path / "checkpoint-99")
     with pytest.raises(ValueError, match="generator_dtype must be one of torch.float32, torch.float16"):
         export_checkpoint(checkpoint, tmp_path / "bf16", generator_dtype=torch.bfloat16)
-    with pytest.raises(CheckpointError, match="holds no saved pipeline"):
-        export_checkpoint(checkpoint, tmp_path / "no_pipeline", pipeline_dir=tmp_path)
-    damaged = tmp_path / "damaged" / "checkpoint-9"
-    shutil.copytree(checkpoint, damaged)
-    (damaged / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:1000])
-    with pytest.raises(CheckpointError, match="model.safetensors: missing or unreadable.*cannot be exported"):
-        export_checkpoint(damaged, tmp_path / "out_damaged", pipeline_dir=uninterrupted_run)
-    assert not (tmp_path / "out_damaged").exists()
+    for name, damage, message in (
+        ("truncated", lambda c: (c / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:1000]),
+         "model.safetensors: missing or unreadable.*cannot be exported"),
+        ("nan", lambda c: save_file({k: torch.full_like(v, float("nan")) if v.is_floating_point() else v for k, v in trained.items()},
+                                    str(c / "model.safetensors")), "model.safetensors: tensor .* holds NaN or infinite values"),
+        ("discriminator", lambda c: shutil.copy(c / "model_1.safetensors", c / "model.safetensors"), "does not fit its recorded model: it lacks .* and .* more; has the unknown"),
+        ("config", lambda c: (c / "training_state.json").write_text(json.dumps({**state, "model_config": {**state["model_config"], "ngf": "8"}})),
+         "a model_config that builds no generator"),
+        ("wider", lambda c: (c / "training_state.json").write_text(json.dumps({**state, "model_config": {**state["model_config"], "ngf": 16}})),
+         r"does not fit its recorded model: it has another shape for \S+ and \d+ more$"),
+    ):
+        damaged = tmp_path / name / "checkpoint-9"
+        shutil.copytree(checkpoint, damaged)
+        damage(damaged)
+        with pytest.raises(CheckpointError, match=message):
+            export_checkpoint(damaged, tmp_path / name / "out", text_encoder_path=uninterrupted_run)
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == ["checkpoint-9"], name  # nothing written, no partial left
+
+    # A folder that appears at the output while exporting is never replaced (os.rename would replace an empty one).
+    from t2i.training.checkpoints import publish_new_folder
+
+    partial, final = tmp_path / ".race.partial", tmp_path / "race"
+    partial.mkdir()
+    final.mkdir()
+    (final / "notes.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="appeared while exporting"):
+        publish_new_folder(partial, final)
+    assert (final / "notes.txt").read_text() == "mine" and partial.is_dir()
 
     # The command: one line for what it wrote, one-line refusals (a run folder names its latest checkpoint).
     command = [sys.executable, "-m", "t2i.training", "export"]
     done = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli"), "--generator_dtype", "float16"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "generator in float16; images differ from float32 weights by at most" in done.stdout
+    assert done.returncode == 0 and "generator in float16; its check images differ from the float32 weights' by at most" in done.stdout
+    assert "Loading weights" not in done.stderr  # no progress bars around the one line
     refused = subprocess.run([*command, str(uninterrupted_run), str(tmp_path / "cli2")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}" in refused.stderr
     refused = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and refused.stderr.strip().endswith("exists; export into a new folder")
+    assert len(refused.stderr.strip().splitlines()) == 1
 
 
 def same_weights(a: Path, b: Path) -> bool:

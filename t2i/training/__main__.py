@@ -3,10 +3,11 @@ written before t2i saved optimizer and random states as safetensors (see `t2i.tr
 ``python -m t2i.training grow CHECKPOINT OUTPUT_DIR --deep_fusion`` (or ``--residual_blocks``, ``--fusion_masks K``,
 ``--output_palette K``) copies a checkpoint with its generator grown by an option that does not change what it draws
 (its text terms start at zero), so the run continues with it (``--resume_from_checkpoint latest --output_dir
-OUTPUT_DIR`` and the flag); ``python -m t2i.training export CHECKPOINT OUTPUT_DIR [--generator_dtype float16]``
+OUTPUT_DIR`` and the flag); ``python -m t2i.training export CHECKPOINT OUTPUT_DIR [--text_encoder_path DIR] [--generator_dtype float16]``
 writes a checkpoint's generator as a pipeline folder that ``GanClsPipeline.from_pretrained`` loads."""
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 
@@ -24,6 +25,19 @@ def _count(text: str) -> int:
         return check_region_count("K", value, allow_off=False)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _disable_progress_bars() -> None:
+    """transformers' and diffusers' loading and saving bars: a command that prints one line of result needs none."""
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.disable_progress_bar()
 
 
 def _require_checkpoint(parser: argparse.ArgumentParser, checkpoint: Path) -> None:
@@ -64,25 +78,29 @@ def main(argv: list[str] | None = None) -> None:
     export = commands.add_parser(
         "export", help="write a checkpoint's generator as a pipeline folder",
         description="Write OUTPUT_DIR, a pipeline folder (GanClsPipeline.from_pretrained loads it) whose generator is CHECKPOINT's "
-                    "(the trained G) and whose tokenizer, text encoder and joint image encoder are "
-                    "--pipeline's. The folder is loaded back and checked before it appears.")
+                    "trained G, with the run's text encoder (and its joint image encoder, if any). The folder is written under a "
+                    "hidden name, loaded back and checked, and renamed when complete; nothing that exists is replaced.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint-N folder")
     export.add_argument("output_dir", type=Path, help="the pipeline folder to write (must not exist)")
-    export.add_argument("--pipeline", type=Path, default=None,
-                        help="the saved pipeline to take the text encoder from (default: the run folder holding CHECKPOINT, "
-                             "once the run has finished; else the folder the run's --text_encoder_path named)")
+    export.add_argument("--text_encoder_path", type=Path, default=None,
+                        help="what the run's --text_encoder_path was: a saved pipeline (e.g. pretrained) or a text-encoder "
+                             "folder (default: the run folder holding CHECKPOINT, once the run has saved its pipeline there)")
     export.add_argument("--generator_dtype", choices=list(EXPORT_DTYPES), default="float32",
-                        help="the dtype the generator's weights are stored in: float16 halves the file and moves pixels by "
-                             "under one level of 255 (loaded as float32)")
+                        help="the dtype the generator's weights are stored in: float16 halves the file and moves pixels by a "
+                             "few levels of 255 at most (loaded as float32)")
     args = parser.parse_args(argv)
     if args.command == "export":
         _require_checkpoint(parser, args.checkpoint)
+        signal.signal(signal.SIGTERM, _interrupt)  # so the partial folder is removed, as on Ctrl-C
+        _disable_progress_bars()
         try:
-            folder, difference = export_checkpoint(args.checkpoint, args.output_dir, args.pipeline, EXPORT_DTYPES[args.generator_dtype])
+            folder, difference = export_checkpoint(args.checkpoint, args.output_dir, args.text_encoder_path, EXPORT_DTYPES[args.generator_dtype])
         except (ValueError, CheckpointError, OSError) as error:
             parser.exit(1, f"error: {error}\n")
-        print(f"{folder}: {args.checkpoint}'s generator in {args.generator_dtype}; images differ from float32 weights by "
-              f"at most {difference * 255:.2f} of 255")
+        except KeyboardInterrupt:
+            parser.exit(130, f"interrupted: nothing was written to {args.output_dir}\n")
+        print(f"{folder}: {args.checkpoint}'s generator in {args.generator_dtype}; its check images differ from the float32 "
+              f"weights' by at most {difference * 255:.2f} of 255")
         return
     if args.command == "grow":
         if not args.options or len(args.options) > 1:

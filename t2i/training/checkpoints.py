@@ -21,6 +21,7 @@ import os
 import random
 import re
 import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -480,11 +481,18 @@ def _recorded_generator(checkpoint: Path, name: str, tensors: dict[str, torch.Te
     text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
     if text_weight is None or text_weight.ndim != 2:
         raise CheckpointError(f"{checkpoint / name} holds no generator text projection: it is not a t2i generator")
-    generator = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
     try:
-        generator.load_state_dict(tensors)
-    except RuntimeError as error:
-        raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: {error}") from error
+        generator = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:  # e.g. "ngf": "8", or a flag it lacks
+        raise CheckpointError(f"{checkpoint / 'training_state.json'}: a model_config that builds no generator ({error!r})") from error
+    expected = generator.state_dict()
+    missing, unexpected = sorted(expected.keys() - tensors.keys()), sorted(tensors.keys() - expected.keys())
+    resized = sorted(k for k in expected.keys() & tensors.keys() if expected[k].shape != tensors[k].shape)
+    if missing or unexpected or resized:  # one line: load_state_dict would list every tensor
+        first = [f"{what} {names[0]}{f' and {len(names) - 1} more' if len(names) > 1 else ''}"
+                 for what, names in (("lacks", missing), ("has the unknown", unexpected), ("has another shape for", resized)) if names]
+        raise CheckpointError(f"{checkpoint / name} does not fit its recorded model: it {'; '.join(first)}")
+    generator.load_state_dict(tensors)
     return generator
 
 
@@ -591,69 +599,109 @@ def grow_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike
 
 
 EXPORT_DTYPES = {"float32": torch.float32, "float16": torch.float16}
-"""The dtypes `export_checkpoint` can store a generator in, by name. bfloat16 is not one: on a masks + palette
-generator its 8-bit mantissa moved pixels by up to 7.7 levels of 255, float16's 11 bits by 0.6 (docs/results.md,
-"Half-precision storage")."""
+"""The dtypes `export_checkpoint` can store a generator in, by name. bfloat16 is not one: on 512 images of a masks +
+palette generator its 8-bit mantissa moved pixels by up to 118 levels of 255 (16 % of 8-bit values changed),
+float16's 11 bits by up to 4.8 (2.2 %) (docs/results.md, "Half-precision storage of the generator")."""
 
 
-def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, pipeline_dir: str | os.PathLike | None = None,
+def publish_new_folder(partial: Path, final: Path) -> None:
+    """Rename a fully written folder to ``final``, which must not exist: unlike `publish_folder` it never replaces
+    anything, so a folder that appeared at ``final`` meanwhile (another export, a user's files) is left as it is.
+
+    Raises:
+        CheckpointError: ``final`` exists (``partial`` is left for the caller to remove).
+    """
+    fsync_tree(partial)
+    if final.exists():  # os.rename would also replace an empty directory; nothing that holds files can be lost
+        raise CheckpointError(f"{final} appeared while exporting; nothing was written there")
+    try:
+        os.rename(partial, final)
+    except OSError as error:  # ENOTEMPTY / EEXIST: it appeared between the check and the rename
+        raise CheckpointError(f"{final} appeared while exporting; nothing was written there ({error})") from error
+    fsync_tree(final.parent)
+
+
+def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, text_encoder_path: str | os.PathLike | None = None,
                       generator_dtype: torch.dtype = torch.float32, prompt: str = "a flower with five red petals and a yellow centre",
                       num_images: int = 8) -> tuple[Path, float]:
     """Write ``output_dir``: a pipeline folder (what a run saves at its end, without the model card) whose generator
-    is ``checkpoint``'s trained generator G and whose tokenizer, text encoder and joint image encoder (if any) are
-    ``pipeline_dir``'s (default: the run folder holding the checkpoint, once the run has saved its pipeline there).
-    An EMA copy is not exported: its BatchNorm statistics are G's until a run recalibrates them as it saves it (the
-    run's ``best_generator`` and final pipeline hold the recalibrated one).
+    is ``checkpoint``'s trained generator G, with the text encoder the run trained with. An EMA copy is not exported:
+    its BatchNorm statistics are G's until a run recalibrates them as it saves it (the run's ``best_generator`` and
+    final pipeline hold the recalibrated one).
 
-    ``generator_dtype`` ``torch.float16`` stores the generator's weights in half the bytes (the embedded default does,
-    to stay under 25 MB); `GanClsPipeline.from_pretrained` computes in float32 whatever the files store. The folder
-    is written beside ``output_dir``, loaded back with `GanClsPipeline.from_pretrained` and renamed when complete.
+    ``text_encoder_path`` is what the run's ``--text_encoder_path`` was (a saved pipeline such as ``pretrained``, or
+    a text-encoder folder; the default is the run folder holding the checkpoint, once the run has saved its pipeline
+    there). A checkpoint written since runs record their text encoder's fingerprint is refused with any other one;
+    an older checkpoint only with one of another width. A ``joint_image_encoder`` folder beside the text encoder comes
+    along (R-precision's image encoder).
+
+    ``generator_dtype`` ``torch.float16`` stores the generator's weights in half the bytes (what lets a masks +
+    palette generator fit the 25 MB of ``pretrained/``); `GanClsPipeline.from_pretrained` computes in float32
+    whatever the files store. The folder is written under a unique hidden name beside ``output_dir``
+    (``.NAME.*.partial``), loaded back with `GanClsPipeline.from_pretrained` and renamed when complete; a failure or
+    an interrupt removes it, a SIGKILL leaves it.
 
     Returns:
         The folder, and the largest difference (0–1 pixel scale) between ``num_images`` images of ``prompt`` (seed
-        0) drawn by the loaded-back pipeline and by the float32 weights: 0.0 for float32, about 1/255 for float16.
+        0) drawn by the loaded-back pipeline and by the float32 weights: 0.0 for float32; for float16 about 0.6 of
+        255 on these images, up to about 5 on others (docs/results.md).
 
     Raises:
         ValueError: a ``generator_dtype`` not in `EXPORT_DTYPES`.
-        CheckpointError: a checkpoint file that is missing, unreadable or does not fit the recorded model (named), a
-            ``pipeline_dir`` with no saved pipeline or a text encoder of another width, or an ``output_dir`` that
-            exists.
+        CheckpointError: a checkpoint file that is missing, unreadable, not finite or does not fit the recorded model
+            (named); a text encoder that is not the run's; an ``output_dir`` that exists, appears while exporting, or
+            is named like a training checkpoint.
+        OSError: ``text_encoder_path`` holds no text encoder, or ``output_dir``'s parent cannot be created.
     """
     from t2i.pipeline import GanClsPipeline
+    from t2i.text_encoders import TextEncoder
     from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
 
-    checkpoint, output_dir = Path(checkpoint), Path(output_dir)
-    pipeline_dir = checkpoint.parent if pipeline_dir is None else Path(pipeline_dir)
+    checkpoint, output_dir = Path(checkpoint).resolve(), Path(output_dir).resolve()
+    text_encoder_path = checkpoint.parent if text_encoder_path is None else Path(text_encoder_path)
     if generator_dtype not in EXPORT_DTYPES.values():
         raise ValueError(f"generator_dtype must be one of {', '.join(f'torch.{n}' for n in EXPORT_DTYPES)}, got {generator_dtype!r}")
     if output_dir.exists():
         raise CheckpointError(f"{output_dir} exists; export into a new folder")
+    if CHECKPOINT_PATTERN.match(output_dir.name):
+        raise CheckpointError(f"{output_dir.name} is a training checkpoint's name (--resume_from_checkpoint latest would take "
+                              "the pipeline for one): export into a folder named otherwise")
     if legacy_pickles(checkpoint):
         raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
-    flags = _recorded_state(checkpoint)["model_config"]
+    state = _recorded_state(checkpoint)
     tensors = _read_state_file(checkpoint, "model.safetensors", "exported")[0]
-    generator = _recorded_generator(checkpoint, "model.safetensors", tensors, flags).eval()
-    if not (pipeline_dir / "model_index.json").is_file():
-        raise CheckpointError(f"{pipeline_dir} holds no saved pipeline (model_index.json) to take the text encoder from: "
-                              "pass the folder of the text encoder the run trained with (its --text_encoder_path, or the run's "
-                              "output folder once it has finished)")
-    pipeline = GanClsPipeline.from_pretrained(pipeline_dir, generator=generator)
+    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if broken is not None:
+        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: tensor {broken!r} holds NaN or infinite values, so {checkpoint} cannot be exported")
+    generator = _recorded_generator(checkpoint, "model.safetensors", tensors, state["model_config"]).eval()
+    output_dir.parent.mkdir(parents=True, exist_ok=True)  # a parent that is a file fails here, before any work
+    if text_encoder_path == checkpoint.parent and not (text_encoder_path / "model_index.json").is_file():
+        raise CheckpointError(f"{text_encoder_path} holds no saved pipeline yet (the run has not finished): pass the run's "
+                              "--text_encoder_path as --text_encoder_path")
+    text_encoder = TextEncoder.from_pretrained(str(text_encoder_path))
+    recorded = state.get("text_encoder_fingerprint")
+    if recorded is not None and text_encoder.fingerprint() != recorded:
+        raise CheckpointError(f"{text_encoder_path}'s text encoder is not the one {checkpoint} was trained with (fingerprint "
+                              f"{text_encoder.fingerprint()}, recorded {recorded}): pass the run's --text_encoder_path")
+    if text_encoder.embedding_dim != generator.config.text_embed_dim:
+        raise CheckpointError(f"{text_encoder_path}'s text encoder gives {text_encoder.embedding_dim}-d embeddings, but "
+                              f"{checkpoint}'s generator was trained on {generator.config.text_embed_dim}-d ones: pass the run's --text_encoder_path")
+    pipeline = GanClsPipeline(tokenizer=text_encoder.tokenizer, text_encoder=text_encoder.model, generator=generator)
 
     def draw(model: GanClsPipeline) -> torch.Tensor:
         return model(prompt, num_images_per_prompt=num_images, generator=torch.Generator().manual_seed(0), output_type="pt").images
 
     reference = draw(pipeline)
-    partial = output_dir.with_name(f".{output_dir.name}.partial")
+    partial = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
     try:
-        shutil.rmtree(partial, ignore_errors=True)
         if generator_dtype == torch.float16:  # storage only: from_pretrained computes in float32
             pipeline.generator.half()
         pipeline.save_pretrained(partial)
-        if (pipeline_dir / JOINT_IMAGE_ENCODER_FOLDER).is_dir():  # R-precision's image encoder travels with its text encoder
-            shutil.copytree(pipeline_dir / JOINT_IMAGE_ENCODER_FOLDER, partial / JOINT_IMAGE_ENCODER_FOLDER)
+        image_encoder = (text_encoder_path / JOINT_IMAGE_ENCODER_FOLDER) if text_encoder_path.is_dir() else None
+        if image_encoder is not None and image_encoder.is_dir():
+            shutil.copytree(image_encoder, partial / JOINT_IMAGE_ENCODER_FOLDER)
         difference = (draw(GanClsPipeline.from_pretrained(partial)) - reference).abs().max().item()
-        output_dir.parent.mkdir(parents=True, exist_ok=True)
-        publish_folder(partial, output_dir)
+        publish_new_folder(partial, output_dir)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
