@@ -687,6 +687,24 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     with pytest.raises(CheckpointError, match="is not the one .* was trained with"):
         export_checkpoint(unfinished, tmp_path / "other", text_encoder_path=tmp_path / "other_encoder")
 
+    # Checkpoint averaging: the mean of G over checkpoints 6, 9 and 12 (in float64; integer tensors the last one's).
+    from t2i.training import grow_checkpoint
+
+    last = uninterrupted_run / f"checkpoint-{STEPS}"
+    averaged, _ = export_checkpoint(last, tmp_path / "averaged", average_from=6)
+    states = [load_file(uninterrupted_run / f"checkpoint-{step}" / "model.safetensors") for step in (6, 9, STEPS)]
+    expected = {k: (sum(st[k].double() for st in states) / 3).float() if v.is_floating_point() else states[-1][k] for k, v in states[0].items()}
+    assert_identical(load_file(averaged / "generator" / "diffusion_pytorch_model.safetensors"), expected)
+    assert not all(torch.equal(expected[k], states[-1][k]) for k in expected)
+    with pytest.raises(ValueError, match=r"holds only \['checkpoint-12'\] .* averaging needs two checkpoints or more"):
+        export_checkpoint(last, tmp_path / "one", average_from=STEPS - 1)
+    with pytest.raises(ValueError, match="average_from must be a step before checkpoint-12's"):
+        export_checkpoint(last, tmp_path / "after", average_from=STEPS)
+    mixed = grow_checkpoint(last, tmp_path / "mixed", "deep_fusion").parent  # another model beside checkpoint-9
+    shutil.copytree(checkpoint, mixed / "checkpoint-9")
+    with pytest.raises(CheckpointError, match="record different model_configs: only checkpoints of one model average"):
+        export_checkpoint(mixed / f"checkpoint-{STEPS}", tmp_path / "mixed_out", text_encoder_path=uninterrupted_run, average_from=9)
+
     with pytest.raises(CheckpointError, match="exists; export into a new folder"):
         export_checkpoint(checkpoint, half)
     with pytest.raises(CheckpointError, match="a training checkpoint's name"):
@@ -724,12 +742,13 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
 
     # The command: one line for what it wrote, one-line refusals (a run folder names its latest checkpoint).
     command = [sys.executable, "-m", "t2i.training", "export"]
-    done = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli"), "--generator_dtype", "float16"], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "generator in float16; its check images differ from the float32 weights' by at most" in done.stdout
+    done = subprocess.run([*command, str(last), str(tmp_path / "cli"), "--generator_dtype", "float16", "--average_from", "6"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "generator averaged from step 6 in float16; its check images differ from the float32 weights' by at most" in done.stdout
     assert "Loading weights" not in done.stderr  # no progress bars around the one line
     refused = subprocess.run([*command, str(uninterrupted_run), str(tmp_path / "cli2")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}" in refused.stderr
-    refused = subprocess.run([*command, str(checkpoint), str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
+    refused = subprocess.run([*command, str(last), str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 1 and refused.stderr.strip().endswith("exists; export into a new folder")
     assert len(refused.stderr.strip().splitlines()) == 1
 

@@ -85,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--text_encoder_path", type=Path, default=None,
                         help="what the run's --text_encoder_path was: a saved pipeline (e.g. pretrained) or a text-encoder "
                              "folder (default: the run folder holding CHECKPOINT, once the run has saved its pipeline there)")
+    export.add_argument("--average_from", type=int, default=None, metavar="STEP",
+                        help="export the mean of G over every checkpoint of CHECKPOINT's run from STEP to CHECKPOINT's step "
+                             "(checkpoint averaging; the embedded default is one)")
     export.add_argument("--generator_dtype", choices=list(EXPORT_DTYPES), default="float32",
                         help="the dtype the generator's weights are stored in: float16 halves the file and moves pixels by a "
                              "few levels of 255 at most (loaded as float32)")
@@ -94,12 +97,14 @@ def main(argv: list[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, _interrupt)  # so the partial folder is removed, as on Ctrl-C
         _disable_progress_bars()
         try:
-            folder, difference = export_checkpoint(args.checkpoint, args.output_dir, args.text_encoder_path, EXPORT_DTYPES[args.generator_dtype])
+            folder, difference = export_checkpoint(args.checkpoint, args.output_dir, args.text_encoder_path, EXPORT_DTYPES[args.generator_dtype],
+                                                   average_from=args.average_from)
         except (ValueError, CheckpointError, OSError) as error:
             parser.exit(1, f"error: {error}\n")
         except KeyboardInterrupt:
             parser.exit(130, f"interrupted: nothing was written to {args.output_dir}\n")
-        print(f"{folder}: {args.checkpoint}'s generator in {args.generator_dtype}; its check images differ from the float32 "
+        what = f"{args.checkpoint}'s generator" + ("" if args.average_from is None else f" averaged from step {args.average_from}")
+        print(f"{folder}: {what} in {args.generator_dtype}; its check images differ from the float32 "
               f"weights' by at most {difference * 255:.2f} of 255")
         return
     if args.command == "grow":

@@ -621,9 +621,43 @@ def publish_new_folder(partial: Path, final: Path) -> None:
     fsync_tree(final.parent)
 
 
+def averaged_generator_state(checkpoints: Sequence[Path]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The mean of the trained generator G's tensors over ``checkpoints`` of one run (uniform checkpoint averaging:
+    Polyak averaging of a GAN's generator, Yazıcı et al., ICLR 2019), and their common training state.
+
+    Every floating-point tensor is averaged in float64, BatchNorm's running statistics included (measured as good as
+    recalibrating them, docs/results.md, round 13); integer tensors (``num_batches_tracked``) are the last
+    checkpoint's. One checkpoint gives its own tensors.
+
+    Raises:
+        CheckpointError: a file that is missing, unreadable or not finite, or checkpoints whose recorded model flags
+            or text encoders differ (named).
+    """
+    first_state = None
+    total: dict[str, torch.Tensor] = {}
+    for checkpoint in checkpoints:
+        if legacy_pickles(checkpoint):
+            raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
+        state = _recorded_state(checkpoint)
+        tensors = _read_state_file(checkpoint, "model.safetensors", "exported")[0]
+        broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if broken is not None:
+            raise CheckpointError(f"{checkpoint / 'model.safetensors'}: tensor {broken!r} holds NaN or infinite values, so {checkpoint} cannot be exported")
+        if first_state is None:
+            first_state = state
+        for key in ("model_config", "text_encoder_fingerprint"):
+            if state.get(key) != first_state.get(key):
+                raise CheckpointError(f"{checkpoint} and {checkpoints[0]} record different {key}s: only checkpoints of one model average")
+        if total and (total.keys() != tensors.keys() or any(total[k].shape != v.shape for k, v in tensors.items())):
+            raise CheckpointError(f"{checkpoint / 'model.safetensors'} holds other tensors than {checkpoints[0] / 'model.safetensors'}")
+        for key, value in tensors.items():
+            total[key] = total.get(key, 0) + value.double() if value.is_floating_point() else value  # an int: the last one's
+    return {k: (v / len(checkpoints)).to(tensors[k].dtype) if tensors[k].is_floating_point() else v for k, v in total.items()}, state
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, text_encoder_path: str | os.PathLike | None = None,
-                      generator_dtype: torch.dtype = torch.float32, prompt: str = "a flower with five red petals and a yellow centre",
-                      num_images: int = 8) -> tuple[Path, float]:
+                      generator_dtype: torch.dtype = torch.float32, average_from: int | None = None,
+                      prompt: str = "a flower with five red petals and a yellow centre", num_images: int = 8) -> tuple[Path, float]:
     """Write ``output_dir``: a pipeline folder (what a run saves at its end, without the model card) whose generator
     is ``checkpoint``'s trained generator G, with the text encoder the run trained with. An EMA copy is not exported:
     its BatchNorm statistics are G's until a run recalibrates them as it saves it (the run's ``best_generator`` and
@@ -634,6 +668,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     there). A checkpoint written since runs record their text encoder's fingerprint is refused with any other one;
     an older checkpoint only with one of another width. A ``joint_image_encoder`` folder beside the text encoder comes
     along (R-precision's image encoder).
+
+    ``average_from`` STEP exports the mean of G over every checkpoint of the run folder from STEP to ``checkpoint``'s
+    step (`averaged_generator_state`): a GAN's last checkpoints swing (round 12: mean agreement 0.523–0.548 over
+    six), and their average scored above every one of them (round 13).
 
     ``generator_dtype`` ``torch.float16`` stores the generator's weights in half the bytes (what lets a masks +
     palette generator fit the 25 MB of ``pretrained/``); `GanClsPipeline.from_pretrained` computes in float32
@@ -647,7 +685,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         255 on these images, up to about 5 on others (docs/results.md).
 
     Raises:
-        ValueError: a ``generator_dtype`` not in `EXPORT_DTYPES`.
+        ValueError: a ``generator_dtype`` not in `EXPORT_DTYPES`; an ``average_from`` after ``checkpoint``'s step, or
+            one that leaves a single checkpoint to average.
         CheckpointError: a checkpoint file that is missing, unreadable, not finite or does not fit the recorded model
             (named); a text encoder that is not the run's; an ``output_dir`` that exists, appears while exporting, or
             is named like a training checkpoint.
@@ -666,13 +705,16 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     if CHECKPOINT_PATTERN.match(output_dir.name):
         raise CheckpointError(f"{output_dir.name} is a training checkpoint's name (--resume_from_checkpoint latest would take "
                               "the pipeline for one): export into a folder named otherwise")
-    if legacy_pickles(checkpoint):
-        raise CheckpointError(f"{checkpoint} holds accelerate's pickles; rewrite it first with python -m t2i.training convert {checkpoint}")
-    state = _recorded_state(checkpoint)
-    tensors = _read_state_file(checkpoint, "model.safetensors", "exported")[0]
-    broken = next((k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if broken is not None:
-        raise CheckpointError(f"{checkpoint / 'model.safetensors'}: tensor {broken!r} holds NaN or infinite values, so {checkpoint} cannot be exported")
+    averaged = [checkpoint]
+    if average_from is not None:
+        step = _recorded_state(checkpoint).get("global_step")
+        if not isinstance(step, int) or isinstance(average_from, bool) or not isinstance(average_from, int) or not 0 <= average_from < step:
+            raise ValueError(f"average_from must be a step before {checkpoint.name}'s ({step}), got {average_from!r}")
+        averaged = [c for c in list_checkpoints(checkpoint.parent) if average_from <= int(CHECKPOINT_PATTERN.match(c.name).group(1)) <= step]
+        if len(averaged) < 2:
+            raise ValueError(f"{checkpoint.parent} holds only {[c.name for c in averaged]} from step {average_from} to {step}: "
+                             "averaging needs two checkpoints or more")
+    tensors, state = averaged_generator_state(averaged)
     generator = _recorded_generator(checkpoint, "model.safetensors", tensors, state["model_config"]).eval()
     output_dir.parent.mkdir(parents=True, exist_ok=True)  # a parent that is a file fails here, before any work
     if text_encoder_path == checkpoint.parent and not (text_encoder_path / "model_index.json").is_file():
