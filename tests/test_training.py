@@ -650,7 +650,7 @@ def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with
     assert generator.config.output_palette == 3 and generator.palette_colors.weight.abs().sum() > 0
 
 
-def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16(uninterrupted_run, tiny_text_encoder, tmp_path):
+def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16(uninterrupted_run, tiny_text_encoder, tmp_path, capsys):
     from t2i.text_encoders import TextEncoder
     from t2i.training import export_checkpoint
 
@@ -746,11 +746,16 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "generator averaged from step 6 in float16; its check images differ from the float32 weights' by at most" in done.stdout
     assert "Loading weights" not in done.stderr  # no progress bars around the one line
-    refused = subprocess.run([*command, str(uninterrupted_run), str(tmp_path / "cli2")], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 2 and f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}" in refused.stderr
-    refused = subprocess.run([*command, str(last), str(tmp_path / "cli")], capture_output=True, text=True, timeout=120)
-    assert refused.returncode == 1 and refused.stderr.strip().endswith("exists; export into a new folder")
-    assert len(refused.stderr.strip().splitlines()) == 1
+    from t2i.training.__main__ import main as training_command
+
+    for argv, code, message in (([str(uninterrupted_run), str(tmp_path / "cli2")], 2, f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}"),
+                                ([str(last), str(tmp_path / "cli")], 1, "exists; export into a new folder"),
+                                ([str(last), str(tmp_path / "cli3"), "--average_from", str(STEPS)], 1, "average_from must be a step before")):
+        with pytest.raises(SystemExit) as exited:
+            training_command(["export", *argv])
+        error = capsys.readouterr().err.strip()
+        assert exited.value.code == code and message in error.splitlines()[-1], error
+        assert code == 2 or len(error.splitlines()) == 1
 
 
 def same_weights(a: Path, b: Path) -> bool:
