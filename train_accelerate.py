@@ -88,7 +88,10 @@ RECIPES["t2i-v7"] = {**RECIPES["t2i-v2"], "normalize_text": True, "mode_seeking_
 # Model v8: t2i-v7 with XMC-GAN's contrastive term on D's projection scores (each image picks its caption among
 # the batch's), and MSGAN's mode seeking against the conditional collapse that term causes (docs/results.md, round 8).
 RECIPES["t2i-v8"] = {**RECIPES["t2i-v7"], "contrastive_weight": 1.0, "mode_seeking_weight": 0.5}
-DEFAULT_RECIPE = "t2i-v8"  # the recipe of the embedded default (v9: its v8 run continued with counterfactual hard negatives)
+# Model v10: t2i-v8 with the text in every layer of Reed's generator and in its parts: deep fusion's affines split
+# over 3 soft masks (SSA-GAN) and a 4-region output palette whose colours are linear in the text (rounds 12-13).
+RECIPES["t2i-v10"] = {**RECIPES["t2i-v8"], "deep_fusion": True, "fusion_masks": 3, "output_palette": 4}
+DEFAULT_RECIPE = "t2i-v10"  # the embedded default's (v10: its run continued with counterfactual hard negatives, averaged)
 
 
 def _beta_or_random(value: str) -> float | None:
@@ -315,6 +318,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # A recipe's refinement of a feature goes off with the feature when the command line turns the feature off
     # (--fusion input drops the recipe's polar channels); typed explicitly, the same conflict is refused below.
     for name, off, feature_off in (("polar_harmonics", 0, args.fusion != "affine"),
+                                   ("deep_fusion", False, args.fusion != "input"),
+                                   ("fusion_masks", 0, args.fusion != "input" or not args.deep_fusion),
+                                   ("output_palette", 0, args.fusion != "input"),
                                    ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
                                    ("projection_scales", 1, args.conditioning != "projection"),
                                    ("contrastive_weight", 0.0, args.conditioning != "projection"),

@@ -47,7 +47,9 @@ def tiny_text_encoder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def train_args(tiny_synthetic_dataset, tiny_text_encoder, tmp_path_factory) -> list[str]:
     cache = tmp_path_factory.mktemp("embedding_cache")
+    # t2i-v8's plain Reed generator: the grow tests add deep fusion, masks and the palette (the t2i-v10 default) to it.
     return [
+        "--recipe", "t2i-v8",
         "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder_path", str(tiny_text_encoder), "--cache_dir", str(cache),
         "--ngf", "8", "--ndf", "8", "--train_batch_size", "16", "--max_train_steps", str(STEPS), "--checkpointing_steps", "3",
         "--use_ema", "--report_to", "none", "--validation_epochs", "1", "--seed", "3",
@@ -307,6 +309,24 @@ def test_recipe_t2i_v8_is_t2i_v7_with_the_contrastive_term_and_mode_seeking(tiny
     assert concat.contrastive_weight == 0.0
     with pytest.raises(SystemExit):
         train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--conditioning", "concat", "--contrastive_weight", "1"])
+
+
+def test_recipe_t2i_v10_the_default_is_t2i_v8_with_fusion_masks_and_the_output_palette(tiny_synthetic_dataset):
+    def parse(*flags):
+        return train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), *flags])
+
+    v8, v10 = parse("--recipe", "t2i-v8"), parse()
+    assert v10.recipe == "t2i-v10" == train_accelerate.DEFAULT_RECIPE
+    assert {k for k in vars(v8) if getattr(v8, k) != getattr(v10, k)} == {"recipe", "deep_fusion", "fusion_masks", "output_palette"}
+    assert (v10.deep_fusion, v10.fusion_masks, v10.output_palette) == (True, 3, 4)
+    # They refine Reed's generator: the text-affine generator drops all three, and no deep fusion drops its masks.
+    affine = parse("--fusion", "affine")
+    assert (affine.deep_fusion, affine.fusion_masks, affine.output_palette) == (False, 0, 0)
+    plain = parse("--no-deep_fusion")
+    assert (plain.deep_fusion, plain.fusion_masks, plain.output_palette) == (False, 0, 4)
+    for flags in (("--fusion", "affine", "--deep_fusion"), ("--no-deep_fusion", "--fusion_masks", "3"), ("--fusion", "affine", "--output_palette", "4")):
+        with pytest.raises(SystemExit):
+            parse(*flags)
 
 
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
