@@ -193,4 +193,6 @@ def test_fusion_masks_reports_where_each_mask_lies_and_draws_them(tmp_path):
     grid = fusion_masks.mask_grid(images, captured)
     assert grid.size == (64 * 6, 64 * 4)
     with pytest.raises(ValueError, match="this generator has no fusion masks and no output palette"):
-        fusion_masks.masks_and_images(reference, ["a red flower"], [0])
+        from conftest import make_tiny_pipeline
+
+        fusion_masks.masks_and_images(make_tiny_pipeline(), ["a red flower"], [0])  # Reed's plain generator

@@ -89,7 +89,7 @@ def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
     assert images.shape == (2, 64, 64, 3)
 
     card = (uninterrupted_run / "README.md").read_text()
-    assert "accelerate launch train_accelerate.py --dataset_name" in card and f"| steps | {STEPS} |" in card
+    assert "accelerate launch train_accelerate.py --recipe t2i-v8 --dataset_name" in card and f"| steps | {STEPS} |" in card
     assert "not on Oxford-102" in card  # the synthetic set is named as such
     # The default recipe trains GAN-CLS alone (no GAN-INT terms), and the card says so.
     assert "trained with GAN-CLS (Reed" in card and "gan-int-cls" not in card
@@ -380,7 +380,7 @@ def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channel
         (["--discriminator_warmup_steps", "-1"], "--discriminator_warmup_steps must be ≥ 0, got -1"),
         (["--residual_blocks", "--fusion", "input"], "--residual_blocks shapes the text-affine blocks: it needs --fusion affine"),
         (["--transposed_up_blocks", "--fusion", "input"], "--transposed_up_blocks shapes the text-affine blocks: it needs --fusion affine"),
-        (["--fusion_masks", "3"], "--fusion_masks 3 makes --deep_fusion's affines spatial: it needs --deep_fusion"),
+        (["--no-deep_fusion", "--fusion_masks", "3"], "--fusion_masks 3 makes --deep_fusion's affines spatial: it needs --deep_fusion"),
         (["--deep_fusion", "--fusion_masks", "1"], "--fusion_masks must be a whole number from 2 to 16 (0 = off), got 1"),
         (["--output_palette", "4", "--fusion", "affine"], "--output_palette 4 paints the last layer of Reed's generator: it needs --fusion input"),
         (["--output_palette", "3000"], "--output_palette must be a whole number from 2 to 16 (0 = off), got 3000"),
