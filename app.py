@@ -41,6 +41,8 @@ INTERPOLATE_CONCURRENCY = 2
 RANDOM_SEED_JS = f"() => Math.floor(Math.random() * {MAX_SEED + 1})"
 # Model output is shown with its real pixels (enlarged as blocks), so smoothing by the browser never passes for detail.
 CSS = ".model-output img { image-rendering: pixelated; }"
+# The summaries quote the user's prompt (escaped as Markdown by t2i.serving): no LaTeX either, so "$$...$$" stays text.
+SUMMARY = dict(latex_delimiters=[])
 # Gradio rebuilds its monitoring summary (a pandas DataFrame of up to 10,000 past events) after every event: 2.7 ms
 # of CPU per request after 300 requests, 11 ms after 10,000. Every 100 events keeps /monitoring fresh enough.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
@@ -170,7 +172,7 @@ def build_demo(app: App) -> gr.Blocks:
                         seed = seed_box("Seed")
                         randomise = gr.Button("Randomise", scale=1)
                     generate_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
-            summary = gr.Markdown(label="Summary", elem_id="generate-summary")
+            summary = gr.Markdown(label="Summary", elem_id="generate-summary", **SUMMARY)
             gr.Markdown("Select an image to download it as a PNG at the model's native size.")
             gallery = gr.Gallery(
                 label="Images", columns=8, height="auto", type="pil", buttons=["download", "download_all", "fullscreen"],
@@ -200,7 +202,7 @@ def build_demo(app: App) -> gr.Blocks:
                 interpolate_noise_button = gr.Button(
                     "Interpolate noise", variant="primary", elem_id="interpolate-noise-button"
                 )
-            strip_summary = gr.Markdown(label="Summary", elem_id="interpolate-summary")
+            strip_summary = gr.Markdown(label="Summary", elem_id="interpolate-summary", **SUMMARY)
             strip = gr.Gallery(
                 label="Strip", columns=8, height="auto", interactive=False,
                 elem_id="strip-gallery", elem_classes="model-output",

@@ -30,6 +30,11 @@ from .text_encoders import check_readable, encode_text, max_text_length, text_em
 logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
+# A call holds all its images at once (4,096 images of 64 px are 200 MB as float32): far more than anyone looks at,
+# far fewer than a slip such as num_images_per_prompt=10**6, which would exhaust the memory. More come from more calls.
+MAX_IMAGES_PER_CALL = 4096
+# The generator runs on this many images at a time, so its activations stay small however many a call makes.
+RENDER_BATCH_SIZE = 256
 # This package's modules that save_with_model_card uploads for diffusers' trust_remote_code loading (each with the
 # modules it imports relatively), and the names they get there.
 REMOTE_CODE_MODULES = {"t2i.pipeline": "pipeline", "t2i.models": "models", "t2i.text_encoders": "text_encoders"}
@@ -185,19 +190,28 @@ class GanClsPipeline(DiffusionPipeline):
                 character the tokenizer can read (e.g. "玫瑰花" for the char-CNN-RNN), named in the message.
         """
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
-        if not prompts or not all(isinstance(p, str) for p in prompts):
-            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r}")
-        empty = [i for i, p in enumerate(prompts) if not p.strip()]
-        if empty:
-            where = f" (item {empty[0]} of the list)" if len(prompts) > 1 else ""
-            raise ValueError(f"prompt is empty{where}: describe the flower, e.g. 'a flower with five red petals'")
-        check_readable(self.tokenizer, prompts)
+        if not prompts:
+            raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
+        names = ["prompt"] if isinstance(prompt, str) else [f"item {i} of the prompt list" for i in range(len(prompts))]
+        self._check_prompts(prompts, names)
         limit = max_text_length(self.tokenizer, self.text_encoder)
         lengths = map(len, self.tokenizer(prompts, truncation=False, verbose=False)["input_ids"])  # one call for the batch
         for text, length in zip(prompts, lengths):  # as diffusers' pipelines do: the cut is not silent
             if length > limit:
                 logger.warning("The prompt %r is %d tokens long; the text encoder reads the first %d.", text[:40] + "…", length, limit)
         return encode_text(self.tokenizer, self.text_encoder, prompts).to(self.generator.dtype)
+
+    def _check_prompts(self, prompts: list, names: list[str]) -> None:
+        """Refuse a prompt that is not a string, is empty, or has nothing the tokenizer reads; the error names it."""
+        for prompt, name in zip(prompts, names):
+            if not isinstance(prompt, str):
+                raise ValueError(f"{name} must be a string, got {prompt!r:.80}")
+            if not prompt.strip():
+                raise ValueError(f"{name} is empty: describe the flower, e.g. 'a flower with five red petals'")
+            try:
+                check_readable(self.tokenizer, [prompt])
+            except ValueError as error:
+                raise ValueError(f"{name}: {error}") from None
 
     def prepare_latents(
         self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None, device: torch.device | None = None
@@ -219,8 +233,8 @@ class GanClsPipeline(DiffusionPipeline):
     def _render(self, noise: torch.Tensor, text_embeds: torch.Tensor, output_type: str, return_dict: bool, device: torch.device):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        images = self.generator(noise.to(device), text_embeds.to(device))
-        images = to_unit_range(images)
+        pairs = zip(noise.to(device).split(RENDER_BATCH_SIZE), text_embeds.to(device).split(RENDER_BATCH_SIZE))
+        images = torch.cat([to_unit_range(self.generator(z, e)) for z, e in pairs])
         if output_type != "pt":
             images = images.cpu().permute(0, 2, 3, 1).numpy()
             if output_type == "pil":
@@ -241,7 +255,8 @@ class GanClsPipeline(DiffusionPipeline):
 
         Args:
             prompt: a caption or a list of captions (or pass ``prompt_embeds`` instead).
-            num_images_per_prompt: images per caption, each from its own noise vector.
+            num_images_per_prompt: images per caption, each from its own noise vector; at most
+                ``MAX_IMAGES_PER_CALL`` (4,096) images per call in all.
             generator: a seeded ``torch.Generator`` for reproducible noise.
             latents: noise [len(prompts) * num_images_per_prompt, noise_dim] to use instead of sampling.
             output_type: ``"pil"``, ``"np"`` (float [B, H, W, 3] in [0, 1]) or ``"pt"`` (float [B, 3, H, W] in [0, 1]).
@@ -249,8 +264,9 @@ class GanClsPipeline(DiffusionPipeline):
             prompt_embeds: precomputed text embeddings [B, D]; the text encoder is then not run.
 
         Raises:
-            ValueError: no prompt or both prompt and embeddings, an empty or unreadable prompt, a bad count, output
-                type, generator list length, or latents that are not a finite tensor of the right shape.
+            ValueError: no prompt or both prompt and embeddings, an empty or unreadable prompt, a bad count or more
+                than ``MAX_IMAGES_PER_CALL`` images, a bad output type, generator list length, or latents that are not
+                a finite tensor of the right shape.
         """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
@@ -258,6 +274,13 @@ class GanClsPipeline(DiffusionPipeline):
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
         if prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[1] != self.generator.config.text_embed_dim):
             raise ValueError(f"prompt_embeds must have shape [B, {self.generator.config.text_embed_dim}], got {tuple(prompt_embeds.shape)}")
+        num_prompts = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else prompt_embeds.shape[0]
+        if num_prompts * num_images_per_prompt > MAX_IMAGES_PER_CALL:
+            raise ValueError(
+                f"{num_prompts} prompt(s) × num_images_per_prompt={num_images_per_prompt} is "
+                f"{num_prompts * num_images_per_prompt} images; one call makes at most {MAX_IMAGES_PER_CALL}: split them "
+                "over several calls, each with its own seeded generator"
+            )
         # Looked up once: diffusers finds the execution device by walking every module (about 0.5 ms here).
         device = self._execution_device
         text_embeds = self.encode_prompt(prompt) if prompt_embeds is None else prompt_embeds.to(self.generator.dtype)
@@ -286,8 +309,14 @@ class GanClsPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> ImagePipelineOutput | tuple:
-        """Images along the straight line between two captions' embeddings (GAN-INT), with one noise vector held fixed."""
+        """Images along the straight line between two captions' embeddings (GAN-INT), with one noise vector held fixed.
+
+        Raises:
+            ValueError: ``prompt_a`` or ``prompt_b`` (named in the message) not a string, empty or unreadable;
+                ``num_steps`` not an integer from 2 to ``MAX_IMAGES_PER_CALL``; a bad generator list or output type.
+        """
         _check_generator(generator, 1, "interpolate's one noise vector")
+        self._check_prompts([prompt_a, prompt_b], ["prompt_a", "prompt_b"])
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         e_a, e_b = self.encode_prompt([prompt_a, prompt_b]).to(device)
@@ -305,18 +334,26 @@ class GanClsPipeline(DiffusionPipeline):
     ) -> ImagePipelineOutput | tuple:
         """Images for one caption while the noise moves (spherically) between two draws: style changes, content stays.
 
-        ``generator`` may be a list of two generators, one per end point (e.g. two seeds).
+        ``generator`` may be a list of two generators, one per end point (e.g. two seeds). Two generators seeded alike
+        draw the same end points, and every frame is then the same image: that is logged as a warning.
+
+        Raises:
+            ValueError: ``prompt`` not a string, empty or unreadable; ``num_steps`` not an integer from 2 to
+                ``MAX_IMAGES_PER_CALL``; a bad generator list or output type.
         """
         _check_generator(generator, 2, "interpolate_noise's two end points")
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         text_embeds = self.encode_prompt(prompt).expand(num_steps, -1)
         z_a, z_b = self.prepare_latents(2, generator, device)
+        if torch.equal(z_a, z_b):
+            logger.warning("interpolate_noise: both end points drew the same noise (two generators seeded alike?), "
+                           "so all %d frames are the same image", num_steps)
         return self._render(_slerp(z_a, z_b, steps), text_embeds, output_type, return_dict, device)
 
     def _interpolation_steps(self, num_steps: int, device: torch.device) -> torch.Tensor:
-        if not isinstance(num_steps, int) or num_steps < 2:
-            raise ValueError(f"num_steps must be an integer ≥ 2, got {num_steps!r}")
+        if isinstance(num_steps, bool) or not isinstance(num_steps, int) or not 2 <= num_steps <= MAX_IMAGES_PER_CALL:
+            raise ValueError(f"num_steps must be an integer from 2 to {MAX_IMAGES_PER_CALL}, got {num_steps!r:.80}")
         return torch.linspace(0, 1, num_steps, device=device, dtype=self.generator.dtype)[:, None]
 
     def push_to_hub(
@@ -426,4 +463,4 @@ def self_contained_source(module_name: str) -> str:
     futures = "".join(f"from __future__ import {name}\n" for name in sorted(future))
     return header + futures + "\n" + "\n\n".join(parts)
 
-__all__ = ["GanClsPipeline", "self_contained_source", "to_unit_range"]
+__all__ = ["MAX_IMAGES_PER_CALL", "GanClsPipeline", "self_contained_source", "to_unit_range"]

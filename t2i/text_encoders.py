@@ -258,11 +258,17 @@ def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokeni
     CLIP checkpoints load as ``CLIPTextModelWithProjection`` (the text tower only); a char-CNN-RNN folder loads as
     ``CharCnnRnnEncoder``; anything else as the ``AutoModel`` class of its config. A saved t2i pipeline (a folder
     with ``model_index.json``, e.g. ``pretrained``) gives its own ``tokenizer/`` and ``text_encoder/``.
+
+    Raises:
+        OSError: the folder (or the pipeline's ``text_encoder/``) has no ``config.json``: it holds no text encoder.
     """
     folder = resolve_pretrained_folder(_resolve_text_encoder_path(name_or_path), **hub_kwargs)
     tokenizer_folder = folder
     if (folder / "model_index.json").is_file():
         folder, tokenizer_folder = folder / "text_encoder", folder / "tokenizer"
+    if not (folder / "config.json").is_file():  # transformers' own error asks about Hub ids, not what is missing
+        raise OSError(f"{name_or_path} holds no text encoder: pass a saved pipeline (a folder with model_index.json, "
+                      "e.g. pretrained) or a text-encoder folder (with config.json)")
     config = AutoConfig.from_pretrained(folder)
     is_clip = config.model_type in ("clip", "clip_text_model")
     model_class = CLIPTextModelWithProjection if is_clip else MODEL_MAPPING[type(config)]

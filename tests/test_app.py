@@ -64,6 +64,8 @@ def page_config(url: str) -> str:
         ("  a  red\tflower \n", "a red flower", None),
         ("a red\x00 flower\x07", "a red flower", "Removed 2 control"),
         ("a red flower\u202e\u200d", "a red flower", "Removed 2 control"),  # right-to-left override, zero-width joiner
+        ("red\x00petals\x1bwith\x7fa\x9fdisc", "red petals with a disc", "Removed 4 control"),  # a control character separates
+        ("pe\u200btals\u200dof\u2066red", "petalsofred", "Removed 3 control"),  # a format character is inside a word
         ("a red flower 🌸", "a red flower", "Ignored characters the model cannot read: 🌸"),
         ("a red flower פרח", "a red flower", "Ignored characters"),
         ("a red \ue000 flower ❤\ufe0f", "a red flower", "Ignored characters the model cannot read: U+E000 ❤ U+FE0F"),  # in text order; invisible ones by code point
@@ -252,6 +254,29 @@ def test_odd_prompts_are_cleaned_with_a_notice(client, prompt, notice):
     assert len(images) == 1 and notice in summary
 
 
+MARKUP_PROMPT = "**bold** [a link](http://example.com) <img src=x onerror=alert(1)> $$x^2$$ `code` _petals_"
+
+
+def test_summaries_quote_prompts_as_typed_never_as_markup(client):
+    """Every summary quotes the prompt with Markdown and HTML escaped (how Chromium shows it: test_app_browser.py)."""
+    escaped = r"\*\*bold\*\* \[a link\](http\://example.com) &lt;img src=x onerror=alert(1)&gt; \$\$x^2\$\$ \`code\` \_petals\_"
+    _, summary = client.predict(MARKUP_PROMPT + " 🌸", 1, 0, api_name="/generate")
+    assert f"“{escaped}”" in summary and "<img" not in summary
+    assert "Ignored characters the model cannot read: 🌸" in summary  # notices are escaped too, and still readable
+    *_, summary = client.predict(MARKUP_PROMPT, "<b>red</b>", 2, 0, api_name="/interpolate")
+    assert f"from “{escaped}” to “&lt;b&gt;red&lt;/b&gt;”" in summary
+    *_, summary = client.predict(MARKUP_PROMPT, 0, 1, 2, api_name="/interpolate_noise")
+    assert f"for “{escaped}”" in summary
+
+
+def test_noise_interpolation_with_one_seed_says_the_frames_are_equal(client):
+    frames, *_, summary = client.predict(PROMPT, 5, 5, 3, api_name="/interpolate_noise")
+    assert "Seed A and seed B are both 5, so every frame is the same image" in summary
+    assert np.array_equal(pixels(frames[0]["image"]), pixels(frames[-1]["image"]))
+    *_, summary = client.predict(PROMPT, 5, 6, 3, api_name="/interpolate_noise")
+    assert "Seed A and seed B" not in summary
+
+
 def test_app_shows_model_provenance(app_url):
     config = page_config(app_url)
     assert "app-tiny" in config and "local folder" in config
@@ -273,8 +298,13 @@ def test_missing_model_still_starts_and_says_why(loopback_hub):
         url = f"http://127.0.0.1:{port}/"
         config = page_config(url)
         assert "Could not load" in config and "t2i-tests/no-such-model" in config and "untrained stand-in" in config
-        images, _ = Client(url, verbose=False).predict(PROMPT, 2, 0, api_name="/generate")
+        client = Client(url, verbose=False)
+        images, summary = client.predict(PROMPT, 2, 0, api_name="/generate")
         assert len(images) == 2
+        # API clients never see the page's header: every result says the model is a stand-in, and why.
+        assert "**Not the requested model.** Could not load `t2i-tests/no-such-model`" in summary
+        *_, summary = client.predict(PROMPT, "red", 2, 0, api_name="/interpolate")
+        assert "Not the requested model" in summary
     finally:
         demo.close()
 

@@ -71,6 +71,15 @@ def test_generate_and_interpolate_in_chromium(app_url, tmp_path):
         expect(page.locator("#upscaled-gallery")).to_contain_text("NOT model output")
         page.screenshot(path=tmp_path / "generate.png", full_page=True)
 
+        # A prompt written as Markdown, HTML or LaTeX is shown in the summary exactly as typed, never rendered.
+        typed = "**bold** [a link](http://example.com) <img src=x onerror=alert(1)> $$x^2$$ `code` _petals_ www.example.com"
+        page.on("dialog", lambda dialog: pytest.fail(f"the prompt ran script: {dialog.message}"))
+        generate(page, typed, 1, 5)
+        expect(page.locator("#generate-summary")).to_contain_text(f"“{typed}”")
+        for markup in ("img", "a", "em", "code", ".katex", "math"):
+            expect(page.locator(f"#generate-summary {markup}")).to_have_count(0)
+        expect(page.locator("#generate-summary strong")).to_have_text(["5"])  # the app's own bold seed, nothing else
+
         # Randomise puts a new seed in the box.
         page.get_by_role("button").filter(has_text="Randomise").click()
         expect(page.get_by_label("Seed", exact=True)).not_to_have_value("123")

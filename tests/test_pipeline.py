@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from t2i import CheckpointError, GanClsGenerator, GanClsPipeline
+from t2i.pipeline import MAX_IMAGES_PER_CALL, RENDER_BATCH_SIZE, to_unit_range
 
 from conftest import make_tiny_pipeline
 
@@ -95,7 +96,8 @@ def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
     "call, message",
     [
         (lambda p: p(""), "prompt is empty"),
-        (lambda p: p(["a red flower", "  \n\t"]), "prompt is empty"),
+        (lambda p: p(["a red flower", "  \n\t"]), "item 1 of the prompt list is empty"),
+        (lambda p: p(["a red flower", 5]), "item 1 of the prompt list must be a string, got 5"),
         (lambda p: p([]), "non-empty list"),
         (lambda p: p(123), "string or a non-empty list"),
         (lambda p: p("red", output_type="jpeg"), "output_type"),
@@ -113,11 +115,45 @@ def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
         (lambda p: p(), "exactly one of"),
         (lambda p: p.interpolate("red", "blue", num_steps=1), "num_steps"),
         (lambda p: p.interpolate_noise("", num_steps=3), "prompt is empty"),
+        # Each of interpolate's two prompts is named.
+        (lambda p: p.interpolate("", "white"), "prompt_a is empty"),
+        (lambda p: p.interpolate(None, "white"), "prompt_a must be a string, got None"),
+        (lambda p: p.interpolate("red", "  "), "prompt_b is empty"),
+        (lambda p: p.interpolate("red", "玫瑰花"), "prompt_b: prompt '玫瑰花' has no characters this model can read"),
+        # A call's size is bounded, whichever argument asks for too much: a clear error instead of exhausting memory.
+        (lambda p: p("red", num_images_per_prompt=10**6), "1 prompt\\(s\\) × num_images_per_prompt=1000000 is 1000000 images; one call makes at most 4096"),
+        (lambda p: p(["red"] * 2049, num_images_per_prompt=2), "4098 images; one call makes at most 4096"),
+        (lambda p: p(prompt_embeds=torch.zeros(4097, 32)), "4097 images; one call makes at most 4096"),
+        (lambda p: p.interpolate("red", "blue", num_steps=10**6), "num_steps must be an integer from 2 to 4096, got 1000000"),
+        (lambda p: p.interpolate_noise("red", num_steps=4097), "num_steps must be an integer from 2 to 4096"),
+        (lambda p: p.interpolate("red", "blue", num_steps=True), "num_steps must be an integer"),
     ],
 )
 def test_bad_arguments_get_clear_errors(tiny_pipeline, call, message):
     with pytest.raises(ValueError, match=message):
         call(tiny_pipeline)
+
+
+def test_a_call_at_the_limit_renders_in_batches_like_one_pass(tiny_pipeline):
+    """The largest call the pipeline accepts runs the generator RENDER_BATCH_SIZE images at a time, and gives what one
+    forward pass over the whole batch gives."""
+    assert MAX_IMAGES_PER_CALL > RENDER_BATCH_SIZE
+    embeds = tiny_pipeline.encode_prompt(["a red flower", "blue petals"]).repeat(MAX_IMAGES_PER_CALL // 2, 1)
+    noise = torch.randn(MAX_IMAGES_PER_CALL, 100, generator=seeded(3))
+    images = tiny_pipeline(prompt_embeds=embeds, latents=noise, output_type="pt").images
+    with torch.inference_mode():
+        whole = to_unit_range(tiny_pipeline.generator(noise, embeds))
+    assert images.shape == (MAX_IMAGES_PER_CALL, 3, 64, 64)
+    torch.testing.assert_close(images, whole, atol=1e-5, rtol=0)
+
+
+def test_noise_interpolation_between_one_seed_and_itself_warns(tiny_pipeline, caplog):
+    with caplog.at_level("WARNING", logger="t2i.pipeline"):
+        frames = tiny_pipeline.interpolate_noise("red", num_steps=3, generator=[seeded(4), seeded(4)], output_type="pt").images
+        assert "both end points drew the same noise" in caplog.text and torch.equal(frames[0], frames[2])
+        caplog.clear()
+        tiny_pipeline.interpolate_noise("red", num_steps=3, generator=[seeded(4), seeded(5)])
+    assert not caplog.records
 
 
 def test_odd_and_huge_prompts_work(tiny_pipeline):
@@ -182,7 +218,7 @@ def test_bad_arguments_are_named(tiny_pipeline):
         tiny_pipeline("a red flower", generator=0)
     with pytest.raises(ValueError, match=r"prompt_embeds must have shape \[B, 32\]"):
         tiny_pipeline(prompt_embeds=torch.zeros(2, 7))
-    with pytest.raises(ValueError, match=r"prompt is empty \(item 1 of the list\)"):
+    with pytest.raises(ValueError, match=r"item 1 of the prompt list is empty"):
         tiny_pipeline(["a red flower", "  "])
     # float64 inputs are cast, not refused with a matrix-multiplication error
     images = tiny_pipeline(prompt_embeds=torch.zeros(1, 32, dtype=torch.float64), latents=torch.zeros(1, 100, dtype=torch.float64),

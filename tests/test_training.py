@@ -720,6 +720,8 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
         export_checkpoint(last, tmp_path / "one", average_from=STEPS - 1)
     with pytest.raises(ValueError, match="average_from must be a step before checkpoint-12's"):
         export_checkpoint(last, tmp_path / "after", average_from=STEPS)
+    with pytest.raises(ValueError, match=r"average_from must be a training step \(a whole number ≥ 0\), got -5"):
+        export_checkpoint(last, tmp_path / "negative", average_from=-5)
     mixed = grow_checkpoint(last, tmp_path / "mixed", "deep_fusion").parent  # another model beside checkpoint-9
     shutil.copytree(checkpoint, mixed / "checkpoint-9")
     with pytest.raises(CheckpointError, match="record different model_configs: only checkpoints of one model average"):
@@ -768,14 +770,22 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     assert "Loading weights" not in done.stderr  # no progress bars around the one line
     from t2i.training.__main__ import main as training_command
 
+    capsys.readouterr()  # the progress bars of the exports above
     for argv, code, message in (([str(uninterrupted_run), str(tmp_path / "cli2")], 2, f"its latest checkpoint is {list_checkpoints(uninterrupted_run)[-1]}"),
                                 ([str(last), str(tmp_path / "cli")], 1, "exists; export into a new folder"),
-                                ([str(last), str(tmp_path / "cli3"), "--average_from", str(STEPS)], 1, "average_from must be a step before")):
+                                ([str(last), str(tmp_path / "cli3"), "--average_from", str(STEPS)], 1, "average_from must be a step before"),
+                                ([str(tmp_path / "nowhere"), str(tmp_path / "cli4")], 2, "nowhere does not exist: pass a checkpoint-N folder"),
+                                ([str(last), str(tmp_path / "cli5"), "--average_from", "-5"], 2,
+                                 "argument --average_from: must be a training step (a whole number ≥ 0), got -5"),
+                                ([str(last), str(tmp_path / "cli6"), "--text_encoder_path", str(checkpoint)], 1,
+                                 f"error: {checkpoint} holds no text encoder: pass a saved pipeline"),
+                                # Nobody may create a folder in /proc: the error names the output, not a hidden temporary.
+                                ([str(last), "/proc/t2i-export"], 1, "error: cannot write /proc/t2i-export: No such file or directory in /proc")):
         with pytest.raises(SystemExit) as exited:
             training_command(["export", *argv])
         error = capsys.readouterr().err.strip()
         assert exited.value.code == code and message in error.splitlines()[-1], error
-        assert code == 2 or len(error.splitlines()) == 1
+        assert len(error.splitlines()) == 1 if code == 1 else error.startswith("usage: python -m t2i.training export"), error
 
 
 def same_weights(a: Path, b: Path) -> bool:

@@ -46,9 +46,10 @@ def _shown(characters: list[str]) -> str:
 def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     """The prompt exactly as the model will read it, plus notices about what was changed.
 
-    Control and invisible formatting characters (including right-to-left overrides) are removed, accents and
-    compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer reads them),
-    characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut to ``prompt_limit``.
+    Control characters become spaces, invisible formatting characters (including right-to-left overrides) are
+    removed, accents and compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer
+    reads them), characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut
+    to ``prompt_limit``.
     Raises ``InputError`` when nothing readable is left.
     """
     if not isinstance(prompt, str):
@@ -57,12 +58,14 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     notices = []
     # Far more than the model reads is cut before the character checks, so a megabyte of text costs nothing.
     text = unicodedata.normalize("NFC", prompt[: 10 * limit])
-    # Cc: control characters (NUL, BEL, ...); Cf: invisible formatting (bidi overrides, zero-width joiners).
+    # A control character (Cc: NUL, BEL, ...) stands where a separator was ("red\x00petals" reads "red petals"); an
+    # invisible formatting character (Cf: bidi overrides, zero-width joiners) sits inside a word and goes.
+    removed = sum(not ch.isspace() and unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
     visible = "".join(
-        " " if ch.isspace() else ch for ch in text if ch.isspace() or unicodedata.category(ch) not in ("Cc", "Cf")
+        " " if ch.isspace() or unicodedata.category(ch) == "Cc" else ch for ch in text if unicodedata.category(ch) != "Cf"
     )
-    if len(visible) != len(text):
-        notices.append(f"Removed {len(text) - len(visible)} control or invisible formatting character(s).")
+    if removed:
+        notices.append(f"Removed {removed} control or invisible formatting character(s).")
     folded = fold_characters(visible)
     if folded != visible:
         changed = {ch: fold_characters(ch) for ch in sorted(set(visible)) if fold_characters(ch) != ch}

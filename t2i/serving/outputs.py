@@ -4,7 +4,9 @@ folder per request that expires, and the summary the UI shows next to them."""
 from __future__ import annotations
 
 import collections
+import html
 import json
+import re
 import shutil
 import tempfile
 import threading
@@ -102,7 +104,22 @@ def save_strip(folder: Path, images: list[Image.Image], stem: str, metadata: dic
     return [str(folder / f"t2i-{stem}-strip.png"), str(folder / f"t2i-{stem}.gif")]
 
 
-def summarize(what: str, images: list[Image.Image], notices: list[str]) -> str:
-    """Markdown for the UI: ``what`` was made, the images' size, and a line per notice."""
+# What can turn text into markup mid-line: emphasis, code, links and images, strikethrough, maths, e-mail links
+# (@), HTML's & < > (made entities first), and GFM's bare links ("http://", "www."). Other punctuation stays as it is,
+# so API clients read plain text.
+_MARKDOWN_MARKUP = re.compile(r"([\\`*_\[\]~$@])|(?<=\bhttps)(:)|(?<=\bhttp)(:)|(?<=\bftp)(:)|(?<=\bwww)(\.)", re.I)
+
+
+def escape_markdown(text: str) -> str:
+    """``text`` as Markdown that shows it literally: a prompt's ``**``, ``[link](...)``, ``<img ...>``, ``$$`` or
+    ``http://...`` is shown as typed, never rendered. ``text`` is one line (prompts are; see ``clean_prompt``)."""
+    return _MARKDOWN_MARKUP.sub(lambda match: "\\" + match.group(0), html.escape(text, quote=False))
+
+
+def summarize(what: str, images: list[Image.Image], notices: list[str], model_warning: str | None = None) -> str:
+    """Markdown for the UI: ``what`` was made (Markdown, with any user text already escaped), the images' size, a line
+    per notice (plain text, escaped here: it quotes the prompt) and ``model_warning`` (Markdown) when the model
+    is not the one asked for."""
     size = f"{images[0].width}×{images[0].height} px each (the model's native size)"
-    return "\n".join([f"{what}; {size}.", *[f"- ⚠️ {notice}" for notice in notices]])
+    lines = [f"{what}; {size}.", *[f"- ⚠️ {escape_markdown(notice)}" for notice in notices]]
+    return "\n".join(lines + ([f"- ⚠️ {model_warning}"] if model_warning else []))

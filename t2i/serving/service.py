@@ -12,7 +12,7 @@ from PIL import Image
 from .batching import _Batcher, _Job
 from .inputs import MAX_IMAGES, MAX_SEED, MAX_STEPS, MIN_STEPS, InputError, check_int, clean_prompt
 from .loading import LoadedModel
-from .outputs import KEEP_OUTPUTS_SECONDS, OutputFolders, Result, save_images, save_strip, summarize
+from .outputs import KEEP_OUTPUTS_SECONDS, OutputFolders, Result, escape_markdown, save_images, save_strip, summarize
 
 
 class App:
@@ -37,6 +37,8 @@ class App:
         # directly (see app.py); a folder is deleted once it is older than ``keep_outputs_seconds``.
         self._outputs = OutputFolders(keep_outputs_seconds)
         self.output_folder = self._outputs.root
+        # Every result says so when the model is a stand-in, also to API clients, who never see the page's header.
+        self._model_warning = f"**Not the requested model.** {model.notice}" if model.notice else None
 
     def _prompt(self, prompt: object, notices: list[str], label: str | None = None) -> str:
         # With two prompts, every message says which one it is about.
@@ -56,7 +58,7 @@ class App:
         seed = check_int(seed, "seed", 0, MAX_SEED)
         images = self._batcher(_Job(text, n, seed))
         files = self._save(images, f"seed{seed}", {"prompt": text, "seed": seed})
-        return Result(images, files, summarize(f"{n} image(s) from seed **{seed}** for “{text}”", images, notices))
+        return Result(images, files, self._summary(f"{n} image(s) from seed **{seed}** for “{escape_markdown(text)}”", images, notices))
 
     @torch.inference_mode()
     def _generate_batch(self, jobs: list[_Job]) -> None:
@@ -88,9 +90,9 @@ class App:
         steps = check_int(num_steps, "number of steps", MIN_STEPS, MAX_STEPS)
         seed = check_int(seed, "seed", 0, MAX_SEED)
         images = self.pipeline.interpolate(text_a, text_b, steps, generator=torch.Generator().manual_seed(seed)).images
-        what = f"{steps} steps from “{text_a}” to “{text_b}”, noise fixed by seed **{seed}**"
+        what = f"{steps} steps from “{escape_markdown(text_a)}” to “{escape_markdown(text_b)}”, noise fixed by seed **{seed}**"
         metadata = {"prompt_a": text_a, "prompt_b": text_b, "seed": seed}
-        return self._strip_result(images, f"interpolate-seed{seed}", metadata, summarize(what, images, notices))
+        return self._strip_result(images, f"interpolate-seed{seed}", metadata, self._summary(what, images, notices))
 
     @torch.inference_mode()
     def interpolate_noise(self, prompt: object, seed_a: object, seed_b: object, num_steps: object) -> Result:
@@ -99,14 +101,19 @@ class App:
         text = self._prompt(prompt, notices)
         seed_a, seed_b = check_int(seed_a, "seed A", 0, MAX_SEED), check_int(seed_b, "seed B", 0, MAX_SEED)
         steps = check_int(num_steps, "number of steps", MIN_STEPS, MAX_STEPS)
+        if seed_a == seed_b:
+            notices.append(f"Seed A and seed B are both {seed_a}, so every frame is the same image: pick two different seeds.")
         # One generator per end: the ends are Generate's image for that seed with one image. torch draws a batch
         # of n rows from one seed differently from one row, so a 4-image batch's first image is not an end.
         generators = [torch.Generator().manual_seed(seed_a), torch.Generator().manual_seed(seed_b)]
         images = self.pipeline.interpolate_noise(text, steps, generator=generators).images
-        what = f"{steps} steps for “{text}”, noise moving from seed **{seed_a}** to seed **{seed_b}**"
+        what = f"{steps} steps for “{escape_markdown(text)}”, noise moving from seed **{seed_a}** to seed **{seed_b}**"
         metadata = {"prompt": text, "seed_a": seed_a, "seed_b": seed_b}
         stem = f"interpolate-seed{seed_a}-{seed_b}"
-        return self._strip_result(images, stem, metadata, summarize(what, images, notices))
+        return self._strip_result(images, stem, metadata, self._summary(what, images, notices))
+
+    def _summary(self, what: str, images: list[Image.Image], notices: list[str]) -> str:
+        return summarize(what, images, notices, self._model_warning)
 
     def _strip_result(self, images: list[Image.Image], stem: str, metadata: dict, summary: str) -> Result:
         files = self._save(images, stem, metadata)

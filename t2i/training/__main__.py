@@ -27,6 +27,16 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(str(error)) from error
 
 
+def _step(text: str) -> int:
+    try:
+        step = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a training step (a whole number ≥ 0), got {text!r}") from None
+    if step < 0:
+        raise argparse.ArgumentTypeError(f"must be a training step (a whole number ≥ 0), got {step}")
+    return step
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -41,6 +51,9 @@ def _disable_progress_bars() -> None:
 
 
 def _require_checkpoint(parser: argparse.ArgumentParser, checkpoint: Path) -> None:
+    """Exit with the subcommand's usage unless ``checkpoint`` is a checkpoint folder (a run folder names its latest)."""
+    if not checkpoint.exists():
+        parser.error(f"{checkpoint} does not exist: pass a checkpoint-N folder of a run")
     if not (checkpoint / "training_state.json").is_file():
         inside = list_checkpoints(checkpoint) if checkpoint.is_dir() else []
         parser.error(f"{checkpoint} is not a training checkpoint (no training_state.json)"
@@ -85,7 +98,7 @@ def main(argv: list[str] | None = None) -> None:
     export.add_argument("--text_encoder_path", type=Path, default=None,
                         help="what the run's --text_encoder_path was: a saved pipeline (e.g. pretrained) or a text-encoder "
                              "folder (default: the run folder holding CHECKPOINT, once the run has saved its pipeline there)")
-    export.add_argument("--average_from", type=int, default=None, metavar="STEP",
+    export.add_argument("--average_from", type=_step, default=None, metavar="STEP",
                         help="export the mean of G over every checkpoint of CHECKPOINT's run from STEP to CHECKPOINT's step "
                              "(checkpoint averaging; the embedded default is one)")
     export.add_argument("--generator_dtype", choices=list(EXPORT_DTYPES), default="float32",
@@ -93,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
                              "few levels of 255 at most (loaded as float32)")
     args = parser.parse_args(argv)
     if args.command == "export":
-        _require_checkpoint(parser, args.checkpoint)
+        _require_checkpoint(export, args.checkpoint)
         signal.signal(signal.SIGTERM, _interrupt)  # so the partial folder is removed, as on Ctrl-C
         _disable_progress_bars()
         try:
@@ -110,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "grow":
         if not args.options or len(args.options) > 1:
             parser.error("grow takes one option: " + " or ".join(f"--{o}" + (" K" if k is int else "") for o, k in GROWABLE.items()))
-        _require_checkpoint(parser, args.checkpoint)
+        _require_checkpoint(grow, args.checkpoint)
         try:
             grown = grow_checkpoint(args.checkpoint, args.output_dir, *args.options[0])
         except (ValueError, CheckpointError, OSError) as error:

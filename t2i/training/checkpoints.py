@@ -690,7 +690,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         CheckpointError: a checkpoint file that is missing, unreadable, not finite or does not fit the recorded model
             (named); a text encoder that is not the run's; an ``output_dir`` that exists, appears while exporting, or
             is named like a training checkpoint.
-        OSError: ``text_encoder_path`` holds no text encoder, or ``output_dir``'s parent cannot be created.
+        OSError: ``text_encoder_path`` holds no text encoder, or ``output_dir``'s parent cannot be created or
+            written to.
     """
     from t2i.pipeline import GanClsPipeline
     from t2i.text_encoders import TextEncoder
@@ -708,7 +709,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     averaged = [checkpoint]
     if average_from is not None:
         step = _recorded_state(checkpoint).get("global_step")
-        if not isinstance(step, int) or isinstance(average_from, bool) or not isinstance(average_from, int) or not 0 <= average_from < step:
+        if isinstance(average_from, bool) or not isinstance(average_from, int) or average_from < 0:
+            raise ValueError(f"average_from must be a training step (a whole number ≥ 0), got {average_from!r}")
+        if not isinstance(step, int) or average_from >= step:
             raise ValueError(f"average_from must be a step before {checkpoint.name}'s ({step}), got {average_from!r}")
         averaged = [c for c in list_checkpoints(checkpoint.parent) if average_from <= int(CHECKPOINT_PATTERN.match(c.name).group(1)) <= step]
         if len(averaged) < 2:
@@ -734,7 +737,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
         return model(prompt, num_images_per_prompt=num_images, generator=torch.Generator().manual_seed(0), output_type="pt").images
 
     reference = draw(pipeline)
-    partial = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    try:
+        partial = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", suffix=".partial", dir=output_dir.parent))
+    except OSError as error:  # the raw error names the hidden temporary folder, which the user never asked for
+        raise OSError(f"cannot write {output_dir}: {error.strerror or error} in {output_dir.parent}") from error
     try:
         if generator_dtype == torch.float16:  # storage only: from_pretrained computes in float32
             pipeline.generator.half()
