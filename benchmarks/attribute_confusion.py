@@ -14,6 +14,10 @@ share drawn in one of the two colours nearest the stated one in the renderer's p
 values (yellow → orange or peach): a
 colour drawn imprecisely, against 2 / (values − 1) by chance.
 
+Then, per test class (an unseen combination), how often each stated attribute is right, beside the class's true
+values, and petal colour over the classes with a coloured pattern (edges, stripes, spots) against those without:
+where the misses sit.
+
     python benchmarks/attribute_confusion.py --model pretrained --dataset /work/data/synth --out confusion.json
 """
 
@@ -35,6 +39,7 @@ from t2i.evaluation.metrics import _generate
 
 ATTRIBUTES = ("petal_color", "center_color", "petal_count_word", "secondary_color", "petal_shape")
 COLOR_ATTRIBUTES = ("petal_color", "center_color", "secondary_color")
+TRUE_VALUES = ("petal_color", "center_color", "secondary_color", "pattern", "petal_shape", "petal_count")
 PALETTES = {"petal_color": PETAL_PALETTE, "center_color": CENTER_PALETTE, "secondary_color": PETAL_PALETTE}
 
 
@@ -70,6 +75,8 @@ def main() -> None:
     embeds = torch.cat([pipeline.encode_prompt(captions[s : s + 250]) for s in range(0, len(captions), 250)])
     predictions, _ = oracle.predict(_generate(pipeline, embeds, [args.seed * 1_000_003 + i for i in range(len(captions))], 250))
     values = oracle.config.attribute_values
+    labels, class_attributes = list(test["label"]), list(test["attributes"])
+    by_class = defaultdict(lambda: defaultdict(lambda: [0, 0]))  # label → attribute → [right, stated]
     report = {}
     for attribute in ATTRIBUTES:
         read = defaultdict(Counter)
@@ -81,6 +88,8 @@ def main() -> None:
             if stated and len(stated) == 1:
                 value, drawn = str(next(iter(stated))), values[attribute][int(predictions[attribute][i])]
                 read[value][drawn] += 1
+                tally = by_class[labels[int(order[i])]][attribute]
+                tally[0], tally[1] = tally[0] + (drawn == value), tally[1] + 1
                 if drawn != value:
                     fallbacks = seen_values(stated_all, attribute, seen) - {value}
                     misses += 1
@@ -112,6 +121,20 @@ def main() -> None:
                 wrong = [(v, n) for v, n in read[value].most_common() if v != value][:3]
                 report[attribute][value] = {"captions": total, "right": read[value][value] / total, "read_as": dict(read[value])}
                 print(f"| {value} | {total} | {read[value][value] / total:.2f} | " + ", ".join(f"{v} {n}" for v, n in wrong) + " |")
+    report["by_class"] = {}
+    print(f"\nby test class\n| class | {' / '.join(TRUE_VALUES)} | {' | '.join(ATTRIBUTES)} |\n|---|---|{'---|' * len(ATTRIBUTES)}")
+    for label in sorted(by_class):
+        truth = class_attributes[labels.index(label)]
+        rates = {a: by_class[label][a][0] / by_class[label][a][1] for a in ATTRIBUTES if by_class[label][a][1]}
+        report["by_class"][str(label)] = {"attributes": truth, "right": rates, "captions": {a: by_class[label][a][1] for a in rates}}
+        shown = " / ".join(str(truth[name]) for name in TRUE_VALUES)
+        print(f"| {label} | {shown} | " + " | ".join(f"{rates[a]:.2f}" if a in rates else "–" for a in ATTRIBUTES) + " |")
+    for patterned in (True, False):
+        tallies = [by_class[label]["petal_color"] for label in by_class if (class_attributes[labels.index(label)]["pattern"] != "none") == patterned]
+        right, stated = sum(t[0] for t in tallies), sum(t[1] for t in tallies)
+        name = "patterned" if patterned else "plain"
+        report[f"petal_color_{name}_classes"] = {"classes": len(tallies), "captions": stated, "right": right / stated if stated else math.nan}
+        print(f"petal colour on the {len(tallies)} {name} classes: {right / stated:.3f} of {stated} captions")
     if args.out:
         args.out.write_text(json.dumps({"model": args.model, "num_samples": args.num_samples, "seed": args.seed, **report}, indent=2))
 

@@ -161,15 +161,23 @@ class CharCnnRnnEncoder(SafetensorsOnlyMixin, PreTrainedModel):
             nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
             nn.init.zeros_(module.bias)
 
-    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs) -> CharCnnRnnOutput:
-        """Embed character ids [B, L] (0 = padding, L ≤ max_chars) into [B, embed_dim]."""
+    def _rnn_states(self, input_ids: torch.LongTensor) -> torch.Tensor:
         # The convolution stack was designed for fixed-length input; pad every batch to max_chars as Reed does.
         ids = F.pad(input_ids[:, : self.config.max_chars], (0, self.config.max_chars - min(input_ids.shape[1], self.config.max_chars)))
         one_hot = F.one_hot(ids, self.config.alphabet_size + 1)[..., 1:]  # padding becomes an all-zero column
         features = self.cnn(one_hot.transpose(1, 2).to(self.projection.weight.dtype))
         # A contiguous input keeps the CPU RNN kernel choice (and so its rounding) independent of requires_grad.
         hidden, _ = self.rnn(features.transpose(1, 2).contiguous())
-        return CharCnnRnnOutput(text_embeds=self.projection(hidden.mean(dim=1)))
+        return hidden
+
+    def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs) -> CharCnnRnnOutput:
+        """Embed character ids [B, L] (0 = padding, L ≤ max_chars) into [B, embed_dim]."""
+        return CharCnnRnnOutput(text_embeds=self.projection(self._rnn_states(input_ids).mean(dim=1)))
+
+    def position_features(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """The RNN state at each position the convolutions leave, projected like the embedding: [B, T, embed_dim]
+        (T = 18 for Reed's 201 characters). ``forward``'s embedding is their mean."""
+        return self.projection(self._rnn_states(input_ids))
 
 
 AutoConfig.register(CharCnnRnnConfig.model_type, CharCnnRnnConfig)
@@ -239,6 +247,25 @@ def encode_text(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, t
     else:
         embeds = F.normalize(_mean_pool(output.last_hidden_state, batch["attention_mask"]), dim=-1)
     return embeds.float()
+
+
+@torch.no_grad()
+def token_features(tokenizer: PreTrainedTokenizer, text_encoder: PreTrainedModel, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a text encoder holds per position of a batch of captions before it pools them into one embedding:
+    float32 features [B, T, D] and a bool mask [B, T] of the real positions, on the text encoder's device.
+
+    The char-CNN-RNN gives its RNN state at each of its T positions (`CharCnnRnnEncoder.position_features`, all
+    real: the input is padded to a fixed length); any other model its last hidden states, one per token. These are
+    what a conditioning that attends over the words of a caption would read (AttnGAN's word features, Xu et al.,
+    CVPR 2018), where `encode_text`'s pooled embedding mixes every word's colour into one vector (docs/results.md,
+    round 14: "Where binding is lost").
+    """
+    batch = tokenizer(list(texts), padding=True, truncation=True, max_length=max_text_length(tokenizer, text_encoder), return_tensors="pt")
+    batch = {k: v.to(text_encoder.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+    if text_encoder.config.model_type == CharCnnRnnConfig.model_type:  # by type name: see text_embedding_dim
+        features = text_encoder.position_features(batch["input_ids"])
+        return features.float(), torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+    return text_encoder(**batch).last_hidden_state.float(), batch["attention_mask"].bool()
 
 
 def _resolve_text_encoder_path(name_or_path: str) -> str:

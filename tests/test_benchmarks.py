@@ -87,6 +87,45 @@ def test_text_probe_reads_values_per_value_and_from_the_generators_code(tiny_syn
             assert 0 <= result["test_classes"] <= 1
 
 
+def test_the_attention_probe_reads_which_part_a_colour_belongs_to_where_the_mean_cannot(tiny_synthetic_dataset, tmp_path):
+    import torch
+
+    probe = load_script("text_encoder_probe")
+    # Two positions, each a one-hot colour: the petals' at one, the edges' at the other. "red petals with white edges"
+    # and "white petals with red edges" have the same mean, so a probe of the pooled feature cannot tell their petal
+    # colour apart; one that attends over the positions can. Which position holds the petals varies with the caption.
+    colour = {"red": torch.tensor([1.0, 0.0, 0.0]), "white": torch.tensor([0.0, 1.0, 0.0])}
+    marker = torch.tensor([0.0, 0.0, 1.0])  # marks the petals' position
+
+    def tokens(petals, edges, petals_first):
+        first, second = (colour[petals] + marker, colour[edges]) if petals_first else (colour[edges], colour[petals] + marker)
+        return torch.stack([first, second])
+
+    pairs = [("red", "white"), ("white", "red")]
+    train = [f"this flower has {p} petals with {e} edges" for p, e in pairs] * 16
+    train_order = [i % 4 < 2 for i in range(len(train))]
+    test = [f"the petals are {p} with {e} edges" for p, e in pairs] * 4
+    test_order = [i % 3 == 0 for i in range(len(test))]
+    train_tokens = torch.stack([tokens(*pairs[i % 2], first) for i, first in enumerate(train_order)])
+    test_tokens = torch.stack([tokens(*pairs[i % 2], first) for i, first in enumerate(test_order)])
+    pooled = probe.probe_attributes(train, test, train_tokens.mean(1), test_tokens.mean(1))["petal_color"]
+    attended = probe.probe_attributes(train, test, probe.Tokens(train_tokens, torch.ones(train_tokens.shape[:2], dtype=torch.bool)),
+                                      probe.Tokens(test_tokens, torch.ones(test_tokens.shape[:2], dtype=torch.bool)),
+                                      probe.attention_probe_predictions)["petal_color"]
+    assert pooled["test_classes"] == 0.5 and attended["test_classes"] == 1.0 and attended["train"] == 1.0
+
+    # End to end on a real (tiny) char-CNN-RNN: its per-position features, padded masks for the transformer case.
+    from conftest import make_tiny_pipeline
+
+    folder = tmp_path / "pipeline"
+    make_tiny_pipeline().save_pretrained(folder)
+    out = tmp_path / "tokens.json"
+    rows = probe.main(["--dataset", str(tiny_synthetic_dataset), "--encoder", f"tiny={folder}", "--pooling", "attention",
+                       "--train_captions", "200", "--test_captions", "100", "--out", str(out)])
+    assert [row["name"] for row in rows] == ["tiny, per position"] and json.loads(out.read_text())["pooling"] == "attention"
+    assert all(0 <= result["test_classes"] <= 1 for result in rows[0]["attributes"].values())
+
+
 def test_every_pilot_row_parses_to_a_valid_training_command(tiny_synthetic_dataset, tmp_path):
     """benchmarks/pilots_v3.sh's rows are what docs/results.md's pilot tables ran: each must still be a command
     train_accelerate.py accepts, with the script's common flags before it (its last flag wins, as in the script)."""
@@ -131,6 +170,28 @@ def test_attribute_confusion_finds_the_values_a_seen_combination_offers():
     palette = {"red": (0.8, 0.1, 0.1), "orange": (0.95, 0.5, 0.1), "yellow": (0.98, 0.85, 0.15), "blue": (0.2, 0.3, 0.85)}
     assert set(confusion.nearest_colors(palette, "yellow")) == {"orange", "red"}
     assert confusion.nearest_colors(palette, "blue", k=1) == ["red"]
+
+
+def test_attribute_confusion_reports_each_test_class_and_adds_up(tiny_synthetic_dataset, tmp_path, monkeypatch, capsys):
+    from conftest import make_tiny_pipeline
+
+    make_tiny_pipeline().save_pretrained(tmp_path / "model")
+    out = tmp_path / "confusion.json"
+    argv = ["--model", str(tmp_path / "model"), "--dataset", str(tiny_synthetic_dataset), "--num-samples", "60", "--out", str(out)]
+    monkeypatch.setattr("sys.argv", ["attribute_confusion.py", *argv])
+    load_script("attribute_confusion").main()
+    report = json.loads(out.read_text())
+    assert "| class | petal_color / center_color / secondary_color / pattern / petal_shape / petal_count |" in capsys.readouterr().out
+    # Every caption that states a value is counted once per value and once per class, and the two tables agree.
+    for attribute in ("petal_color", "center_color", "petal_shape"):
+        per_value = {v: r for v, r in report[attribute].items() if isinstance(r, dict)}
+        per_class = [c for c in report["by_class"].values() if attribute in c["captions"]]
+        assert sum(r["captions"] for r in per_value.values()) == sum(c["captions"][attribute] for c in per_class) > 0
+        right = sum(r["right"] * r["captions"] for r in per_value.values())
+        assert abs(right - sum(c["right"][attribute] * c["captions"][attribute] for c in per_class)) < 1e-6
+    split = [report[f"petal_color_{kind}_classes"] for kind in ("patterned", "plain")]
+    assert sum(part["captions"] for part in split) == sum(r["captions"] for r in report["petal_color"].values() if isinstance(r, dict))
+    assert all(c["attributes"]["petal_color"] for c in report["by_class"].values())  # each class with its true values
 
 
 def test_counterfactual_tells_counts_text_only_tells_and_plausible_edits_have_none(tiny_synthetic_dataset, tmp_path):

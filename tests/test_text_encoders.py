@@ -3,7 +3,7 @@ import torch
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from t2i import GanClsGenerator, GanClsPipeline, TextEncoder
-from t2i.text_encoders import REED_ALPHABET, CharTokenizer, build_char_cnn_rnn, encode_text
+from t2i.text_encoders import REED_ALPHABET, CharTokenizer, build_char_cnn_rnn, encode_text, token_features
 
 from conftest import TINY_TEXT_ENCODER_CONFIG
 
@@ -75,6 +75,19 @@ def test_transformers_encoder_round_trip_and_mean_pooling(tiny_bert_dir, tmp_pat
 
     encoder.save_pretrained(tmp_path / "copy")
     assert torch.equal(TextEncoder.from_pretrained(tmp_path / "copy").encode(captions), embeddings)
+
+
+def test_token_features_are_what_the_embedding_pools(tiny_bert_dir):
+    captions = ["a red flower", "the petals are thin and blue with a yellow center"]
+    char = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
+    features, mask = token_features(char.tokenizer, char.model, captions)
+    assert features.shape[:2] == mask.shape and mask.all() and features.shape[0] == 2 and features.shape[1] > 1
+    torch.testing.assert_close(features.mean(1), encode_text(char.tokenizer, char.model, captions), atol=1e-5, rtol=0)
+    bert = TextEncoder.from_pretrained(tiny_bert_dir)
+    features, mask = token_features(bert.tokenizer, bert.model, captions)
+    assert mask.sum(1).tolist() == [len(bert.tokenizer(c)["input_ids"]) for c in captions]  # padding is masked
+    pooled = (features * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    torch.testing.assert_close(torch.nn.functional.normalize(pooled, dim=-1), bert.encode(captions), atol=1e-5, rtol=0)
 
 
 def test_both_encoders_as_pipeline_components(tiny_bert_dir, tmp_path):
