@@ -12,6 +12,7 @@ import contextlib
 import gc
 import logging
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def user_errors() -> Iterator[None]:
         yield
     except InputError as error:
         logger.info("refused input: %s", error)
-        raise gr.Error(str(error), title="Please check your input", print_exception=False) from None
+        # duration=None: the message stays until closed (a toast that fades after 10 s leaves only "Error" behind).
+        raise gr.Error(str(error), title="Please check your input", duration=None, print_exception=False) from None
 
 
 def serve_in_place(folder: Path) -> None:
@@ -267,5 +269,12 @@ def main(argv: list[str] | None = None, **launch_kwargs) -> gr.Blocks:
     return demo
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    # docker stop and systemd stop with SIGTERM: stopping as on Ctrl-C lets Gradio close and the exit handlers delete
+    # the app's output folder, which a plain SIGTERM would leave behind.
+    signal.signal(signal.SIGTERM, _stop)
     main()

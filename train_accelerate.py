@@ -38,7 +38,7 @@ from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, loa
 from t2i.losses import LOSS_TYPES
 from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, check_region_count, standing_batch_norm_
 from t2i.pipeline import to_unit_range
-from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, text_positions
 from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
 from t2i.training import (
     GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, non_finite, publish_folder, save_checkpoint,
@@ -169,6 +169,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="with --fusion input: G's last layer also predicts K soft regions, each adding a colour linear in "
                             "the text code (zero at the start) to the RGB before the tanh, so a caption sets each region's "
                             "colour through a linear map; 0 = off")
+    model.add_argument("--text_attention_heads", type=int, default=0, metavar="H",
+                       help="G and D read the text through H attention heads over its position states (a char-CNN-RNN "
+                            "saved with pooling='positions', as --text_encoder_path) instead of one pooled embedding, so that "
+                            "they can tell which part each colour belongs to (docs/results.md, round 14); 0 = off")
+    model.set_defaults(text_positions=0)  # set from the text encoder with --text_attention_heads (recorded with the model)
     model.add_argument("--pretrained_model_name_or_path", default=None,
                        help="a t2i pipeline (folder or Hub repo id) whose generator starts the run instead of random weights "
                             "(fine-tuning; D starts fresh). The model flags must describe the same generator, or the same one "
@@ -479,7 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
                "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion", "fusion_masks", "output_palette",
-               "discriminator_from_joint_embedding")
+               "discriminator_from_joint_embedding", "text_attention_heads", "text_positions")
 
 
 def load_pretrained_generator(name_or_path: str, config: dict) -> tuple[GanClsGenerator, Path]:
@@ -597,6 +602,14 @@ def _hardware(accelerator) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
     args = parse_args(argv)
+    if args.text_attention_heads:
+        if args.text_encoder_path is None:
+            raise ValueError("--text_attention_heads reads a text encoder's position states: pass --text_encoder_path, a "
+                             "char-CNN-RNN saved with pooling='positions'")
+        args.text_positions = text_positions(args.text_encoder_path)
+        if args.text_positions < 2:
+            raise ValueError(f"--text_attention_heads: {args.text_encoder_path} gives one pooled embedding, not position "
+                             "states: pass a char-CNN-RNN saved with pooling='positions'")
     model_config = {name: getattr(args, name) for name in MODEL_FLAGS}
     started = time.monotonic()
     accelerator = Accelerator(
@@ -715,6 +728,7 @@ def main(argv: list[str] | None = None) -> None:
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
         spectral_norm=args.spectral_norm, first_conv_bias=args.discriminator_from_joint_embedding,
+        text_positions=args.text_positions, text_attention_heads=args.text_attention_heads,
     )
     if joint_image_encoder is not None and args.discriminator_from_joint_embedding and resume_from is None:
         try:

@@ -18,7 +18,7 @@ Then, per test class (an unseen combination), how often each stated attribute is
 values, and petal colour over the classes with a coloured pattern (edges, stripes, spots) against those without:
 where the misses sit.
 
-    python benchmarks/attribute_confusion.py --model pretrained --dataset /work/data/synth --out confusion.json
+    python benchmarks/attribute_confusion.py --model pretrained --dataset data/synthetic-flowers --out confusion.json
 """
 
 import argparse
@@ -55,12 +55,13 @@ def seen_values(stated: dict[str, set], attribute: str, seen: set[frozenset]) ->
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="a saved pipeline: folder or Hub repo id")
+    parser.add_argument("--dataset", required=True, help="the synthetic captioned-flowers set (python -m t2i.datasets synth)")
+    parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=2000,
+                        help="test captions, one image each, as python -m t2i.evaluation draws them (default: 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="the draw of captions and noise (default: 0)")
+    parser.add_argument("--out", type=Path, help="write the tables' numbers here as JSON")
     args = parser.parse_args()
     test = load_captioned_dataset(args.dataset, "test")
     seen = seen_combinations(load_captioned_dataset(args.dataset, "train")["attributes"])

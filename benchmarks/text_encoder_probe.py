@@ -1,9 +1,9 @@
 """What a generator can read off a caption: linear probes of text embeddings, per attribute, on unseen classes.
 
-    python benchmarks/text_encoder_probe.py --dataset /tmp/synth_full \
+    python benchmarks/text_encoder_probe.py --dataset data/synthetic-flowers \
         --encoder "DS-SJE=runs/te/char_cnn_rnn" --encoder "MiniLM=sentence-transformers/all-MiniLM-L6-v2" \
         --out benchmarks/results/text_encoder_probe.json
-    python benchmarks/text_encoder_probe.py --dataset /work/data/synth --encoder "v9=pretrained" --generator_code \
+    python benchmarks/text_encoder_probe.py --dataset data/synthetic-flowers --encoder "v9=pretrained" --generator_code \
         --out benchmarks/results/text_code_probe_v9.json
 
 For each text encoder, a logistic-regression probe per attribute is trained on the embeddings of train-split
@@ -23,7 +23,7 @@ attention-pooling probe per attribute (4 learned queries, a softmax over the pos
 minibatches, seeded): whether a conditioning that attends over the caption could read what the pooled embedding
 mixes, such as which part a colour belongs to.
 
-    python benchmarks/text_encoder_probe.py --dataset /work/data/synth --encoder "v10=pretrained" \
+    python benchmarks/text_encoder_probe.py --dataset data/synthetic-flowers --encoder "v10=pretrained" \
         --encoder "MiniLM=sentence-transformers/all-MiniLM-L6-v2" --pooling attention --out benchmarks/results/token_probe.json
 """
 
@@ -171,17 +171,17 @@ def stated(captions: list[str], attribute: str) -> tuple[list[int], list[str]]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", required=True, help="the synthetic captioned-flowers set (python -m t2i.datasets synth)")
     parser.add_argument("--encoder", action="append", required=True, help="NAME=FOLDER_OR_ID (a pipeline folder works too), repeatable")
-    parser.add_argument("--train_captions", type=int, default=12000)
-    parser.add_argument("--test_captions", type=int, default=4000)
+    parser.add_argument("--train_captions", type=int, default=12000, help="train-split captions the probes learn from (default: 12000)")
+    parser.add_argument("--test_captions", type=int, default=4000, help="unseen-class captions they are scored on (default: 4000)")
     parser.add_argument("--generator_code", action="store_true",
                         help="for a pipeline folder, also probe the generator's text code (GanClsGenerator.text_code)")
     parser.add_argument("--pooling", choices=["mean", "attention"], default="mean",
                         help="mean: the encoder's pooled embedding, a linear probe; attention: its per-position features, "
                              "an attention-pooling probe")
-    parser.add_argument("--out", default=None)
+    parser.add_argument("--out", default=None, help="write the results here as JSON, and the table beside it as .md")
     args = parser.parse_args(argv)
     if args.pooling == "attention" and args.generator_code:
         parser.error("--generator_code probes the generator's code of the pooled embedding: use it with --pooling mean")

@@ -84,6 +84,15 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
+def _share_like_other_files(folder: Path) -> None:
+    # safetensors creates its files owner-only (0600) whatever the umask; a saved pipeline is read by servers and
+    # containers running as other users, so its files get the permissions any other new file gets.
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in folder.rglob("*.safetensors"):
+        path.chmod(0o666 & ~umask)
+
+
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
     """Generator output [B, C, H, W] in [-1, 1] (any float dtype) → float32 in [0, 1], the pipeline's "pt" output."""
     return (images.float() / 2 + 0.5).clamp(0, 1)
@@ -173,6 +182,7 @@ class GanClsPipeline(DiffusionPipeline):
         """diffusers' ``save_pretrained``, with ``model_index.json`` naming t2i's modules (also for a pipeline that was
         loaded as remote code, whose classes live in ``diffusers_modules``) and no local path of the loaded folder."""
         super().save_pretrained(save_directory, **kwargs)
+        _share_like_other_files(Path(save_directory))
         index_file = Path(save_directory) / "model_index.json"
         index = json.loads(index_file.read_text())
         index.pop("_name_or_path", None)
@@ -192,7 +202,7 @@ class GanClsPipeline(DiffusionPipeline):
         prompts = [prompt] if isinstance(prompt, str) else list(prompt) if isinstance(prompt, (list, tuple)) else None
         if not prompts:
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
-        names = ["prompt"] if isinstance(prompt, str) else [f"item {i} of the prompt list" for i in range(len(prompts))]
+        names = ["prompt"] if isinstance(prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
         self._check_prompts(prompts, names)
         limit = max_text_length(self.tokenizer, self.text_encoder)
         lengths = map(len, self.tokenizer(prompts, truncation=False, verbose=False)["input_ids"])  # one call for the batch
@@ -208,10 +218,7 @@ class GanClsPipeline(DiffusionPipeline):
                 raise ValueError(f"{name} must be a string, got {prompt!r:.80}")
             if not prompt.strip():
                 raise ValueError(f"{name} is empty: describe the flower, e.g. 'a flower with five red petals'")
-            try:
-                check_readable(self.tokenizer, [prompt])
-            except ValueError as error:
-                raise ValueError(f"{name}: {error}") from None
+            check_readable(self.tokenizer, [prompt], name)
 
     def prepare_latents(
         self, batch_size: int, generator: torch.Generator | list[torch.Generator] | None = None, device: torch.device | None = None
@@ -265,15 +272,20 @@ class GanClsPipeline(DiffusionPipeline):
 
         Raises:
             ValueError: no prompt or both prompt and embeddings, an empty or unreadable prompt, a bad count or more
-                than ``MAX_IMAGES_PER_CALL`` images, a bad output type, generator list length, or latents that are not
-                a finite tensor of the right shape.
+                than ``MAX_IMAGES_PER_CALL`` images, a bad output type, generator list length, or embeddings or latents
+                that are not a finite tensor of the right shape.
         """
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("pass exactly one of `prompt` and `prompt_embeds`")
         if isinstance(num_images_per_prompt, bool) or not isinstance(num_images_per_prompt, int) or num_images_per_prompt < 1:
             raise ValueError(f"num_images_per_prompt must be a positive integer, got {num_images_per_prompt!r}")
-        if prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[1] != self.generator.config.text_embed_dim):
-            raise ValueError(f"prompt_embeds must have shape [B, {self.generator.config.text_embed_dim}], got {tuple(prompt_embeds.shape)}")
+        if prompt_embeds is not None:
+            if not isinstance(prompt_embeds, torch.Tensor):
+                raise ValueError(f"prompt_embeds must be a torch.Tensor, got {type(prompt_embeds).__name__} (encode_prompt makes one)")
+            if prompt_embeds.ndim != 2 or prompt_embeds.shape[0] < 1 or prompt_embeds.shape[1] != self.generator.config.text_embed_dim:
+                raise ValueError(f"prompt_embeds must have shape [B, {self.generator.config.text_embed_dim}] with B ≥ 1, got {tuple(prompt_embeds.shape)}")
+            if not torch.isfinite(prompt_embeds).all():
+                raise ValueError("prompt_embeds hold NaN or infinite values: the generator would draw nothing but NaN")
         num_prompts = len(prompt) if isinstance(prompt, (list, tuple)) else 1 if prompt is not None else prompt_embeds.shape[0]
         if num_prompts * num_images_per_prompt > MAX_IMAGES_PER_CALL:
             raise ValueError(
@@ -342,6 +354,7 @@ class GanClsPipeline(DiffusionPipeline):
                 ``MAX_IMAGES_PER_CALL``; a bad generator list or output type.
         """
         _check_generator(generator, 2, "interpolate_noise's two end points")
+        self._check_prompts([prompt], ["prompt"])  # one caption: a list would give one strip per caption
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         text_embeds = self.encode_prompt(prompt).expand(num_steps, -1)

@@ -96,8 +96,14 @@ class CharTokenizer(PreTrainedTokenizer):
         return ()  # the alphabet lives in tokenizer_config.json
 
 
+# "mean": Reed's embedding, the mean over the RNN's positions. "positions": every position's state, concatenated, so
+# that a caption's words keep their place: a linear probe reads which part a colour belongs to off it, where the
+# mean mixes the colours (docs/results.md, round 14: white petals with red edges read as white 0.49 → 0.9x).
+CHAR_CNN_RNN_POOLING = ("mean", "positions")
+
+
 class CharCnnRnnConfig(PretrainedConfig):
-    """Configuration of Reed's char-CNN-RNN text encoder (Reed et al., CVPR 2016)."""
+    """Configuration of Reed's char-CNN-RNN text encoder (Reed et al., CVPR 2016); ``pooling`` is t2i's (above)."""
 
     model_type = "char_cnn_rnn"
 
@@ -111,10 +117,13 @@ class CharCnnRnnConfig(PretrainedConfig):
         rnn_type: str = "rnn",
         rnn_hidden_size: int = 256,
         embed_dim: int = 1024,
+        pooling: str = "mean",
         **kwargs,
     ):
         if rnn_type not in ("rnn", "gru", "lstm"):
             raise ValueError(f"rnn_type must be 'rnn', 'gru' or 'lstm', got {rnn_type!r}")
+        if pooling not in CHAR_CNN_RNN_POOLING:
+            raise ValueError(f"pooling must be one of {CHAR_CNN_RNN_POOLING}, got {pooling!r}")
         self.alphabet_size = alphabet_size
         self.max_chars = max_chars
         self.conv_channels = list(conv_channels)
@@ -123,7 +132,24 @@ class CharCnnRnnConfig(PretrainedConfig):
         self.rnn_type = rnn_type
         self.rnn_hidden_size = rnn_hidden_size
         self.embed_dim = embed_dim
+        self.pooling = pooling
         super().__init__(**kwargs)
+
+    @property
+    def num_positions(self) -> int:
+        """Positions the convolutions leave of ``max_chars`` characters (18 of Reed's 201): each convolution takes
+        ``kernel_size`` − 1, each pooling (after every convolution but the last) divides by ``pool_size``."""
+        length = self.max_chars
+        for i in range(len(self.conv_channels)):
+            length -= self.kernel_size - 1
+            if i < len(self.conv_channels) - 1:
+                length //= self.pool_size
+        return length
+
+    @property
+    def output_dim(self) -> int:
+        """Size of the embedding: ``embed_dim``, or ``num_positions`` × ``embed_dim`` with ``pooling="positions"``."""
+        return self.embed_dim * (self.num_positions if self.pooling == "positions" else 1)
 
 
 @dataclass
@@ -171,7 +197,10 @@ class CharCnnRnnEncoder(SafetensorsOnlyMixin, PreTrainedModel):
         return hidden
 
     def forward(self, input_ids: torch.LongTensor, attention_mask: torch.Tensor | None = None, **kwargs) -> CharCnnRnnOutput:
-        """Embed character ids [B, L] (0 = padding, L ≤ max_chars) into [B, embed_dim]."""
+        """Embed character ids [B, L] (0 = padding, L ≤ max_chars) into [B, config.output_dim]: the mean of the
+        positions' projected states [B, embed_dim], or with ``pooling="positions"`` all of them, concatenated."""
+        if self.config.pooling == "positions":
+            return CharCnnRnnOutput(text_embeds=self.position_features(input_ids).flatten(1))
         return CharCnnRnnOutput(text_embeds=self.projection(self._rnn_states(input_ids).mean(dim=1)))
 
     def position_features(self, input_ids: torch.LongTensor) -> torch.Tensor:
@@ -190,7 +219,7 @@ def text_embedding_dim(text_encoder: PreTrainedModel) -> int:
     # By model type, not class: loaded as diffusers remote code, this module can run more than once, and a model
     # loaded before the last run is an instance of an earlier CharCnnRnnEncoder class.
     if text_encoder.config.model_type == CharCnnRnnConfig.model_type:
-        return text_encoder.config.embed_dim
+        return text_encoder.config.output_dim
     if isinstance(text_encoder, CLIPTextModelWithProjection):
         return text_encoder.config.projection_dim
     return text_encoder.config.hidden_size
@@ -213,14 +242,14 @@ def unreadable_characters(tokenizer: PreTrainedTokenizer, text: str) -> list[str
     return list(dict.fromkeys(ch for ch in text if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown])))
 
 
-def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str]) -> None:
+def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str], name: str = "prompt") -> None:
     """Raise ``ValueError`` for the first text with no character ``tokenizer`` can read (it would be embedded from an
-    empty token sequence), naming the characters it cannot read."""
+    empty token sequence), naming it (``name``, e.g. "prompt_a") and the characters it cannot read."""
     for text in texts:
         unreadable = unreadable_characters(tokenizer, text)
         if not any(not ch.isspace() and ch not in unreadable for ch in text):
             raise ValueError(
-                f"prompt {text[:50]!r} has no characters this model can read (it reads English letters, digits and "
+                f"{name} {text[:50]!r} has no characters this model can read (it reads English letters, digits and "
                 f"punctuation); it cannot read {''.join(unreadable[:20])!r}. Describe the flower in English."
             )
 
@@ -279,6 +308,30 @@ def _resolve_text_encoder_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _text_encoder_folders(name_or_path: str, **hub_kwargs) -> tuple[Path, Path]:
+    """The local folders of a text encoder (Hub id, folder, or saved pipeline) and of its tokenizer."""
+    folder = resolve_pretrained_folder(_resolve_text_encoder_path(name_or_path), **hub_kwargs)
+    tokenizer_folder = folder
+    if (folder / "model_index.json").is_file():
+        folder, tokenizer_folder = folder / "text_encoder", folder / "tokenizer"
+    if not (folder / "config.json").is_file():  # transformers' own error asks about Hub ids, not what is missing
+        raise OSError(f"{name_or_path} holds no text encoder: pass a saved pipeline (a folder with model_index.json, "
+                      "e.g. pretrained) or a text-encoder folder (with config.json)")
+    return folder, tokenizer_folder
+
+
+def text_positions(name_or_path: str, **hub_kwargs) -> int:
+    """How many position states a text encoder's embedding concatenates: ``num_positions`` for a char-CNN-RNN with
+    ``pooling="positions"``, 0 for any pooled embedding. Reads the config only.
+
+    Raises:
+        OSError: ``name_or_path`` holds no text encoder.
+    """
+    config = AutoConfig.from_pretrained(_text_encoder_folders(name_or_path, **hub_kwargs)[0])
+    positional = config.model_type == CharCnnRnnConfig.model_type and getattr(config, "pooling", "mean") == "positions"
+    return config.num_positions if positional else 0
+
+
 def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokenizer, PreTrainedModel]:
     """Load a frozen (tokenizer, text model) pair from a Hub id or folder, safetensors only.
 
@@ -289,13 +342,7 @@ def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokeni
     Raises:
         OSError: the folder (or the pipeline's ``text_encoder/``) has no ``config.json``: it holds no text encoder.
     """
-    folder = resolve_pretrained_folder(_resolve_text_encoder_path(name_or_path), **hub_kwargs)
-    tokenizer_folder = folder
-    if (folder / "model_index.json").is_file():
-        folder, tokenizer_folder = folder / "text_encoder", folder / "tokenizer"
-    if not (folder / "config.json").is_file():  # transformers' own error asks about Hub ids, not what is missing
-        raise OSError(f"{name_or_path} holds no text encoder: pass a saved pipeline (a folder with model_index.json, "
-                      "e.g. pretrained) or a text-encoder folder (with config.json)")
+    folder, tokenizer_folder = _text_encoder_folders(name_or_path, **hub_kwargs)
     config = AutoConfig.from_pretrained(folder)
     is_clip = config.model_type in ("clip", "clip_text_model")
     model_class = CLIPTextModelWithProjection if is_clip else MODEL_MAPPING[type(config)]

@@ -4,6 +4,7 @@ test_app_browser.py), plus the input checks and model loading behind them."""
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -62,10 +63,12 @@ def page_config(url: str) -> str:
     "prompt, expected, notice",
     [
         ("  a  red\tflower \n", "a red flower", None),
-        ("a red\x00 flower\x07", "a red flower", "Removed 2 control"),
-        ("a red flower\u202e\u200d", "a red flower", "Removed 2 control"),  # right-to-left override, zero-width joiner
-        ("red\x00petals\x1bwith\x7fa\x9fdisc", "red petals with a disc", "Removed 4 control"),  # a control character separates
-        ("pe\u200btals\u200dof\u2066red", "petalsofred", "Removed 3 control"),  # a format character is inside a word
+        ("a red\x00 flower\x07", "a red flower", "Read 2 control or zero-width space character(s) as spaces"),
+        ("a red flower\u202e\u200d", "a red flower", "Removed 2 invisible formatting"),  # right-to-left override, zero-width joiner
+        ("red\x00petals\x1bwith\x7fa\x9fdisc", "red petals with a disc", "Read 4 control"),  # a control character separates
+        ("red\u200bpetals", "red petals", "Read 1 control or zero-width space"),  # so does a zero-width space
+        ("pe\u200ctals\u200dof\u2066red", "petalsofred", "Removed 3 invisible formatting"),  # a format character is inside a word
+        ("red " + "".join(map(chr, range(0x5d0, 0x5ea))), "red", "Ignored characters the model cannot read: א ב ג ד ה ו ז ח ט י ך כ ל ם מ ן נ ס ע ף and 6 more"),
         ("a red flower 🌸", "a red flower", "Ignored characters the model cannot read: 🌸"),
         ("a red flower פרח", "a red flower", "Ignored characters"),
         ("a red \ue000 flower ❤\ufe0f", "a red flower", "Ignored characters the model cannot read: U+E000 ❤ U+FE0F"),  # in text order; invisible ones by code point
@@ -244,7 +247,8 @@ def test_bad_input_is_a_clean_error(client, endpoint, args, message):
     "prompt, notice",
     [
         (LONG_PROMPT, "The prompt was cut to 201 characters"),
-        ("a red\x00 flower\u202e", "Removed 2 control or invisible formatting character(s)"),
+        ("a red\x00 flower\u202e", "Read 1 control or zero-width space character(s) as spaces"),
+        ("a red\x00 flower\u202e", "Removed 1 invisible formatting character(s)"),
         ("a red flower 🌸", "Ignored characters the model cannot read: 🌸"),
         ("a red flower פרח", "Ignored characters the model cannot read"),
     ],
@@ -269,12 +273,16 @@ def test_summaries_quote_prompts_as_typed_never_as_markup(client):
     assert f"for “{escaped}”" in summary
 
 
-def test_noise_interpolation_with_one_seed_says_the_frames_are_equal(client):
+def test_a_strip_between_equal_ends_says_its_frames_are_equal(client):
     frames, *_, summary = client.predict(PROMPT, 5, 5, 3, api_name="/interpolate_noise")
     assert "Seed A and seed B are both 5, so every frame is the same image" in summary
     assert np.array_equal(pixels(frames[0]["image"]), pixels(frames[-1]["image"]))
     *_, summary = client.predict(PROMPT, 5, 6, 3, api_name="/interpolate_noise")
     assert "Seed A and seed B" not in summary
+    # Likewise two prompts that read the same (here after the cleaning: case and spacing).
+    frames, *_, summary = client.predict(PROMPT, "  " + PROMPT.upper(), 3, 0, api_name="/interpolate")
+    assert "Prompt A and prompt B read the same, so every frame is the same image" in summary
+    assert np.array_equal(pixels(frames[0]["image"]), pixels(frames[-1]["image"]))
 
 
 def test_app_shows_model_provenance(app_url):
@@ -313,7 +321,8 @@ def test_app_py_loads_a_model_from_the_hub(loopback_hub, app_model_folder, tmp_p
     """`python app.py` as a user runs it, with the model named by T2I_MODEL and fetched from the (loopback) Hub."""
     loopback_hub.publish(app_model_folder, APP_MODEL_ID)
     port = free_port()
-    env = {**os.environ, "T2I_MODEL": APP_MODEL_ID, "HF_HOME": str(tmp_path / "hf_home")}
+    (tmp_path / "tmp").mkdir()  # the app's output folder is made here
+    env = {**os.environ, "T2I_MODEL": APP_MODEL_ID, "HF_HOME": str(tmp_path / "hf_home"), "TMPDIR": str(tmp_path / "tmp")}
     log = (tmp_path / "app.log").open("w")
     process = subprocess.Popen(
         [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port)],
@@ -336,6 +345,12 @@ def test_app_py_loads_a_model_from_the_hub(loopback_hub, app_model_folder, tmp_p
         images, _ = Client(url, verbose=False).predict(PROMPT, 2, 7, api_name="/generate")
         expected = make_tiny_pipeline()(PROMPT, num_images_per_prompt=2, generator=torch.Generator().manual_seed(7))
         np.testing.assert_array_equal(pixels(images[1]["image"]), np.asarray(expected.images[1]))
+        outputs = list((tmp_path / "tmp").glob("t2i-app-*"))
+        assert len(outputs) == 1 and list(outputs[0].rglob("*.png"))
+        # Stopped as docker stop and systemd stop it, the app closes and deletes its output folder.
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, (tmp_path / "app.log").read_text()[-3000:]
+        assert not outputs[0].exists()
     finally:
         process.terminate()
         process.wait(timeout=30)

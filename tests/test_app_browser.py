@@ -89,6 +89,8 @@ def test_generate_and_interpolate_in_chromium(app_url, tmp_path):
         page.get_by_label("Describe a flower").fill("   ")
         page.locator("#generate-button").click()
         expect(page.get_by_text("the prompt is empty").first).to_be_visible()
+        page.wait_for_timeout(11_000)  # Gradio's toasts fade after 10 s by default: the reason stays until closed
+        expect(page.get_by_text("the prompt is empty").first).to_be_visible()
         expect(page.locator("#generate-summary")).not_to_contain_text("5 image(s) from seed 123")
         expect(page.locator("#generate-gallery img")).to_have_count(0)
 

@@ -551,3 +551,27 @@ def test_freezing_discriminator_blocks_keeps_them_fixed_and_on_running_statistic
     assert all(p.requires_grad for p in discriminator.parameters()) and discriminator.image_encoder[3].training
     with pytest.raises(ValueError, match=r"num_blocks must be in \[0, 4\]"):
         discriminator.freeze_image_encoder_(5)
+
+
+def test_text_attention_starts_as_the_mean_of_the_positions_and_learns_to_pick_one():
+    from t2i.models import TextAttentionPooling
+
+    torch.manual_seed(0)
+    tokens = torch.randn(5, 6, 4)  # 5 captions, 6 positions of 4-d states
+    pooling = TextAttentionPooling(positions=6, dim=4, heads=3)
+    pooled = pooling(tokens.flatten(1))
+    assert pooled.shape == (5, 12)
+    torch.testing.assert_close(pooled, tokens.mean(1).repeat(1, 3))  # zero scores: every head is the mean (Reed's embedding)
+    # A head whose score favours a feature attends to the position holding it.
+    with torch.no_grad():
+        pooling.scores.weight[0] = torch.tensor([50.0, 0, 0, 0])
+    tokens[:, 2, 0] = 10.0
+    torch.testing.assert_close(pooling(tokens.flatten(1))[:, :4], tokens[:, 2], atol=1e-4, rtol=0)
+
+    generator = GanClsGenerator(text_embed_dim=6 * 4, ngf=8, text_positions=6, text_attention_heads=2)
+    discriminator = GanClsDiscriminator(text_embed_dim=6 * 4, ndf=8, conditioning="projection", text_positions=6, text_attention_heads=2)
+    images = generator(torch.randn(5, 100), tokens.flatten(1))
+    assert images.shape == (5, 3, 64, 64) and discriminator(images, tokens.flatten(1)).logits.shape[0] == 5
+    for positions, heads, dim in ((0, 2, 24), (1, 2, 24), (5, 2, 24), (6, -1, 24)):
+        with pytest.raises(ValueError, match="text_attention_heads must be ≥ 0, and > 0 only with text_positions ≥ 2 dividing"):
+            GanClsGenerator(text_embed_dim=dim, ngf=8, text_positions=positions, text_attention_heads=heads)

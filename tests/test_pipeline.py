@@ -96,8 +96,15 @@ def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
     "call, message",
     [
         (lambda p: p(""), "prompt is empty"),
-        (lambda p: p(["a red flower", "  \n\t"]), "item 1 of the prompt list is empty"),
-        (lambda p: p(["a red flower", 5]), "item 1 of the prompt list must be a string, got 5"),
+        (lambda p: p(["a red flower", "  \n\t"]), r"prompt\[1\] is empty"),
+        (lambda p: p(["a red flower", 5]), r"prompt\[1\] must be a string, got 5"),
+        (lambda p: p("🌸"), "^prompt '🌸' has no characters this model can read"),
+        (lambda p: p(prompt_embeds=torch.full((1, 32), float("nan"))), "prompt_embeds hold NaN or infinite values"),
+        (lambda p: p(prompt_embeds=torch.full((1, 32), float("inf"))), "prompt_embeds hold NaN or infinite values"),
+        (lambda p: p(prompt_embeds=np.zeros((1, 32))), "prompt_embeds must be a torch.Tensor, got ndarray"),
+        (lambda p: p(prompt_embeds=[[0.0] * 32]), "prompt_embeds must be a torch.Tensor, got list"),
+        (lambda p: p(prompt_embeds=torch.zeros(0, 32)), r"prompt_embeds must have shape \[B, 32\] with B ≥ 1, got \(0, 32\)"),
+        (lambda p: p.interpolate_noise(["red", "blue"]), r"^prompt must be a string, got \['red', 'blue'\]"),
         (lambda p: p([]), "non-empty list"),
         (lambda p: p(123), "string or a non-empty list"),
         (lambda p: p("red", output_type="jpeg"), "output_type"),
@@ -119,7 +126,7 @@ def test_noise_interpolation_holds_text_fixed(tiny_pipeline):
         (lambda p: p.interpolate("", "white"), "prompt_a is empty"),
         (lambda p: p.interpolate(None, "white"), "prompt_a must be a string, got None"),
         (lambda p: p.interpolate("red", "  "), "prompt_b is empty"),
-        (lambda p: p.interpolate("red", "玫瑰花"), "prompt_b: prompt '玫瑰花' has no characters this model can read"),
+        (lambda p: p.interpolate("red", "玫瑰花"), "prompt_b '玫瑰花' has no characters this model can read"),
         # A call's size is bounded, whichever argument asks for too much: a clear error instead of exhausting memory.
         (lambda p: p("red", num_images_per_prompt=10**6), "1 prompt\\(s\\) × num_images_per_prompt=1000000 is 1000000 images; one call makes at most 4096"),
         (lambda p: p(["red"] * 2049, num_images_per_prompt=2), "4098 images; one call makes at most 4096"),
@@ -218,7 +225,7 @@ def test_bad_arguments_are_named(tiny_pipeline):
         tiny_pipeline("a red flower", generator=0)
     with pytest.raises(ValueError, match=r"prompt_embeds must have shape \[B, 32\]"):
         tiny_pipeline(prompt_embeds=torch.zeros(2, 7))
-    with pytest.raises(ValueError, match=r"item 1 of the prompt list is empty"):
+    with pytest.raises(ValueError, match=r"prompt\[1\] is empty"):
         tiny_pipeline(["a red flower", "  "])
     # float64 inputs are cast, not refused with a matrix-multiplication error
     images = tiny_pipeline(prompt_embeds=torch.zeros(1, 32, dtype=torch.float64), latents=torch.zeros(1, 100, dtype=torch.float64),

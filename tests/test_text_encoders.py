@@ -90,6 +90,27 @@ def test_token_features_are_what_the_embedding_pools(tiny_bert_dir):
     torch.testing.assert_close(torch.nn.functional.normalize(pooled, dim=-1), bert.encode(captions), atol=1e-5, rtol=0)
 
 
+def test_positions_pooling_keeps_every_position_state(tmp_path):
+    from t2i.text_encoders import CharCnnRnnConfig, text_positions
+
+    encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
+    captions = ["white petals with red edges", "red petals with white edges"]
+    features, _ = token_features(encoder.tokenizer, encoder.model, captions)
+    mean = encoder.encode(captions)
+    torch.testing.assert_close(features.mean(1), mean, atol=1e-5, rtol=0)
+    encoder.save_pretrained(tmp_path / "mean")
+    encoder.model.config.pooling = "positions"
+    config = encoder.model.config
+    assert encoder.embedding_dim == config.num_positions * config.embed_dim == features.shape[1] * features.shape[2]
+    assert torch.equal(encoder.encode(captions), features.flatten(1))
+    encoder.save_pretrained(tmp_path / "positions")
+    assert text_positions(str(tmp_path / "positions")) == features.shape[1] and text_positions(str(tmp_path / "mean")) == 0
+    assert TextEncoder.from_pretrained(tmp_path / "positions").fingerprint() != TextEncoder.from_pretrained(tmp_path / "mean").fingerprint()
+    assert CharCnnRnnConfig().num_positions == 18  # Reed's 201 characters: (((201 − 3) / 3 − 3) / 3) − 3
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        CharCnnRnnConfig(pooling="max")
+
+
 def test_both_encoders_as_pipeline_components(tiny_bert_dir, tmp_path):
     for name, encoder in [("char", build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)), ("bert", TextEncoder.from_pretrained(tiny_bert_dir))]:
         torch.manual_seed(0)

@@ -83,6 +83,37 @@ def uninterrupted_run(train_args, tmp_path_factory) -> Path:
     return output_dir
 
 
+def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args, tiny_text_encoder, tmp_path):
+    """--text_attention_heads with a char-CNN-RNN saved with pooling="positions": G and D attend over its position
+    states, the run resumes, exports and loads as a pipeline; a pooled text encoder is refused before any work."""
+    from t2i.text_encoders import TextEncoder
+    from t2i.training import export_checkpoint
+
+    positional = TextEncoder.from_pretrained(str(tiny_text_encoder))
+    positional.model.config.pooling = "positions"
+    positional.save_pretrained(tmp_path / "positions")
+    args = [*train_args, "--text_encoder_path", str(tmp_path / "positions"), "--text_attention_heads", "2",
+            "--max_train_steps", "3", "--checkpointing_steps", "3"]
+    run(args, tmp_path / "run")
+    pipeline = GanClsPipeline.from_pretrained(tmp_path / "run")
+    config = positional.model.config
+    assert pipeline.generator.config.text_embed_dim == config.num_positions * config.embed_dim
+    assert pipeline.generator.config.text_positions == config.num_positions and pipeline.generator.config.text_attention_heads == 2
+    scores = pipeline.generator.text_attention.scores.weight
+    assert scores.shape == (2, config.embed_dim) and scores.abs().sum() > 0  # trained away from its zero start
+    state = json.loads((tmp_path / "run" / "checkpoint-3" / "training_state.json").read_text())
+    assert state["model_config"]["text_positions"] == config.num_positions
+    run([*args[:-4], "--max_train_steps", "4", "--checkpointing_steps", "4", "--resume_from_checkpoint", "latest"], tmp_path / "run")
+    assert (tmp_path / "run" / "checkpoint-4").is_dir()  # resumed from checkpoint-3 with the recorded text_positions
+    exported, difference = export_checkpoint(tmp_path / "run" / "checkpoint-4", tmp_path / "exported")
+    assert difference == 0.0
+    images = GanClsPipeline.from_pretrained(exported)("white petals with red edges", num_images_per_prompt=2, output_type="np").images
+    assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
+
+    refused = run([*train_args, "--text_attention_heads", "2"], tmp_path / "pooled", check=False)
+    assert refused.returncode != 0 and "gives one pooled embedding, not position states" in refused.stderr
+
+
 def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
     pipeline = GanClsPipeline.from_pretrained(uninterrupted_run)
     images = pipeline("a flower with five red petals", num_images_per_prompt=2, output_type="np").images
@@ -678,6 +709,11 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     trained = load_file(checkpoint / "model.safetensors")  # G, not the EMA copy
     full, difference = export_checkpoint(checkpoint, tmp_path / "float32")
     assert difference == 0.0 and sorted(p.name for p in tmp_path.iterdir()) == ["float32"]  # no partial folder left
+    umask = os.umask(0)
+    os.umask(umask)
+    # Readable by other users, as any new folder and file (mkdtemp makes 0700 folders, safetensors 0600 files).
+    assert full.stat().st_mode & 0o777 == 0o777 & ~umask
+    assert {f.stat().st_mode & 0o777 for f in full.rglob("*") if f.is_file()} == {0o666 & ~umask}
     assert_identical(load_file(full / "generator" / "diffusion_pytorch_model.safetensors"), trained)
     assert same_weights(full / "text_encoder", uninterrupted_run / "text_encoder")
     half, difference = export_checkpoint(checkpoint, tmp_path / "float16", generator_dtype=torch.float16)
@@ -778,7 +814,11 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
                                 ([str(last), str(tmp_path / "cli5"), "--average_from", "-5"], 2,
                                  "argument --average_from: must be a training step (a whole number ≥ 0), got -5"),
                                 ([str(last), str(tmp_path / "cli6"), "--text_encoder_path", str(checkpoint)], 1,
-                                 f"error: {checkpoint} holds no text encoder: pass a saved pipeline"),
+                                 f"error: text_encoder_path {checkpoint}: {checkpoint} holds no text encoder: pass a saved pipeline"),
+                                ([str(last), str(tmp_path / "cli7"), "--text_encoder_path", str(tmp_path / "nowhere")], 1,
+                                 f"error: text_encoder_path {tmp_path / 'nowhere'}: "),
+                                ([str(last), str(last / "training_state.json" / "out")], 1,
+                                 f"error: cannot write {last / 'training_state.json' / 'out'}: cannot make the folder"),
                                 # Nobody may create a folder in /proc: the error names the output, not a hidden temporary.
                                 ([str(last), "/proc/t2i-export"], 1, "error: cannot write /proc/t2i-export: No such file or directory in /proc")):
         with pytest.raises(SystemExit) as exited:

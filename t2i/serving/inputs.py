@@ -13,6 +13,7 @@ MAX_IMAGES = 16
 MIN_STEPS, MAX_STEPS = 2, 16
 MAX_SEED = 2**32 - 1  # the range numpy, diffusers and most UIs accept
 MAX_PROMPT_CHARS = 300  # for sub-word tokenizers: far above a one-sentence caption, far below 256 tokens
+ZERO_WIDTH_SPACE = "\u200b"
 
 
 class InputError(ValueError):
@@ -46,7 +47,7 @@ def _shown(characters: list[str]) -> str:
 def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     """The prompt exactly as the model will read it, plus notices about what was changed.
 
-    Control characters become spaces, invisible formatting characters (including right-to-left overrides) are
+    Control characters and zero-width spaces become spaces, other invisible formatting characters (including right-to-left overrides) are
     removed, accents and compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer
     reads them), characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut
     to ``prompt_limit``.
@@ -58,14 +59,17 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     notices = []
     # Far more than the model reads is cut before the character checks, so a megabyte of text costs nothing.
     text = unicodedata.normalize("NFC", prompt[: 10 * limit])
-    # A control character (Cc: NUL, BEL, ...) stands where a separator was ("red\x00petals" reads "red petals"); an
-    # invisible formatting character (Cf: bidi overrides, zero-width joiners) sits inside a word and goes.
-    removed = sum(not ch.isspace() and unicodedata.category(ch) in ("Cc", "Cf") for ch in text)
-    visible = "".join(
-        " " if ch.isspace() or unicodedata.category(ch) == "Cc" else ch for ch in text if unicodedata.category(ch) != "Cf"
-    )
+    # A control character (Cc: NUL, BEL, ...) or a zero-width space stands where a separator was ("red\x00petals"
+    # reads "red petals"); any other invisible formatting character (Cf: bidi overrides, zero-width joiners) sits
+    # inside a word and goes.
+    as_space = [not ch.isspace() and (unicodedata.category(ch) == "Cc" or ch == ZERO_WIDTH_SPACE) for ch in text]
+    visible = "".join(" " if ch.isspace() or space else ch for ch, space in zip(text, as_space)
+                      if space or unicodedata.category(ch) != "Cf")
+    removed = len(text) - len(visible)
+    if any(as_space):
+        notices.append(f"Read {sum(as_space)} control or zero-width space character(s) as spaces.")
     if removed:
-        notices.append(f"Removed {removed} control or invisible formatting character(s).")
+        notices.append(f"Removed {removed} invisible formatting character(s).")
     folded = fold_characters(visible)
     if folded != visible:
         changed = {ch: fold_characters(ch) for ch in sorted(set(visible)) if fold_characters(ch) != ch}
@@ -87,7 +91,8 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
             )
         raise InputError("the prompt is empty: describe the flower, e.g. 'a flower with five red petals'.")
     if unknown:
-        notices.append(f"Ignored characters the model cannot read: {_shown(unknown[:20])}")
+        more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
+        notices.append(f"Ignored characters the model cannot read: {_shown(unknown[:20])}{more}")
     if len(text) > limit:
         notices.append(f"The prompt was cut to {limit} characters, as many as the model reads.")
         text = text[:limit].rstrip()

@@ -87,6 +87,9 @@ class App:
         if errors:  # both at once, so fixing A does not just uncover B's problem
             raise InputError(" ".join(errors))
         text_a, text_b = texts
+        tokenize = self.pipeline.tokenizer
+        if tokenize(text_a)["input_ids"] == tokenize(text_b)["input_ids"]:  # e.g. "red" and "RED" to Reed's tokenizer
+            notices.append("Prompt A and prompt B read the same, so every frame is the same image: change one of them.")
         steps = check_int(num_steps, "number of steps", MIN_STEPS, MAX_STEPS)
         seed = check_int(seed, "seed", 0, MAX_SEED)
         images = self.pipeline.interpolate(text_a, text_b, steps, generator=torch.Generator().manual_seed(seed)).images

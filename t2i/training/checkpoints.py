@@ -447,6 +447,7 @@ def generator_config(flags: Mapping) -> dict:
         polar_harmonics=flag("polar_harmonics", 0), polar_antialias=flag("polar_antialias"), residual_blocks=flag("residual_blocks"),
         transposed_up_blocks=flag("transposed_up_blocks"), deep_fusion=flag("deep_fusion"),
         fusion_masks=flag("fusion_masks", 0), output_palette=flag("output_palette", 0),
+        text_positions=flag("text_positions", 0), text_attention_heads=flag("text_attention_heads", 0),
     )
 
 
@@ -481,8 +482,10 @@ def _recorded_generator(checkpoint: Path, name: str, tensors: dict[str, torch.Te
     text_weight = tensors.get("text_projection.0.weight", tensors.get("ca_net.to_moments.weight"))
     if text_weight is None or text_weight.ndim != 2:
         raise CheckpointError(f"{checkpoint / name} holds no generator text projection: it is not a t2i generator")
+    attention = tensors.get("text_attention.scores.weight")  # [heads, D] over text_positions position states
+    text_embed_dim = text_weight.shape[1] if attention is None else attention.shape[1] * flags.get("text_positions", 0)
     try:
-        generator = GanClsGenerator(text_embed_dim=text_weight.shape[1], **generator_config(flags))
+        generator = GanClsGenerator(text_embed_dim=text_embed_dim, **generator_config(flags))
     except (KeyError, TypeError, ValueError, RuntimeError) as error:  # e.g. "ngf": "8", or a flag it lacks
         raise CheckpointError(f"{checkpoint / 'training_state.json'}: a model_config that builds no generator ({error!r})") from error
     expected = generator.state_dict()
@@ -719,11 +722,17 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                              "averaging needs two checkpoints or more")
     tensors, state = averaged_generator_state(averaged)
     generator = _recorded_generator(checkpoint, "model.safetensors", tensors, state["model_config"]).eval()
-    output_dir.parent.mkdir(parents=True, exist_ok=True)  # a parent that is a file fails here, before any work
+    try:
+        output_dir.parent.mkdir(parents=True, exist_ok=True)  # a parent that is a file fails here, before any work
+    except OSError as error:
+        raise OSError(f"cannot write {output_dir}: cannot make the folder {output_dir.parent} ({error.strerror or error})") from error
     if text_encoder_path == checkpoint.parent and not (text_encoder_path / "model_index.json").is_file():
         raise CheckpointError(f"{text_encoder_path} holds no saved pipeline yet (the run has not finished): pass the run's "
                               "--text_encoder_path as --text_encoder_path")
-    text_encoder = TextEncoder.from_pretrained(str(text_encoder_path))
+    try:
+        text_encoder = TextEncoder.from_pretrained(str(text_encoder_path))
+    except (OSError, ValueError) as error:  # which argument it is, for a command whose arguments are all paths
+        raise OSError(f"text_encoder_path {text_encoder_path}: {error}") from error
     recorded = state.get("text_encoder_fingerprint")
     if recorded is not None and text_encoder.fingerprint() != recorded:
         raise CheckpointError(f"{text_encoder_path}'s text encoder is not the one {checkpoint} was trained with (fingerprint "
@@ -742,6 +751,9 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     except OSError as error:  # the raw error names the hidden temporary folder, which the user never asked for
         raise OSError(f"cannot write {output_dir}: {error.strerror or error} in {output_dir.parent}") from error
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        partial.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); the published one is a folder like any other
         if generator_dtype == torch.float16:  # storage only: from_pretrained computes in float32
             pipeline.generator.half()
         pipeline.save_pretrained(partial)
