@@ -112,7 +112,7 @@ class TextAttentionPooling(nn.Module):
 
 
 def _text_attention(text_embed_dim: int, positions: int, heads: int) -> TextAttentionPooling | None:
-    """The attention pooling that ``text_attention_heads`` asks for (None for 0), and the width it gives."""
+    """The attention pooling that ``text_attention_heads`` asks for, or None for 0 (Reed's pooled embedding)."""
     if heads < 0 or (heads and (positions < 2 or text_embed_dim % positions)):
         raise ValueError(f"text_attention_heads must be ≥ 0, and > 0 only with text_positions ≥ 2 dividing text_embed_dim "
                          f"(a char-CNN-RNN with pooling='positions'); got {heads} heads, {positions} positions, "

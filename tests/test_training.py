@@ -83,6 +83,7 @@ def uninterrupted_run(train_args, tmp_path_factory) -> Path:
     return output_dir
 
 
+@pytest.mark.slow  # two tiny runs and an export (30 s); TextAttentionPooling itself is checked in test_models.py
 def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args, tiny_text_encoder, tmp_path):
     """--text_attention_heads with a char-CNN-RNN saved with pooling="positions": G and D attend over its position
     states, the run resumes, exports and loads as a pipeline; a pooled text encoder is refused before any work."""
@@ -604,6 +605,7 @@ def test_a_new_phase_draws_its_own_random_streams_only_with_reseed_on_resume(tra
     assert any(not torch.equal(seed_4[k], seed_5[k]) for k in seed_4)
 
 
+@pytest.mark.slow  # four tiny runs (50 s); grow_checkpoint's refusals run in seconds in tests/test_checkpoints.py
 def test_a_checkpoint_grown_with_deep_fusion_draws_what_it_drew_and_resumes_with_the_flag(train_args, uninterrupted_run, tmp_path):
     import filecmp
 
@@ -898,6 +900,7 @@ def test_discriminator_learning_rate_is_ds_own(train_args, uninterrupted_run, tm
     assert moved >= len(same) // 2  # D at 1e-3 moved, from the same fresh start
 
 
+@pytest.mark.slow  # a joint embedding and two tiny runs (50 s)
 def test_discriminator_starts_from_the_joint_embeddings_image_encoder(tiny_synthetic_dataset, tiny_text_encoder, tmp_path):
     from t2i.text_pretraining.joint_embedding import JointImageEncoder
 
