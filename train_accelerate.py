@@ -38,8 +38,8 @@ from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, loa
 from t2i.losses import LOSS_TYPES
 from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, check_region_count, standing_batch_norm_
 from t2i.pipeline import to_unit_range
-from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, text_positions
-from t2i.text_pretraining import TextEncoderSpec, prepare_text_encoder
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, text_positions, with_position_states
+from t2i.text_pretraining import CHAR_CNN_RNN, TextEncoderSpec, prepare_text_encoder
 from t2i.training import (
     GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, non_finite, publish_folder, save_checkpoint,
     train_step, update_ema,
@@ -170,8 +170,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                             "the text code (zero at the start) to the RGB before the tanh, so a caption sets each region's "
                             "colour through a linear map; 0 = off")
     model.add_argument("--text_attention_heads", type=int, default=0, metavar="H",
-                       help="G and D read the text through H attention heads over its position states (a char-CNN-RNN "
-                            "saved with pooling='positions', as --text_encoder_path) instead of one pooled embedding, so that "
+                       help="G and D read the text through H attention heads over a char-CNN-RNN's position states (any "
+                            "char-CNN-RNN text encoder; the run saves it with pooling='positions') instead of one pooled embedding, so that "
                             "they can tell which part each colour belongs to (docs/results.md, round 14); 0 = off")
     model.set_defaults(text_positions=0)  # set from the text encoder with --text_attention_heads (recorded with the model)
     model.add_argument("--pretrained_model_name_or_path", default=None,
@@ -602,14 +602,16 @@ def _hardware(accelerator) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
     args = parse_args(argv)
-    if args.text_attention_heads:
-        if args.text_encoder_path is None:
-            raise ValueError("--text_attention_heads reads a text encoder's position states: pass --text_encoder_path, a "
-                             "char-CNN-RNN saved with pooling='positions'")
-        args.text_positions = text_positions(args.text_encoder_path)
+    if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
+        source = args.text_encoder_path or args.pretrained_model_name_or_path
+        if source is not None:
+            args.text_positions = text_positions(source)
+        elif args.text_encoder == CHAR_CNN_RNN:
+            args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
         if args.text_positions < 2:
-            raise ValueError(f"--text_attention_heads: {args.text_encoder_path} gives one pooled embedding, not position "
-                             "states: pass a char-CNN-RNN saved with pooling='positions'")
+            raise ValueError(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
+                             "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained), or "
+                             "--text_encoder char-cnn-rnn")
     model_config = {name: getattr(args, name) for name in MODEL_FLAGS}
     started = time.monotonic()
     accelerator = Accelerator(
@@ -664,6 +666,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     text_encoder, text_metrics = prepare_text_encoder(text_spec, accelerator, args.output_dir, train_dataset, train_images, test_dataset,
                                                       args.resolution, args.seed, args.cache_dir)
+    if args.text_attention_heads:
+        with_position_states(text_encoder)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
         counterfactual_embeddings = None

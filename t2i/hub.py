@@ -229,6 +229,15 @@ def check_before_loading(model_class: type, folder: str | os.PathLike) -> str | 
     return None
 
 
+def default_mode(directory: bool = False) -> int:
+    """The permission bits a new file (0o666) or folder (0o777) gets under this process's umask. safetensors writes
+    its files owner-only (0600) and ``tempfile.mkdtemp`` its folders 0700, whatever the umask; a saved pipeline is
+    read by servers and containers running as other users."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
 MODEL_CARD_TAGS = ("text-to-image", "gan", "gan-cls", "gan-int-cls", "t2i")
 
 

@@ -21,6 +21,7 @@ from .hub import (
     CheckpointError,
     ModelCardInfo,
     check_before_loading,
+    default_mode,
     own_aligned_memory_,
     render_model_card,
     resolve_pretrained_folder,
@@ -85,12 +86,8 @@ def _slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def _share_like_other_files(folder: Path) -> None:
-    # safetensors creates its files owner-only (0600) whatever the umask; a saved pipeline is read by servers and
-    # containers running as other users, so its files get the permissions any other new file gets.
-    umask = os.umask(0)
-    os.umask(umask)
     for path in folder.rglob("*.safetensors"):
-        path.chmod(0o666 & ~umask)
+        path.chmod(default_mode())
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -204,6 +201,10 @@ class GanClsPipeline(DiffusionPipeline):
             raise ValueError(f"prompt must be a string or a non-empty list of strings, got {prompt!r:.80}")
         names = ["prompt"] if isinstance(prompt, str) else [f"prompt[{i}]" for i in range(len(prompts))]
         self._check_prompts(prompts, names)
+        return self._encode_checked(prompts)
+
+    def _encode_checked(self, prompts: list[str]) -> torch.Tensor:
+        """`encode_prompt` for prompts `_check_prompts` has accepted (under the names the caller gave them)."""
         limit = max_text_length(self.tokenizer, self.text_encoder)
         lengths = map(len, self.tokenizer(prompts, truncation=False, verbose=False)["input_ids"])  # one call for the batch
         for text, length in zip(prompts, lengths):  # as diffusers' pipelines do: the cut is not silent
@@ -331,7 +332,7 @@ class GanClsPipeline(DiffusionPipeline):
         self._check_prompts([prompt_a, prompt_b], ["prompt_a", "prompt_b"])
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
-        e_a, e_b = self.encode_prompt([prompt_a, prompt_b]).to(device)
+        e_a, e_b = self._encode_checked([prompt_a, prompt_b]).to(device)
         text_embeds = torch.lerp(e_a, e_b, steps)
         noise = self.prepare_latents(1, generator, device).expand(num_steps, -1)
         return self._render(noise, text_embeds, output_type, return_dict, device)
@@ -357,7 +358,7 @@ class GanClsPipeline(DiffusionPipeline):
         self._check_prompts([prompt], ["prompt"])  # one caption: a list would give one strip per caption
         device = self._execution_device
         steps = self._interpolation_steps(num_steps, device)
-        text_embeds = self.encode_prompt(prompt).expand(num_steps, -1)
+        text_embeds = self._encode_checked([prompt]).expand(num_steps, -1)
         z_a, z_b = self.prepare_latents(2, generator, device)
         if torch.equal(z_a, z_b):
             logger.warning("interpolate_noise: both end points drew the same noise (two generators seeded alike?), "

@@ -322,15 +322,30 @@ def _text_encoder_folders(name_or_path: str, **hub_kwargs) -> tuple[Path, Path]:
 
 
 def text_positions(name_or_path: str, **hub_kwargs) -> int:
-    """How many position states a text encoder's embedding concatenates: ``num_positions`` for a char-CNN-RNN with
-    ``pooling="positions"``, 0 for any pooled embedding. Reads the config only.
+    """How many position states a text encoder can give word-level attention (``--text_attention_heads``): a
+    char-CNN-RNN's ``num_positions``, whatever its ``pooling``; 0 for any other encoder (one pooled embedding).
+    Reads the config only.
 
     Raises:
         OSError: ``name_or_path`` holds no text encoder.
     """
     config = AutoConfig.from_pretrained(_text_encoder_folders(name_or_path, **hub_kwargs)[0])
-    positional = config.model_type == CharCnnRnnConfig.model_type and getattr(config, "pooling", "mean") == "positions"
-    return config.num_positions if positional else 0
+    return config.num_positions if config.model_type == CharCnnRnnConfig.model_type else 0
+
+
+def with_position_states(text_encoder: "TextEncoder") -> "TextEncoder":
+    """``text_encoder`` (a char-CNN-RNN, changed in place) embedding a caption as its position states concatenated,
+    [B, num_positions · embed_dim], instead of their mean: ``pooling="positions"``, the same weights. What G and D
+    attend over with ``text_attention_heads``; the mean of the states is the pooled embedding.
+
+    Raises:
+        ValueError: another kind of text encoder (it has no position states to give).
+    """
+    if text_encoder.model.config.model_type != CharCnnRnnConfig.model_type:
+        raise ValueError(f"word-level text attention reads a char-CNN-RNN's position states; {type(text_encoder.model).__name__} "
+                         "gives one pooled embedding")
+    text_encoder.model.config.pooling = "positions"
+    return text_encoder
 
 
 def load_text_encoder(name_or_path: str, **hub_kwargs) -> tuple[PreTrainedTokenizer, PreTrainedModel]:

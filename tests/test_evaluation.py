@@ -139,6 +139,30 @@ def test_r_precision_perfect_random_and_wrong():
     assert r_precision(-captions, captions, labels, torch.Generator().manual_seed(0)) == 0.0
 
 
+def test_r_precision_scores_a_positions_text_encoder_on_the_mean_of_its_positions(splits, oracle):
+    """A char-CNN-RNN with pooling="positions" (for --text_attention_heads) embeds a caption as its position states
+    concatenated; R-precision's image encoder θ was trained against their mean, Reed's embedding, so the real images'
+    R-precision, which depends on the text side and θ only, is the pooled encoder's."""
+    import copy
+
+    from t2i.models import GanClsGenerator
+    from t2i.pipeline import GanClsPipeline
+
+    pooled = make_tiny_pipeline(seed=0)
+    text_encoder = copy.deepcopy(pooled.text_encoder)
+    text_encoder.config.pooling = "positions"
+    config = text_encoder.config
+    generator = GanClsGenerator(text_embed_dim=config.output_dim, ngf=8, text_positions=config.num_positions, text_attention_heads=2)
+    positional = GanClsPipeline(tokenizer=pooled.tokenizer, text_encoder=text_encoder, generator=generator)
+    torch.manual_seed(0)
+    theta = JointImageEncoder(embed_dim=config.embed_dim, channels=(8, 16))
+    train, test = splits
+    scores = [evaluate_pipeline(p, test, train, oracle, num_samples=40, joint_image_encoder=theta, diversity_seeds=2)["r_precision"]
+              for p in (pooled, positional)]
+    assert scores[1]["real"] == scores[0]["real"]
+    assert 0.0 <= scores[1]["generated"] <= 1.0
+
+
 def test_attribute_targets_reject_unknown_values():
     values = AttributeOracle().config.attribute_values
     with pytest.raises(KeyError):

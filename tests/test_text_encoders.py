@@ -90,8 +90,8 @@ def test_token_features_are_what_the_embedding_pools(tiny_bert_dir):
     torch.testing.assert_close(torch.nn.functional.normalize(pooled, dim=-1), bert.encode(captions), atol=1e-5, rtol=0)
 
 
-def test_positions_pooling_keeps_every_position_state(tmp_path):
-    from t2i.text_encoders import CharCnnRnnConfig, text_positions
+def test_positions_pooling_keeps_every_position_state(tiny_bert_dir, tmp_path):
+    from t2i.text_encoders import CharCnnRnnConfig, text_positions, with_position_states
 
     encoder = build_char_cnn_rnn(**TINY_TEXT_ENCODER_CONFIG)
     captions = ["white petals with red edges", "red petals with white edges"]
@@ -104,8 +104,17 @@ def test_positions_pooling_keeps_every_position_state(tmp_path):
     assert encoder.embedding_dim == config.num_positions * config.embed_dim == features.shape[1] * features.shape[2]
     assert torch.equal(encoder.encode(captions), features.flatten(1))
     encoder.save_pretrained(tmp_path / "positions")
-    assert text_positions(str(tmp_path / "positions")) == features.shape[1] and text_positions(str(tmp_path / "mean")) == 0
-    assert TextEncoder.from_pretrained(tmp_path / "positions").fingerprint() != TextEncoder.from_pretrained(tmp_path / "mean").fingerprint()
+    # Any char-CNN-RNN has position states to attend over, whatever pooling it was saved with; a BERT has none here.
+    assert text_positions(str(tmp_path / "positions")) == text_positions(str(tmp_path / "mean")) == features.shape[1]
+    assert text_positions(tiny_bert_dir) == 0
+    mean_encoder = TextEncoder.from_pretrained(tmp_path / "mean")
+    assert TextEncoder.from_pretrained(tmp_path / "positions").fingerprint() != mean_encoder.fingerprint()
+    # with_position_states: the saved mean encoder read per position is the saved positions encoder.
+    assert with_position_states(mean_encoder) is mean_encoder
+    assert mean_encoder.fingerprint() == TextEncoder.from_pretrained(tmp_path / "positions").fingerprint()
+    assert torch.equal(mean_encoder.encode(captions), features.flatten(1))
+    with pytest.raises(ValueError, match="reads a char-CNN-RNN's position states; BertModel gives one pooled embedding"):
+        with_position_states(TextEncoder.from_pretrained(tiny_bert_dir))
     assert CharCnnRnnConfig().num_positions == 18  # Reed's 201 characters: (((201 − 3) / 3 − 3) / 3) − 3
     with pytest.raises(ValueError, match="pooling must be one of"):
         CharCnnRnnConfig(pooling="max")

@@ -85,16 +85,15 @@ def uninterrupted_run(train_args, tmp_path_factory) -> Path:
 
 @pytest.mark.slow  # two tiny runs and an export (30 s); TextAttentionPooling itself is checked in test_models.py
 def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args, tiny_text_encoder, tmp_path):
-    """--text_attention_heads with a char-CNN-RNN saved with pooling="positions": G and D attend over its position
-    states, the run resumes, exports and loads as a pipeline; a pooled text encoder is refused before any work."""
-    from t2i.text_encoders import TextEncoder
+    """--text_attention_heads with a char-CNN-RNN (saved with mean pooling, or with pooling="positions"): G and D
+    attend over its position states, the run resumes, exports (with the encoder as saved) and loads as a pipeline;
+    a text encoder without position states is refused before any work."""
+    from t2i.text_encoders import TextEncoder, with_position_states
     from t2i.training import export_checkpoint
 
-    positional = TextEncoder.from_pretrained(str(tiny_text_encoder))
-    positional.model.config.pooling = "positions"
+    positional = with_position_states(TextEncoder.from_pretrained(str(tiny_text_encoder)))
     positional.save_pretrained(tmp_path / "positions")
-    args = [*train_args, "--text_encoder_path", str(tmp_path / "positions"), "--text_attention_heads", "2",
-            "--max_train_steps", "3", "--checkpointing_steps", "3"]
+    args = [*train_args, "--text_attention_heads", "2", "--max_train_steps", "3", "--checkpointing_steps", "3"]  # the mean encoder
     run(args, tmp_path / "run")
     pipeline = GanClsPipeline.from_pretrained(tmp_path / "run")
     config = positional.model.config
@@ -104,15 +103,21 @@ def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args
     assert scores.shape == (2, config.embed_dim) and scores.abs().sum() > 0  # trained away from its zero start
     state = json.loads((tmp_path / "run" / "checkpoint-3" / "training_state.json").read_text())
     assert state["model_config"]["text_positions"] == config.num_positions
-    run([*args[:-4], "--max_train_steps", "4", "--checkpointing_steps", "4", "--resume_from_checkpoint", "latest"], tmp_path / "run")
+    assert pipeline.text_encoder.config.pooling == "positions" and state["text_encoder_fingerprint"] == positional.fingerprint()
+    # Resumed with the encoder saved with pooling="positions": the same encoder, so the same run.
+    resume = [*train_args, "--text_encoder_path", str(tmp_path / "positions"), "--text_attention_heads", "2"]
+    run([*resume, "--max_train_steps", "4", "--checkpointing_steps", "4", "--resume_from_checkpoint", "latest"], tmp_path / "run")
     assert (tmp_path / "run" / "checkpoint-4").is_dir()  # resumed from checkpoint-3 with the recorded text_positions
-    exported, difference = export_checkpoint(tmp_path / "run" / "checkpoint-4", tmp_path / "exported")
-    assert difference == 0.0
-    images = GanClsPipeline.from_pretrained(exported)("white petals with red edges", num_images_per_prompt=2, output_type="np").images
-    assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
+    for name, encoder in (("exported", None), ("from_mean", tiny_text_encoder), ("from_positions", tmp_path / "positions")):
+        exported, difference = export_checkpoint(tmp_path / "run" / "checkpoint-4", tmp_path / name, text_encoder_path=encoder)
+        assert difference == 0.0
+        images = GanClsPipeline.from_pretrained(exported)("white petals with red edges", num_images_per_prompt=2, output_type="np").images
+        assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
 
-    refused = run([*train_args, "--text_attention_heads", "2"], tmp_path / "pooled", check=False)
-    assert refused.returncode != 0 and "gives one pooled embedding, not position states" in refused.stderr
+    at = train_args.index("--text_encoder_path")
+    pooled = [*train_args[:at], *train_args[at + 2 :], "--text_encoder", "bert-base-uncased", "--text_attention_heads", "2"]
+    refused = run(pooled, tmp_path / "pooled", check=False)
+    assert refused.returncode != 0 and "bert-base-uncased gives one pooled embedding" in refused.stderr
 
 
 def test_tiny_run_ends_with_a_loadable_pipeline(uninterrupted_run):
@@ -804,7 +809,25 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     command = [sys.executable, "-m", "t2i.training", "export"]
     done = subprocess.run([*command, str(last), str(tmp_path / "cli"), "--generator_dtype", "float16", "--average_from", "6"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0 and "generator averaged from step 6 in float16; its check images differ from the float32 weights' by at most" in done.stdout
+    assert done.returncode == 0, done.stderr
+    assert (f"the mean generator of 3 checkpoints (checkpoint-6, checkpoint-9, checkpoint-{STEPS}) in float16; its check images "
+            "differ from the float32 weights' by at most") in done.stdout
+    # Its model card: the run's facts and command, this checkpoint's step, the export command, no score of the run's
+    # own generator; and a summary that the evaluation's --update_model_card re-renders the card from.
+    card = (tmp_path / "cli" / "README.md").read_text()
+    summary = json.loads((tmp_path / "cli" / "training_summary.json").read_text())
+    run_summary = json.loads((uninterrupted_run / "training_summary.json").read_text())
+    assert summary["exported_from"] == ["checkpoint-6", "checkpoint-9", f"checkpoint-{STEPS}"] and summary["generator_dtype"] == "float16"
+    assert summary["training_steps"] == STEPS and f"| steps | {STEPS} |" in card and "not on Oxford-102" in card
+    assert run_summary["training_command"] in card
+    assert f"# exported: python -m t2i.training export {last} {tmp_path / 'cli'} --text_encoder_path {uninterrupted_run} --generator_dtype float16 --average_from 6" in card
+    assert set(summary["metrics"]) == {k for k in run_summary["metrics"] if k.startswith("text_encoder_")}
+    from t2i.evaluation.report import add_to_model_card
+
+    add_to_model_card(tmp_path / "cli", {"text_image_agreement_mean": 0.5})
+    assert "| text_image_agreement_mean | 0.5 |" in (tmp_path / "cli" / "README.md").read_text()
+    unfinished_card = (tmp_path / "given_encoder" / "README.md").read_text()  # its run saved no summary
+    assert "# the training command was not recorded" in unfinished_card and "| steps | 9 |" in unfinished_card
     assert "Loading weights" not in done.stderr  # no progress bars around the one line
     from t2i.training.__main__ import main as training_command
 

@@ -194,6 +194,11 @@ def evaluate_pipeline(
         "fid_inception": None,
     }
     if joint_image_encoder is not None:
+        # θ was trained against Reed's sentence embedding: a text encoder that keeps its positions
+        # (pooling="positions") is scored on their mean, which is that embedding.
+        positions = pipeline.generator.config.get("text_positions", 0)
+        if positions:
+            text_embeds = text_embeds.unflatten(1, (positions, -1)).mean(dim=1)
         with torch.inference_mode():
             image_embeds = torch.cat([joint_image_encoder.eval()(generated[s : s + batch_size]) for s in range(0, num_samples, batch_size)])
             real_embeds = joint_image_encoder(real_test[image_index])

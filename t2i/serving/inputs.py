@@ -6,6 +6,7 @@ User mistakes raise ``InputError`` with a message written for the user; app.py t
 from __future__ import annotations
 
 import unicodedata
+from decimal import Decimal
 
 from ..text_encoders import CharTokenizer, fold_characters, unreadable_characters
 
@@ -30,7 +31,9 @@ def check_int(value: object, name: str, low: int, high: int) -> int:
     except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float, e.g. 10**400
         raise InputError(f"{wanted}; got {value!r}.") from None
     if not number.is_integer() or not low <= number <= high:
-        raise InputError(f"{wanted}; got {value!r}.")
+        # A browser's number field sends a long whole number as a float: say 100000000000000000000000, not 1e+23.
+        shown = format(Decimal(repr(value)).to_integral_value(), "f") if isinstance(value, float) and number.is_integer() else repr(value)
+        raise InputError(f"{wanted}; got {shown}.")
     return int(number)
 
 

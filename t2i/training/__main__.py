@@ -7,6 +7,7 @@ OUTPUT_DIR`` and the flag); ``python -m t2i.training export CHECKPOINT OUTPUT_DI
 writes a checkpoint's generator as a pipeline folder that ``GanClsPipeline.from_pretrained`` loads."""
 
 import argparse
+import json
 import signal
 import sys
 from pathlib import Path
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
             parser.exit(1, f"error: {error}\n")
         except KeyboardInterrupt:
             parser.exit(130, f"interrupted: nothing was written to {args.output_dir}\n")
-        what = f"{args.checkpoint}'s generator" + ("" if args.average_from is None else f" averaged from step {args.average_from}")
+        averaged = json.loads((folder / "training_summary.json").read_text())["exported_from"]
+        what = f"{args.checkpoint}'s generator" if len(averaged) == 1 else f"the mean generator of {len(averaged)} checkpoints ({', '.join(averaged)})"
         print(f"{folder}: {what} in {args.generator_dtype}; its check images differ from the float32 "
               f"weights' by at most {difference * 255:.2f} of 255")
         return

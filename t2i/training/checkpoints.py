@@ -16,6 +16,7 @@ killed at, and a full disk leaves the earlier checkpoints intact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -30,7 +31,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from t2i.hub import CheckpointError
+from t2i.hub import CheckpointError, ModelCardInfo, default_mode
 from t2i.models import GROWABLE, GanClsGenerator, check_region_count
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -658,11 +659,47 @@ def averaged_generator_state(checkpoints: Sequence[Path]) -> tuple[dict[str, tor
     return {k: (v / len(checkpoints)).to(tensors[k].dtype) if tensors[k].is_floating_point() else v for k, v in total.items()}, state
 
 
+def _exported_model_card(checkpoint: Path, output_dir: Path, state: dict, averaged: Sequence[Path], average_from: int | None,
+                         generator_dtype: torch.dtype, text_encoder_path: Path) -> tuple[ModelCardInfo, dict]:
+    """The model card of an exported checkpoint, and the training_summary.json that `python -m t2i.evaluation
+    --update_model_card` adds its numbers to: the run's card facts (its finished run's summary, when there is one)
+    with this checkpoint's step and wall time, the export command after the training command, and no metric of
+    the run's own generator (only its text encoder's, which the export keeps)."""
+    summary_file = checkpoint.parent / "training_summary.json"
+    try:
+        run = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    except ValueError:
+        run = {}  # a damaged summary costs the card its run facts, not the export
+    fields = {f.name for f in dataclasses.fields(ModelCardInfo)}
+    card = {k: v for k, v in run.items() if k in fields} if isinstance(run, dict) else {}
+    dtype = next(name for name, value in EXPORT_DTYPES.items() if value == generator_dtype)
+    export = (f"python -m t2i.training export {checkpoint} {output_dir} --text_encoder_path {text_encoder_path} --generator_dtype {dtype}"
+              + ("" if average_from is None else f" --average_from {average_from}"))
+    training = card.get("training_command") or "# the training command was not recorded: the run had not saved its summary"
+    seconds, batch, processes = (state.get(k) for k in ("train_seconds", "per_process_batch_size", "num_processes"))
+    card.setdefault("text_encoder", f"the text encoder of {text_encoder_path}")
+    if isinstance(batch, int) and isinstance(processes, int):
+        card.setdefault("train_batch_size", batch * processes)
+    card.update(
+        model_id=output_dir.name,
+        training_command=f"{training}\n# exported: {export}",
+        training_steps=state.get("global_step"),
+        wall_time_hours=seconds / 3600 if isinstance(seconds, (int, float)) else None,
+        metrics={k: v for k, v in (card.get("metrics") or {}).items() if k.startswith("text_encoder_")},
+        evaluation_protocol=None,
+        evaluation_table=None,
+    )
+    info = ModelCardInfo(**card)
+    return info, {**dataclasses.asdict(info), "exported_from": [c.name for c in averaged], "generator_dtype": dtype}
+
+
 def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLike, text_encoder_path: str | os.PathLike | None = None,
                       generator_dtype: torch.dtype = torch.float32, average_from: int | None = None,
                       prompt: str = "a flower with five red petals and a yellow centre", num_images: int = 8) -> tuple[Path, float]:
-    """Write ``output_dir``: a pipeline folder (what a run saves at its end, without the model card) whose generator
-    is ``checkpoint``'s trained generator G, with the text encoder the run trained with. An EMA copy is not exported:
+    """Write ``output_dir``: a pipeline folder (what a run saves at its end) whose generator is ``checkpoint``'s
+    trained generator G, with the text encoder the run trained with. Its model card and training_summary.json carry
+    the run's facts (from the run's summary once it has finished), this checkpoint's step, the export command, and
+    the checkpoints it holds (``exported_from``); `python -m t2i.evaluation --update_model_card` adds the scores. An EMA copy is not exported:
     its BatchNorm statistics are G's until a run recalibrates them as it saves it (the run's ``best_generator`` and
     final pipeline hold the recalibrated one).
 
@@ -697,7 +734,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
             written to.
     """
     from t2i.pipeline import GanClsPipeline
-    from t2i.text_encoders import TextEncoder
+    from t2i.text_encoders import TextEncoder, with_position_states
     from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER
 
     checkpoint, output_dir = Path(checkpoint).resolve(), Path(output_dir).resolve()
@@ -731,6 +768,8 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
                               "--text_encoder_path as --text_encoder_path")
     try:
         text_encoder = TextEncoder.from_pretrained(str(text_encoder_path))
+        if generator.config.text_attention_heads:  # the run read the encoder's position states (train_accelerate.py)
+            with_position_states(text_encoder)
     except (OSError, ValueError) as error:  # which argument it is, for a command whose arguments are all paths
         raise OSError(f"text_encoder_path {text_encoder_path}: {error}") from error
     recorded = state.get("text_encoder_fingerprint")
@@ -751,12 +790,12 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     except OSError as error:  # the raw error names the hidden temporary folder, which the user never asked for
         raise OSError(f"cannot write {output_dir}: {error.strerror or error} in {output_dir.parent}") from error
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        partial.chmod(0o777 & ~umask)  # mkdtemp's folder is private (0700); the published one is a folder like any other
+        partial.chmod(default_mode(directory=True))  # mkdtemp's folder is private; the published one is like any other
         if generator_dtype == torch.float16:  # storage only: from_pretrained computes in float32
             pipeline.generator.half()
-        pipeline.save_pretrained(partial)
+        card, summary = _exported_model_card(checkpoint, output_dir, state, averaged, average_from, generator_dtype, text_encoder_path)
+        pipeline.save_with_model_card(partial, card, remote_code=False)
+        (partial / "training_summary.json").write_text(json.dumps(summary, indent=2, default=str))
         image_encoder = (text_encoder_path / JOINT_IMAGE_ENCODER_FOLDER) if text_encoder_path.is_dir() else None
         if image_encoder is not None and image_encoder.is_dir():
             shutil.copytree(image_encoder, partial / JOINT_IMAGE_ENCODER_FOLDER)
