@@ -603,7 +603,7 @@ def main(argv: list[str] | None = None) -> None:
     """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
     args = parse_args(argv)
     if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
-        source = args.text_encoder_path or args.pretrained_model_name_or_path
+        source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
         if source is not None:
             args.text_positions = text_positions(source)
         elif args.text_encoder == CHAR_CNN_RNN:

@@ -203,6 +203,7 @@ class GanClsPipeline(DiffusionPipeline):
         self._check_prompts(prompts, names)
         return self._encode_checked(prompts)
 
+    @torch.inference_mode()
     def _encode_checked(self, prompts: list[str]) -> torch.Tensor:
         """`encode_prompt` for prompts `_check_prompts` has accepted (under the names the caller gave them)."""
         limit = max_text_length(self.tokenizer, self.text_encoder)

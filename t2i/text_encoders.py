@@ -333,6 +333,21 @@ def text_positions(name_or_path: str, **hub_kwargs) -> int:
     return config.num_positions if config.model_type == CharCnnRnnConfig.model_type else 0
 
 
+def sentence_embeds(text_embeds: torch.Tensor, positions: int) -> torch.Tensor:
+    """Reed's sentence embedding [B, D] from a char-CNN-RNN's position states concatenated, [B, positions · D]: their
+    mean (the projection is linear, so it is the mean-pooled encoder's embedding exactly). ``positions`` 0 or 1:
+    ``text_embeds`` unchanged. What the joint embedding's image encoder θ was trained against."""
+    return text_embeds.unflatten(1, (positions, -1)).mean(dim=1) if positions > 1 else text_embeds
+
+
+def embedding_positions(text_encoder: PreTrainedModel) -> int:
+    """How many position states ``text_encoder``'s embedding concatenates: ``num_positions`` for a char-CNN-RNN with
+    ``pooling="positions"``, 0 for any pooled embedding."""
+    config = text_encoder.config
+    positional = config.model_type == CharCnnRnnConfig.model_type and getattr(config, "pooling", "mean") == "positions"
+    return config.num_positions if positional else 0
+
+
 def with_position_states(text_encoder: "TextEncoder") -> "TextEncoder":
     """``text_encoder`` (a char-CNN-RNN, changed in place) embedding a caption as its position states concatenated,
     [B, num_positions · embed_dim], instead of their mean: ``pooling="positions"``, the same weights. What G and D

@@ -113,7 +113,8 @@ def test_check_int_refuses_everything_else(value):
 
 
 @pytest.mark.parametrize("value, shown", [(1e23, "got 100000000000000000000000."), (-3.0, "got -3."), (2.5, "got 2.5."),
-                                          (10**20, "got 100000000000000000000."), ("1e23", "got '1e23'.")])
+                                          (10**20, "got 100000000000000000000."), ("1e23", "got '1e23'."), (1e300, "got 1e+300."),
+                                          (np.float64(1e23), "got 100000000000000000000000.")])
 def test_check_int_shows_a_refused_number_as_it_was_typed(value, shown):
     # A browser's number field sends a long whole number as a float, which Python prints as 1e+23.
     with pytest.raises(InputError) as refused:

@@ -539,17 +539,23 @@ def test_teacher_needs_a_new_char_cnn_rnn(tiny_synthetic_dataset, tiny_text_enco
         assert "--text_encoder_teacher distils into a new char-CNN-RNN" in capsys.readouterr().err
 
 
-def test_conditioning_flags_train_a_loadable_pipeline(tiny_synthetic_dataset, tmp_path):
+# With word-level attention too (slow: its text-encoder phase is another 30 s): the char-CNN-RNN trained here first
+# gives G and D its position states, and θ's matching loss reads their mean, Reed's embedding, which θ matched.
+@pytest.mark.parametrize("attention_heads", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_conditioning_flags_train_a_loadable_pipeline(tiny_synthetic_dataset, tmp_path, attention_heads):
     """Text BatchNorm, the projection discriminator, the matching loss through θ and mode seeking, together."""
     args = [
         "--dataset_name", str(tiny_synthetic_dataset), "--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", json.dumps(TINY_TEXT_ENCODER_CONFIG),
         "--text_encoder_steps", "10", "--text_encoder_batch_size", "8", "--ngf", "8", "--ndf", "8", "--train_batch_size", "16",
         "--max_train_steps", "3", "--checkpointing_steps", "3", "--report_to", "none", "--cache_dir", str(tmp_path / "cache"),
         "--text_batch_norm", "--conditioning", "projection", "--matching_loss_weight", "1", "--mode_seeking_weight", "1",
+        "--text_attention_heads", str(attention_heads),
     ]
     run(args, tmp_path / "out")
     pipeline = GanClsPipeline.from_pretrained(tmp_path / "out")
     assert pipeline.generator.config.text_batch_norm is True
+    assert pipeline.generator.config.text_attention_heads == attention_heads
+    assert pipeline.text_encoder.config.pooling == ("positions" if attention_heads else "mean")
     discriminator = load_file(list_checkpoints(tmp_path / "out")[-1] / "model_1.safetensors")
     assert "text_to_features.weight" in discriminator and not any(k.startswith("joint.") for k in discriminator)
     images = pipeline("a flower with five red petals", num_images_per_prompt=2, generator=torch.Generator().manual_seed(0), output_type="np").images
@@ -828,6 +834,12 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     assert "| text_image_agreement_mean | 0.5 |" in (tmp_path / "cli" / "README.md").read_text()
     unfinished_card = (tmp_path / "given_encoder" / "README.md").read_text()  # its run saved no summary
     assert "# the training command was not recorded" in unfinished_card and "| steps | 9 |" in unfinished_card
+    add_to_model_card(tmp_path / "given_encoder", {"text_image_agreement_mean": 0.5})  # re-rendered from what the checkpoint records
+    assert "| resolution | 64 |" in (tmp_path / "given_encoder" / "README.md").read_text()
+    # A run summary with fields of the wrong types costs the card the run's facts, not the export.
+    (tmp_path / "unfinished" / "training_summary.json").write_text(json.dumps({"metrics": [1, 2], "widget_prompts": 5, "training_command": "x"}))
+    damaged_summary, _ = export_checkpoint(unfinished, tmp_path / "damaged_summary", text_encoder_path=tiny_text_encoder)
+    assert "# the training command was not recorded" in (damaged_summary / "README.md").read_text()
     assert "Loading weights" not in done.stderr  # no progress bars around the one line
     from t2i.training.__main__ import main as training_command
 

@@ -16,6 +16,7 @@ from ..data import augment_batch, images_to_uint8, load_size_for
 from ..datasets import caption_attributes
 from ..text_pretraining.joint_embedding import JointImageEncoder
 from ..pipeline import GanClsPipeline
+from ..text_encoders import embedding_positions, sentence_embeds
 from .oracle import ORACLE_ATTRIBUTES, ORACLE_RESOLUTION, AttributeOracle, check_attributes, oracle_accuracy
 
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
@@ -194,11 +195,8 @@ def evaluate_pipeline(
         "fid_inception": None,
     }
     if joint_image_encoder is not None:
-        # θ was trained against Reed's sentence embedding: a text encoder that keeps its positions
-        # (pooling="positions") is scored on their mean, which is that embedding.
-        positions = pipeline.generator.config.get("text_positions", 0)
-        if positions:
-            text_embeds = text_embeds.unflatten(1, (positions, -1)).mean(dim=1)
+        # θ was trained against Reed's sentence embedding: a text encoder that keeps its positions is scored on their mean.
+        text_embeds = sentence_embeds(text_embeds, embedding_positions(pipeline.text_encoder))
         with torch.inference_mode():
             image_embeds = torch.cat([joint_image_encoder.eval()(generated[s : s + batch_size]) for s in range(0, num_samples, batch_size)])
             real_embeds = joint_image_encoder(real_test[image_index])

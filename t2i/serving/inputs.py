@@ -32,7 +32,8 @@ def check_int(value: object, name: str, low: int, high: int) -> int:
         raise InputError(f"{wanted}; got {value!r}.") from None
     if not number.is_integer() or not low <= number <= high:
         # A browser's number field sends a long whole number as a float: say 100000000000000000000000, not 1e+23.
-        shown = format(Decimal(repr(value)).to_integral_value(), "f") if isinstance(value, float) and number.is_integer() else repr(value)
+        whole = isinstance(value, float) and number.is_integer() and abs(number) < 1e30  # not 300 digits for 1e300
+        shown = format(Decimal(repr(float(value))).to_integral_value(), "f") if whole else repr(value)
         raise InputError(f"{wanted}; got {shown}.")
     return int(number)
 

@@ -21,6 +21,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from t2i.hub import CheckpointError, ModelCardInfo, default_mode
+from t2i.hub import CheckpointError, ModelCardInfo, default_mode, render_model_card
 from t2i.models import GROWABLE, GanClsGenerator, check_region_count
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -665,31 +666,40 @@ def _exported_model_card(checkpoint: Path, output_dir: Path, state: dict, averag
     --update_model_card` adds its numbers to: the run's card facts (its finished run's summary, when there is one)
     with this checkpoint's step and wall time, the export command after the training command, and no metric of
     the run's own generator (only its text encoder's, which the export keeps)."""
+    dtype = next(name for name, value in EXPORT_DTYPES.items() if value == generator_dtype)
+    export = shlex.join(["python", "-m", "t2i.training", "export", str(checkpoint), str(output_dir), "--text_encoder_path",
+                         str(text_encoder_path.resolve()), "--generator_dtype", dtype,
+                         *([] if average_from is None else ["--average_from", str(average_from)])])
+    seconds, batch, processes = (state.get(k) for k in ("train_seconds", "per_process_batch_size", "num_processes"))
+    recorded = {  # what the checkpoint itself records
+        "model_id": output_dir.name,
+        "text_encoder": f"the text encoder of {text_encoder_path}",
+        "resolution": state["model_config"].get("resolution"),
+        "training_steps": state.get("global_step"),
+        "train_batch_size": batch * processes if isinstance(batch, int) and isinstance(processes, int) else None,
+        "wall_time_hours": seconds / 3600 if isinstance(seconds, (int, float)) else None,
+    }
     summary_file = checkpoint.parent / "training_summary.json"
     try:
         run = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
-    except ValueError:
-        run = {}  # a damaged summary costs the card its run facts, not the export
-    fields = {f.name for f in dataclasses.fields(ModelCardInfo)}
-    card = {k: v for k, v in run.items() if k in fields} if isinstance(run, dict) else {}
-    dtype = next(name for name, value in EXPORT_DTYPES.items() if value == generator_dtype)
-    export = (f"python -m t2i.training export {checkpoint} {output_dir} --text_encoder_path {text_encoder_path} --generator_dtype {dtype}"
-              + ("" if average_from is None else f" --average_from {average_from}"))
-    training = card.get("training_command") or "# the training command was not recorded: the run had not saved its summary"
-    seconds, batch, processes = (state.get(k) for k in ("train_seconds", "per_process_batch_size", "num_processes"))
-    card.setdefault("text_encoder", f"the text encoder of {text_encoder_path}")
-    if isinstance(batch, int) and isinstance(processes, int):
-        card.setdefault("train_batch_size", batch * processes)
-    card.update(
-        model_id=output_dir.name,
-        training_command=f"{training}\n# exported: {export}",
-        training_steps=state.get("global_step"),
-        wall_time_hours=seconds / 3600 if isinstance(seconds, (int, float)) else None,
-        metrics={k: v for k, v in (card.get("metrics") or {}).items() if k.startswith("text_encoder_")},
-        evaluation_protocol=None,
-        evaluation_table=None,
-    )
-    info = ModelCardInfo(**card)
+    except (OSError, ValueError):
+        run = {}
+    fields = {f.name for f in dataclasses.fields(ModelCardInfo)} - {"evaluation_protocol", "evaluation_table"}
+
+    def card_from(facts: dict) -> ModelCardInfo:
+        card = {**recorded, **{k: v for k, v in facts.items() if k in fields and v is not None}}
+        metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
+        training = card.get("training_command") or "# the training command was not recorded: the run had not saved its summary"
+        card.update(model_id=output_dir.name, training_command=f"{training}\n# exported: {export}",
+                    training_steps=recorded["training_steps"], wall_time_hours=recorded["wall_time_hours"],
+                    metrics={k: v for k, v in metrics.items() if k.startswith("text_encoder_") and type(v) in (int, float)})
+        return ModelCardInfo(**card)
+
+    try:
+        info = card_from(run if isinstance(run, dict) else {})
+        render_model_card(info)
+    except (TypeError, ValueError, AttributeError):  # a damaged summary costs the card the run's facts, not the export
+        info = card_from({})
     return info, {**dataclasses.asdict(info), "exported_from": [c.name for c in averaged], "generator_dtype": dtype}
 
 

@@ -32,6 +32,7 @@ from ..losses import (
     text_image_matching_loss,
     unconditional_discriminator_loss,
 )
+from ..text_encoders import sentence_embeds
 
 
 @dataclass(frozen=True)
@@ -285,7 +286,9 @@ def train_step(
                     ~counterfactual_valid)
         if objective.matching_loss_weight > 0:
             image_embeds = joint_image_encoder(fake[:batch_size]).float()
-            loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, right.float())
+            # θ matches images with Reed's sentence embedding: with text attention, the mean of the position states.
+            sentence = sentence_embeds(right, model.config.text_positions)
+            loss_g = loss_g + objective.matching_loss_weight * text_image_matching_loss(image_embeds, sentence.float())
         if objective.mode_seeking_weight > 0:
             loss_g = loss_g + objective.mode_seeking_weight * mode_seeking_loss(
                 fake[paired].float(), fake[num_judged:].float(), noise[paired], noise[num_judged:], scale=objective.mode_seeking_scale
