@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> None:
     text_encoder, text_metrics = prepare_text_encoder(text_spec, accelerator, args.output_dir, train_dataset, train_images, test_dataset,
                                                       args.resolution, args.seed, args.cache_dir)
     if args.text_attention_heads:
-        with_position_states(text_encoder)
+        with_position_states(text_encoder.model)
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
         counterfactual_embeddings = None

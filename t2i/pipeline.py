@@ -26,7 +26,7 @@ from .hub import (
     render_model_card,
     resolve_pretrained_folder,
 )
-from .text_encoders import check_readable, encode_text, max_text_length, text_embedding_dim
+from .text_encoders import CharCnnRnnConfig, check_readable, encode_text, max_text_length, text_embedding_dim, with_position_states
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,10 @@ class GanClsPipeline(DiffusionPipeline):
     # compare against a class object of an earlier run.
     def __init__(self, tokenizer: PreTrainedTokenizerBase, text_encoder: PreTrainedModel, generator: ModelMixin):
         super().__init__()
+        if generator.config.get("text_attention_heads", 0) and text_encoder.config.model_type == CharCnnRnnConfig.model_type:
+            # A generator with word-level attention reads the char-CNN-RNN's position states, however it was saved
+            # (the embedded default keeps the encoder mean-pooled, as every other user of it reads it).
+            with_position_states(text_encoder)
         if text_embedding_dim(text_encoder) != generator.config.text_embed_dim:
             raise CheckpointError(
                 f"the text encoder gives {text_embedding_dim(text_encoder)}-d embeddings but the generator expects "

@@ -348,18 +348,18 @@ def embedding_positions(text_encoder: PreTrainedModel) -> int:
     return config.num_positions if positional else 0
 
 
-def with_position_states(text_encoder: "TextEncoder") -> "TextEncoder":
-    """``text_encoder`` (a char-CNN-RNN, changed in place) embedding a caption as its position states concatenated,
-    [B, num_positions · embed_dim], instead of their mean: ``pooling="positions"``, the same weights. What G and D
-    attend over with ``text_attention_heads``; the mean of the states is the pooled embedding.
+def with_position_states(text_encoder: PreTrainedModel) -> PreTrainedModel:
+    """``text_encoder`` (a char-CNN-RNN model, changed in place) embedding a caption as its position states
+    concatenated, [B, num_positions · embed_dim], instead of their mean: ``pooling="positions"``, the same weights.
+    What G and D attend over with ``text_attention_heads``; the mean of the states is the pooled embedding.
 
     Raises:
         ValueError: another kind of text encoder (it has no position states to give).
     """
-    if text_encoder.model.config.model_type != CharCnnRnnConfig.model_type:
-        raise ValueError(f"word-level text attention reads a char-CNN-RNN's position states; {type(text_encoder.model).__name__} "
+    if text_encoder.config.model_type != CharCnnRnnConfig.model_type:
+        raise ValueError(f"word-level text attention reads a char-CNN-RNN's position states; {type(text_encoder).__name__} "
                          "gives one pooled embedding")
-    text_encoder.model.config.pooling = "positions"
+    text_encoder.config.pooling = "positions"
     return text_encoder
 
 

@@ -269,3 +269,25 @@ def test_component_names_of_every_layout_mean_t2i_classes():
     for library, name in (("os", "system"), ("t2i.models", "standing_batch_norm_"), ("models", "Nothing")):
         with pytest.raises(CheckpointError, match="not a model or tokenizer class"):
             _component_class(library, name)
+
+
+def test_a_text_attention_generator_reads_a_mean_pooled_char_cnn_rnn_per_position(tmp_path):
+    """A generator with word-level attention beside a char-CNN-RNN saved mean-pooled (as pretrained/ keeps its text
+    encoder, for every other user of it): the pipeline reads the encoder's position states, and saves and reloads so."""
+    pooled = make_tiny_pipeline(seed=0)
+    config = pooled.text_encoder.config
+    torch.manual_seed(0)
+    generator = GanClsGenerator(text_embed_dim=config.num_positions * config.embed_dim, ngf=8,
+                                text_positions=config.num_positions, text_attention_heads=2)
+    assert config.pooling == "mean"
+    pipeline = GanClsPipeline(tokenizer=pooled.tokenizer, text_encoder=pooled.text_encoder, generator=generator)
+    assert pipeline.text_encoder.config.pooling == "positions"
+    states = pipeline.text_encoder.position_features(pipeline.tokenizer(["white petals"], return_tensors="pt")["input_ids"])
+    torch.testing.assert_close(pipeline.encode_prompt("white petals"), states.flatten(1))
+    images = pipeline("white petals with red edges", generator=seeded(), output_type="np").images
+    pipeline.save_pretrained(tmp_path / "saved")
+    again = GanClsPipeline.from_pretrained(tmp_path / "saved")("white petals with red edges", generator=seeded(), output_type="np").images
+    np.testing.assert_array_equal(images, again)
+    # Without attention, a generator of the pooled width refuses the position states' width, and the reverse.
+    with pytest.raises(CheckpointError, match="embeddings but the generator expects"):
+        GanClsPipeline(tokenizer=pooled.tokenizer, text_encoder=pooled.text_encoder, generator=GanClsGenerator(text_embed_dim=config.embed_dim, ngf=8))

@@ -110,11 +110,11 @@ def test_positions_pooling_keeps_every_position_state(tiny_bert_dir, tmp_path):
     mean_encoder = TextEncoder.from_pretrained(tmp_path / "mean")
     assert TextEncoder.from_pretrained(tmp_path / "positions").fingerprint() != mean_encoder.fingerprint()
     # with_position_states: the saved mean encoder read per position is the saved positions encoder.
-    assert with_position_states(mean_encoder) is mean_encoder
+    assert with_position_states(mean_encoder.model) is mean_encoder.model
     assert mean_encoder.fingerprint() == TextEncoder.from_pretrained(tmp_path / "positions").fingerprint()
     assert torch.equal(mean_encoder.encode(captions), features.flatten(1))
     with pytest.raises(ValueError, match="reads a char-CNN-RNN's position states; BertModel gives one pooled embedding"):
-        with_position_states(TextEncoder.from_pretrained(tiny_bert_dir))
+        with_position_states(TextEncoder.from_pretrained(tiny_bert_dir).model)
     assert CharCnnRnnConfig().num_positions == 18  # Reed's 201 characters: (((201 − 3) / 3 − 3) / 3) − 3
     with pytest.raises(ValueError, match="pooling must be one of"):
         CharCnnRnnConfig(pooling="max")

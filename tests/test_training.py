@@ -91,7 +91,8 @@ def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args
     from t2i.text_encoders import TextEncoder, with_position_states
     from t2i.training import export_checkpoint
 
-    positional = with_position_states(TextEncoder.from_pretrained(str(tiny_text_encoder)))
+    positional = TextEncoder.from_pretrained(str(tiny_text_encoder))
+    with_position_states(positional.model)
     positional.save_pretrained(tmp_path / "positions")
     args = [*train_args, "--text_attention_heads", "2", "--max_train_steps", "3", "--checkpointing_steps", "3"]  # the mean encoder
     run(args, tmp_path / "run")

@@ -779,7 +779,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, output_dir: str | os.PathLi
     try:
         text_encoder = TextEncoder.from_pretrained(str(text_encoder_path))
         if generator.config.text_attention_heads:  # the run read the encoder's position states (train_accelerate.py)
-            with_position_states(text_encoder)
+            with_position_states(text_encoder.model)
     except (OSError, ValueError) as error:  # which argument it is, for a command whose arguments are all paths
         raise OSError(f"text_encoder_path {text_encoder_path}: {error}") from error
     recorded = state.get("text_encoder_fingerprint")
