@@ -610,8 +610,8 @@ def main(argv: list[str] | None = None) -> None:
             args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
         if args.text_positions < 2:
             raise ValueError(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
-                             "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained), or "
-                             "--text_encoder char-cnn-rnn")
+                             "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
+                             "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
     model_config = {name: getattr(args, name) for name in MODEL_FLAGS}
     started = time.monotonic()
     accelerator = Accelerator(
