@@ -835,6 +835,9 @@ def test_a_checkpoint_exports_as_a_pipeline_with_its_generator_stored_in_float16
     assert "| text_image_agreement_mean | 0.5 |" in (tmp_path / "cli" / "README.md").read_text()
     unfinished_card = (tmp_path / "given_encoder" / "README.md").read_text()  # its run saved no summary
     assert "# the training command was not recorded" in unfinished_card and "| steps | 9 |" in unfinished_card
+    assert "trained with GAN-CLS" in unfinished_card  # GAN-INT's terms are not recorded in a checkpoint
+    earlier = (tmp_path / "float32" / "README.md").read_text()  # checkpoint-9 of a run that ended at STEPS
+    assert f"# (the run's command as it ended, at step {STEPS}; this checkpoint is step 9" in earlier
     add_to_model_card(tmp_path / "given_encoder", {"text_image_agreement_mean": 0.5})  # re-rendered from what the checkpoint records
     assert "| resolution | 64 |" in (tmp_path / "given_encoder" / "README.md").read_text()
     # A run summary with fields of the wrong types costs the card the run's facts, not the export.

@@ -32,7 +32,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from t2i.hub import CheckpointError, ModelCardInfo, default_mode, render_model_card
+from t2i.hub import MODEL_CARD_TAGS, CheckpointError, ModelCardInfo, default_mode, render_model_card
 from t2i.models import GROWABLE, GanClsGenerator, check_region_count
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -678,18 +678,25 @@ def _exported_model_card(checkpoint: Path, output_dir: Path, state: dict, averag
         "training_steps": state.get("global_step"),
         "train_batch_size": batch * processes if isinstance(batch, int) and isinstance(processes, int) else None,
         "wall_time_hours": seconds / 3600 if isinstance(seconds, (int, float)) else None,
+        # GAN-INT-CLS is GAN-CLS plus GAN-INT's terms, which a checkpoint does not record: claim only GAN-CLS.
+        "tags": [tag for tag in MODEL_CARD_TAGS if tag != "gan-int-cls"],
     }
     summary_file = checkpoint.parent / "training_summary.json"
+    missing = "# the training command was not recorded: the run had not saved its summary"
     try:
         run = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
     except (OSError, ValueError):
-        run = {}
+        run, missing = {}, f"# the training command was not recorded: the run's {summary_file.name} is unreadable"
+    ended = run.get("training_steps") if isinstance(run, dict) else None
     fields = {f.name for f in dataclasses.fields(ModelCardInfo)} - {"evaluation_protocol", "evaluation_table"}
 
     def card_from(facts: dict) -> ModelCardInfo:
         card = {**recorded, **{k: v for k, v in facts.items() if k in fields and v is not None}}
         metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
-        training = card.get("training_command") or "# the training command was not recorded: the run had not saved its summary"
+        training = card.get("training_command") or missing
+        if facts.get("training_command") and isinstance(ended, int) and ended != recorded["training_steps"]:
+            training += (f"\n# (the run's command as it ended, at step {ended}; this checkpoint is step "
+                         f"{recorded['training_steps']}, which an earlier phase may have written with other flags)")
         card.update(model_id=output_dir.name, training_command=f"{training}\n# exported: {export}",
                     training_steps=recorded["training_steps"], wall_time_hours=recorded["wall_time_hours"],
                     metrics={k: v for k, v in metrics.items() if k.startswith("text_encoder_") and type(v) in (int, float)})
