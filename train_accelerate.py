@@ -91,6 +91,9 @@ RECIPES["t2i-v8"] = {**RECIPES["t2i-v7"], "contrastive_weight": 1.0, "mode_seeki
 # Model v10: t2i-v8 with the text in every layer of Reed's generator and in its parts: deep fusion's affines split
 # over 3 soft masks (SSA-GAN) and a 4-region output palette whose colours are linear in the text (rounds 12-13).
 RECIPES["t2i-v10"] = {**RECIPES["t2i-v8"], "deep_fusion": True, "fusion_masks": 3, "output_palette": 4}
+# Model v11: t2i-v10 with G and D reading the caption through 4 attention heads over the char-CNN-RNN's position
+# states instead of their mean, which mixes every part's colour (rounds 14-17). Off with a pooled text encoder.
+RECIPES["t2i-v11"] = {**RECIPES["t2i-v10"], "text_attention_heads": 4}
 DEFAULT_RECIPE = "t2i-v10"  # the embedded default's (v10: its run continued with counterfactual hard negatives, averaged)
 
 
@@ -332,6 +335,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
+    if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
+        source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
+        if source is not None:
+            args.text_positions = text_positions(source)
+        elif args.text_encoder == CHAR_CNN_RNN:
+            args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
+        if args.text_positions < 2 and "text_attention_heads" not in given:
+            args.text_attention_heads = 0  # a recipe's attention goes off with a pooled text encoder (the MiniLM default)
+        elif args.text_positions < 2:
+            parser.error(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
+                         "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
+                         "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
     for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
                  "mode_seeking_weight", "matching_loss_weight", "contrastive_weight", "feature_matching_weight", "aux_class_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
@@ -602,16 +617,6 @@ def _hardware(accelerator) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse flags, then train, checkpoint, validate, save the pipeline and (optionally) push it."""
     args = parse_args(argv)
-    if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
-        source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
-        if source is not None:
-            args.text_positions = text_positions(source)
-        elif args.text_encoder == CHAR_CNN_RNN:
-            args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
-        if args.text_positions < 2:
-            raise ValueError(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
-                             "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
-                             "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
     model_config = {name: getattr(args, name) for name in MODEL_FLAGS}
     started = time.monotonic()
     accelerator = Accelerator(

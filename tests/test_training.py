@@ -26,7 +26,7 @@ from t2i.hub import CheckpointError
 from t2i.training import list_checkpoints
 from t2i import GanClsPipeline
 from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, load_joint_image_encoder
-from t2i.text_encoders import build_char_cnn_rnn
+from t2i.text_encoders import CharCnnRnnConfig, build_char_cnn_rnn
 
 from conftest import TINY_TEXT_ENCODER_CONFIG
 from test_hub import _Tripwire
@@ -365,6 +365,22 @@ def test_recipe_t2i_v10_the_default_is_t2i_v8_with_fusion_masks_and_the_output_p
     for flags in (("--fusion", "affine", "--deep_fusion"), ("--no-deep_fusion", "--fusion_masks", "3"), ("--fusion", "affine", "--output_palette", "4")):
         with pytest.raises(SystemExit):
             parse(*flags)
+
+
+def test_recipe_t2i_v11_is_t2i_v10_with_word_level_attention_off_with_a_pooled_encoder(tiny_synthetic_dataset, tiny_text_encoder):
+    def parse(*flags):
+        return train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", "t2i-v11", *flags])
+
+    v10 = train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", "t2i-v10", "--text_encoder_path", str(tiny_text_encoder)])
+    v11 = parse("--text_encoder_path", str(tiny_text_encoder))
+    assert {k for k in vars(v10) if getattr(v10, k) != getattr(v11, k)} == {"recipe", "text_attention_heads", "text_positions"}
+    assert v11.text_attention_heads == 4 and v11.text_positions == CharCnnRnnConfig(**TINY_TEXT_ENCODER_CONFIG).num_positions
+    assert parse("--text_encoder", "char-cnn-rnn").text_positions == CharCnnRnnConfig().num_positions
+    # A pooled text encoder (the MiniLM default) has no position states: the recipe's attention goes off, and
+    # typed out it is refused before any work.
+    assert (parse().text_attention_heads, parse().text_positions) == (0, 0)
+    with pytest.raises(SystemExit):
+        parse("--text_attention_heads", "4")
 
 
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
