@@ -65,6 +65,7 @@ class TextSpacePipeline(GanClsPipeline):
     def _extrapolate(self, code: torch.Tensor) -> torch.Tensor:
         return code if self.scale == 1.0 else self.mean_code + self.scale * (code - self.mean_code)
 
+    @torch.inference_mode()
     def interpolate(self, prompt_a, prompt_b, num_steps=8, generator=None, output_type="pil", return_dict=True):
         if self.space == "embedding":
             return super().interpolate(prompt_a, prompt_b, num_steps, generator, output_type, return_dict)

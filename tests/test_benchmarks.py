@@ -257,3 +257,77 @@ def test_fusion_masks_reports_where_each_mask_lies_and_draws_them(tmp_path):
         from conftest import make_tiny_pipeline
 
         fusion_masks.masks_and_images(make_tiny_pipeline(), ["a red flower"], [0])  # Reed's plain generator
+
+
+def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny_synthetic_dataset, tmp_path, monkeypatch, capsys):
+    import sys
+
+    import torch
+
+    from t2i import GanClsPipeline
+    from t2i.models import GanClsGenerator
+
+    from conftest import make_tiny_pipeline
+
+    text_code_space = load_script("text_code_space")
+    pooled = make_tiny_pipeline(seed=0)
+    config = pooled.text_encoder.config
+    torch.manual_seed(0)
+    attention = GanClsGenerator(text_embed_dim=config.num_positions * config.embed_dim, ngf=8, normalize_text=True,
+                                text_positions=config.num_positions, text_attention_heads=2)
+    torch.nn.init.normal_(attention.text_attention.scores.weight)  # attention that is not yet the mean of the positions
+    torch.nn.init.normal_(attention.text_projection[0].weight)  # codes of order 1, as the tiny pipeline's
+    attention.eval()
+    for name, generator in (("mean", pooled.generator), ("attention", attention)):
+        GanClsPipeline(tokenizer=pooled.tokenizer, text_encoder=pooled.text_encoder, generator=generator).save_pretrained(tmp_path / name)
+
+    def codes_and_frames(pipeline, space):
+        """The text codes G is given along the strip [5, text_proj_dim], and the frames."""
+        pipeline.space, given = space, []
+        generate = pipeline.generator.generate_from_code
+        pipeline.generator.generate_from_code = lambda noise, code: given.append(code) or generate(noise, code)
+        try:
+            images = pipeline.interpolate("red petals", "a white flower with many thin petals", num_steps=5,
+                                          generator=torch.Generator().manual_seed(0), output_type="pt").images
+        finally:
+            del pipeline.generator.generate_from_code
+        return torch.cat(given), images
+
+    steps = torch.linspace(0, 1, 5)[:, None]
+    for name in ("mean", "attention"):
+        pipeline = text_code_space.TextSpacePipeline.from_pretrained(tmp_path / name)
+        pipeline.setup(["red petals", "yellow petals and a black disc", "a white flower"])
+        plain = GanClsPipeline.from_pretrained(tmp_path / name)
+        expected = plain.interpolate("red petals", "a white flower with many thin petals", num_steps=5,
+                                     generator=torch.Generator().manual_seed(0), output_type="pt").images
+        embedding_codes, images = codes_and_frames(pipeline, "embedding")
+        torch.testing.assert_close(images, expected)
+        code_codes, images = codes_and_frames(pipeline, "code")  # the ends' codes, mixed
+        torch.testing.assert_close(code_codes, torch.lerp(embedding_codes[0], embedding_codes[-1], steps))
+        torch.testing.assert_close(images[[0, -1]], expected[[0, -1]], atol=1e-5, rtol=1e-5)
+        pooled_codes, images = codes_and_frames(pipeline, "pooled")
+        torch.testing.assert_close(pooled_codes[[0, -1]], embedding_codes[[0, -1]])
+        if name == "mean":  # no attention, no normalisation: the pooled vector is the embedding itself
+            torch.testing.assert_close(pooled_codes, embedding_codes)
+        else:  # a mixture of the position states is not a mixture of what the heads read
+            assert not torch.allclose(pooled_codes[1:-1], embedding_codes[1:-1], atol=1e-3)
+            assert not torch.allclose(pooled_codes[1:-1], code_codes[1:-1], atol=1e-3)
+        # c' = c̄ + s·(c − c̄): s = 1 is the plain model; s = 2 doubles every code's distance from c̄.
+        with torch.inference_mode():
+            embeds = pipeline.encode_prompt(["red petals", "a white flower"])
+            code = plain.generator.text_code(embeds)[0]
+            pipeline.scale = 1.0
+            torch.testing.assert_close(pipeline.generator.text_code(embeds)[0], code)
+            pipeline.scale = 2.0
+            torch.testing.assert_close(pipeline.generator.text_code(embeds)[0] - pipeline.mean_code, 2 * (code - pipeline.mean_code))
+
+    out = tmp_path / "space.json"
+    monkeypatch.setattr(sys, "argv", ["text_code_space.py", "--model", str(tmp_path / "attention"), "--dataset", str(tiny_synthetic_dataset),
+                                      "--scale", "1.0", "1.4", "--num-samples", "16", "--out", str(out)])
+    text_code_space.main()
+    report = json.loads(out.read_text())
+    assert [row["space"] for row in report["interpolation"]] == ["embedding", "pooled", "code"]
+    assert all(row["total"] == 20 and len(row["failing"]) == 20 - row["passed"] for row in report["interpolation"])
+    assert [row["scale"] for row in report["extrapolation"]] == [1.0, 1.4]
+    assert report["extrapolation"][0]["oracle_frechet_distance"] != report["extrapolation"][1]["oracle_frechet_distance"]  # other images
+    assert "| code |" in capsys.readouterr().out
