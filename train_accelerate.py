@@ -335,18 +335,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
-    if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
-        source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
-        if source is not None:
-            args.text_positions = text_positions(source)
-        elif args.text_encoder == CHAR_CNN_RNN:
-            args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
-        if args.text_positions < 2 and "text_attention_heads" not in given:
-            args.text_attention_heads = 0  # a recipe's attention goes off with a pooled text encoder (the MiniLM default)
-        elif args.text_positions < 2:
-            parser.error(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
-                         "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
-                         "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
     for name in ("learning_rate", "discriminator_learning_rate", "text_encoder_learning_rate", "max_train_minutes", "kl_weight", "unconditional_weight",
                  "mode_seeking_weight", "matching_loss_weight", "contrastive_weight", "feature_matching_weight", "aux_class_weight"):
         if getattr(args, name) is not None and not math.isfinite(getattr(args, name)):
@@ -486,6 +474,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--evaluation_samples must be at least 2, got {args.evaluation_samples}")
     if os.path.isfile(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file")
+    if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
+        source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
+        try:
+            if source is not None:
+                args.text_positions = text_positions(source)
+            elif args.text_encoder == CHAR_CNN_RNN:
+                args.text_positions = CharCnnRnnConfig(**args.char_cnn_rnn_config).num_positions
+        except (OSError, ValueError) as error:  # no text encoder there (CheckpointError is a ValueError)
+            parser.error(f"--text_attention_heads reads the text encoder's position states, and {source or args.text_encoder} "
+                         f"gives none: {error}")
+        if args.text_positions < 2 and "text_attention_heads" not in given:
+            args.text_attention_heads = 0  # a recipe's attention goes off with a pooled text encoder (the MiniLM default)
+            print(f"note: --recipe {recipe}'s text attention is off: {source or args.text_encoder} gives one pooled embedding, "
+                  "not a char-CNN-RNN's position states", file=sys.stderr)
+        elif args.text_positions < 2:
+            parser.error(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
+                         "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
+                         "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
     return args

@@ -3,12 +3,16 @@
 1. **Where should GAN-INT interpolate?** Reed et al. (ICML 2016) interpolate the sentence embedding. With word-level
    attention (``text_attention_heads``) the embedding is the char-CNN-RNN's position states, and a mixture of two
    captions' states is a per-position mixture of different words, whose attention weights are not a mixture of the
-   ends' weights. Compared: ``embedding`` (what `GanClsPipeline.interpolate` does), ``pooled`` (the mixture of the
-   ends' attention-pooled vectors, which for a mean-pooled model is the embedding's own mixture) and ``code`` (the
-   mixture of the ends' text codes, what G's layers read), on the interpolation check of `t2i.evaluation.robustness`.
+   ends' weights. Compared: ``embedding`` (what `GanClsPipeline.interpolate` does: the embeddings mixed, then
+   L2-normalised and pooled inside G), ``pooled`` (the ends' vectors after normalisation and attention pooling,
+   mixed: for a mean-pooled model with ``normalize_text`` the mixture of the unit embeddings, shorter mid-strip) and
+   ``code`` (the ends' text codes mixed, what G's layers read), on the interpolation check of
+   `t2i.evaluation.robustness`. With text BatchNorm and no conditioning augmentation the projection is affine up to
+   its LeakyReLU, so ``pooled`` and ``code`` differ only where the mixture crosses that kink.
 2. **Does extrapolating the text code bind the attributes harder?** A GAN analogue of classifier-free guidance:
-   c' = c̄ + s·(c − c̄), with c̄ the mean text code of 2,000 training captions; s = 1 is the plain model. Scored on
-   the full protocol (`t2i.evaluation.evaluate_pipeline`, the shipped oracle).
+   c' = c̄ + s·(c − c̄), with c̄ the mean text code of the first caption of each of the first 2,000 training images;
+   s = 1 (always scored) is the plain model. Scored on the full protocol (`t2i.evaluation.evaluate_pipeline`, the
+   shipped oracle).
 
     python benchmarks/text_code_space.py --model pretrained --dataset data/synthetic-flowers \\
         --scale 0.85 1.0 1.15 1.4 --out benchmarks/results/text_code_space_v10.json
@@ -28,7 +32,7 @@ from t2i import GanClsPipeline
 from t2i.data import load_captioned_dataset
 from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
 from t2i.evaluation.robustness import interpolation_report, real_references
-from t2i.pipeline import to_unit_range
+from t2i.pipeline import _check_generator, to_unit_range
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder
 
 SPACES = ("embedding", "pooled", "code")
@@ -51,6 +55,8 @@ class TextSpacePipeline(GanClsPipeline):
 
     def setup(self, captions: list[str]) -> None:
         """Take c̄ from ``captions``, and route every text code G computes through the extrapolation."""
+        if self.mean_code is not None:
+            raise RuntimeError("setup() already ran: its extrapolation would wrap itself")
         text_code = self.generator.text_code
         with torch.inference_mode():
             codes = [text_code(self._encode_checked(captions[i : i + 500]).to(self._execution_device))[0] for i in range(0, len(captions), 500)]
@@ -71,6 +77,8 @@ class TextSpacePipeline(GanClsPipeline):
             return super().interpolate(prompt_a, prompt_b, num_steps, generator, output_type, return_dict)
         if output_type != "pt" or not return_dict:
             raise ValueError("this benchmark's pooled and code interpolation return output_type='pt' only")
+        _check_generator(generator, 1, "interpolate's one noise vector")
+        self._check_prompts([prompt_a, prompt_b], ["prompt_a", "prompt_b"])
         G, device = self.generator, self._execution_device
         steps = self._interpolation_steps(num_steps, device)
         ends = self._encode_checked([prompt_a, prompt_b]).to(device)
@@ -98,6 +106,7 @@ def main() -> None:
     args = parser.parse_args()
     if not all(math.isfinite(s) and s > 0 for s in args.scale):
         parser.error(f"--scale values must be finite and > 0, got {args.scale}")
+    args.scale = sorted({1.0, *args.scale})  # the plain model is every comparison's baseline
     if args.num_samples < 2:
         parser.error(f"--num-samples must be at least 2, got {args.num_samples}")
     test, train = load_captioned_dataset(args.dataset, "test"), load_captioned_dataset(args.dataset, "train")

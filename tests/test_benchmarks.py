@@ -278,7 +278,11 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
     torch.nn.init.normal_(attention.text_attention.scores.weight)  # attention that is not yet the mean of the positions
     torch.nn.init.normal_(attention.text_projection[0].weight)  # codes of order 1, as the tiny pipeline's
     attention.eval()
-    for name, generator in (("mean", pooled.generator), ("attention", attention)):
+    torch.manual_seed(0)
+    unit = GanClsGenerator(text_embed_dim=config.embed_dim, ngf=8, normalize_text=True)  # v10's kind: mean-pooled, unit text
+    torch.nn.init.normal_(unit.text_projection[0].weight)
+    unit.eval()
+    for name, generator in (("mean", pooled.generator), ("unit", unit), ("attention", attention)):
         GanClsPipeline(tokenizer=pooled.tokenizer, text_encoder=pooled.text_encoder, generator=generator).save_pretrained(tmp_path / name)
 
     def codes_and_frames(pipeline, space):
@@ -294,7 +298,7 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
         return torch.cat(given), images
 
     steps = torch.linspace(0, 1, 5)[:, None]
-    for name in ("mean", "attention"):
+    for name in ("mean", "unit", "attention"):
         pipeline = text_code_space.TextSpacePipeline.from_pretrained(tmp_path / name)
         pipeline.setup(["red petals", "yellow petals and a black disc", "a white flower"])
         plain = GanClsPipeline.from_pretrained(tmp_path / name)
@@ -307,11 +311,16 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
         torch.testing.assert_close(images[[0, -1]], expected[[0, -1]], atol=1e-5, rtol=1e-5)
         pooled_codes, images = codes_and_frames(pipeline, "pooled")
         torch.testing.assert_close(pooled_codes[[0, -1]], embedding_codes[[0, -1]])
+        G = plain.generator
+        with torch.inference_mode():  # the ends after G's normalisation and pooling, mixed, then G's projection
+            ends = pipeline.encode_prompt(["red petals", "a white flower with many thin petals"])
+            ends = torch.nn.functional.normalize(ends, dim=1) if G.config.normalize_text else ends
+            ends = G.text_attention(ends) if G.text_attention is not None else ends
+            torch.testing.assert_close(pooled_codes, G.text_projection(torch.lerp(*ends.split(1), steps)))
         if name == "mean":  # no attention, no normalisation: the pooled vector is the embedding itself
             torch.testing.assert_close(pooled_codes, embedding_codes)
-        else:  # a mixture of the position states is not a mixture of what the heads read
-            assert not torch.allclose(pooled_codes[1:-1], embedding_codes[1:-1], atol=1e-3)
-            assert not torch.allclose(pooled_codes[1:-1], code_codes[1:-1], atol=1e-3)
+        else:  # unit vectors' mixture is shorter mid-strip; a mixture of position states is not one of what the heads read
+            assert not torch.allclose(pooled_codes[1:-1], embedding_codes[1:-1], rtol=1e-5, atol=0)
         # c' = c̄ + s·(c − c̄): s = 1 is the plain model; s = 2 doubles every code's distance from c̄.
         with torch.inference_mode():
             embeds = pipeline.encode_prompt(["red petals", "a white flower"])
@@ -328,6 +337,6 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
     report = json.loads(out.read_text())
     assert [row["space"] for row in report["interpolation"]] == ["embedding", "pooled", "code"]
     assert all(row["total"] == 20 and len(row["failing"]) == 20 - row["passed"] for row in report["interpolation"])
-    assert [row["scale"] for row in report["extrapolation"]] == [1.0, 1.4]
+    assert [row["scale"] for row in report["extrapolation"]] == [1.0, 1.4]  # 1.0 would be added if left out
     assert report["extrapolation"][0]["oracle_frechet_distance"] != report["extrapolation"][1]["oracle_frechet_distance"]  # other images
     assert "| code |" in capsys.readouterr().out

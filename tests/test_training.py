@@ -367,7 +367,7 @@ def test_recipe_t2i_v10_the_default_is_t2i_v8_with_fusion_masks_and_the_output_p
             parse(*flags)
 
 
-def test_recipe_t2i_v11_is_t2i_v10_with_word_level_attention_off_with_a_pooled_encoder(tiny_synthetic_dataset, tiny_text_encoder):
+def test_recipe_t2i_v11_is_t2i_v10_with_word_level_attention_off_with_a_pooled_encoder(tiny_synthetic_dataset, tiny_text_encoder, tmp_path, capsys):
     def parse(*flags):
         return train_accelerate.parse_args(["--dataset_name", str(tiny_synthetic_dataset), "--recipe", "t2i-v11", *flags])
 
@@ -379,8 +379,14 @@ def test_recipe_t2i_v11_is_t2i_v10_with_word_level_attention_off_with_a_pooled_e
     # A pooled text encoder (the MiniLM default) has no position states: the recipe's attention goes off, and
     # typed out it is refused before any work.
     assert (parse().text_attention_heads, parse().text_positions) == (0, 0)
-    with pytest.raises(SystemExit):
-        parse("--text_attention_heads", "4")
+    assert "--recipe t2i-v11's text attention is off" in capsys.readouterr().err
+    for flags, message in ((("--text_attention_heads", "4"), "gives one pooled embedding"),
+                           (("--text_encoder_path", str(tmp_path)), "gives none"),  # a folder with no text encoder
+                           (("--text_encoder_path", "runs/missing"), "no such folder"),  # not taken for a Hub id
+                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", "[1]"), "must be a JSON object")):
+        with pytest.raises(SystemExit):
+            parse(*flags)
+        assert message in capsys.readouterr().err, flags
 
 
 def test_recipe_t2i_v5_is_t2i_v4_with_mode_seeking_on_mixtures_and_polar_channels(tiny_synthetic_dataset):
