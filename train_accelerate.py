@@ -474,6 +474,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--evaluation_samples must be at least 2, got {args.evaluation_samples}")
     if os.path.isfile(args.output_dir):
         parser.error(f"--output_dir {args.output_dir!r} is a file")
+    if args.text_attention_heads < 0:
+        parser.error(f"--text_attention_heads must be ≥ 0 (0: Reed's pooled embedding), got {args.text_attention_heads}")
     if args.text_attention_heads:  # G and D attend over a char-CNN-RNN's position states, whatever pooling it was saved with
         source = args.text_encoder_path or args.pretrained_model_name_or_path or (args.text_encoder if os.path.isdir(args.text_encoder) else None)
         try:
@@ -484,14 +486,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         except (OSError, ValueError) as error:  # no text encoder there (CheckpointError is a ValueError)
             parser.error(f"--text_attention_heads reads the text encoder's position states, and {source or args.text_encoder} "
                          f"gives none: {error}")
+        except (TypeError, ArithmeticError) as error:
+            parser.error(f"--char_cnn_rnn_config {json.dumps(args.char_cnn_rnn_config)}: not a char-CNN-RNN ({error})")
+        char_cnn_rnn = args.text_positions != 0 if source is not None else args.text_encoder == CHAR_CNN_RNN
+        what = f"gives {args.text_positions} position(s)" if char_cnn_rnn else "gives one pooled embedding"
         if args.text_positions < 2 and "text_attention_heads" not in given:
             args.text_attention_heads = 0  # a recipe's attention goes off with a pooled text encoder (the MiniLM default)
-            print(f"note: --recipe {recipe}'s text attention is off: {source or args.text_encoder} gives one pooled embedding, "
-                  "not a char-CNN-RNN's position states", file=sys.stderr)
+            print(f"note: --recipe {recipe}'s text attention is off: {source or args.text_encoder} {what}, not a "
+                  "char-CNN-RNN's position states", file=sys.stderr)
         elif args.text_positions < 2:
-            parser.error(f"--text_attention_heads reads a char-CNN-RNN's position states, and {source or args.text_encoder} "
-                         "gives one pooled embedding: pass a char-CNN-RNN as --text_encoder_path (e.g. pretrained) or "
-                         "--text_encoder char-cnn-rnn, or --text_attention_heads 0")
+            parser.error(f"--text_attention_heads reads a char-CNN-RNN's position states (2 or more), and "
+                         f"{source or args.text_encoder} {what}: pass a char-CNN-RNN as --text_encoder_path (e.g. "
+                         "pretrained) or --text_encoder char-cnn-rnn, or --text_attention_heads 0")
     if args.push_to_hub and args.hub_model_id is None:
         args.hub_model_id = Path(args.output_dir).name
     return args

@@ -246,6 +246,17 @@ def test_a_model_flag_newer_than_the_checkpoint_resumes_only_while_off(accelerat
         check_resumable(checkpoint, 1, 4, {"fusion": "affine", "ngf": 16, "polar_harmonics": 0})
 
 
+def test_a_changed_text_attention_names_the_flag_and_the_text_encoder_not_a_derived_value(accelerator, tmp_path):
+    g, d, opt_g, opt_d = _models_and_optimizers(accelerator)
+    trained = {"fusion": "input", "text_attention_heads": 4, "text_positions": 18}
+    checkpoint = _save(accelerator, tmp_path, [g, d], [opt_g, opt_d], model_config=trained)
+    with pytest.raises(ValueError, match=r"Resume with the flags it was trained with \(--text_attention_heads 4\) and the text encoder it was trained with,") as error:
+        check_resumable(checkpoint, 1, 4, {**trained, "text_attention_heads": 0, "text_positions": 0})
+    assert "--text_positions" not in str(error.value)  # no such flag: it follows from the text encoder
+    with pytest.raises(ValueError, match=r"Resume with the text encoder it was trained with, or start"):
+        check_resumable(checkpoint, 1, 4, {**trained, "text_positions": 12})
+
+
 def test_grow_refuses_what_it_cannot_grow_with_a_clear_error(tmp_path, capsys):
     from t2i.training.__main__ import main
 

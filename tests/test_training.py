@@ -383,7 +383,12 @@ def test_recipe_t2i_v11_is_t2i_v10_with_word_level_attention_off_with_a_pooled_e
     for flags, message in ((("--text_attention_heads", "4"), "gives one pooled embedding"),
                            (("--text_encoder_path", str(tmp_path)), "gives none"),  # a folder with no text encoder
                            (("--text_encoder_path", "runs/missing"), "no such folder"),  # not taken for a Hub id
-                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", "[1]"), "must be a JSON object")):
+                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", "[1]"), "must be a JSON object"),
+                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", '{"pool_size": 0}'), "not a char-CNN-RNN"),
+                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", '{"conv_channels": 5}'), "not a char-CNN-RNN"),
+                           (("--text_encoder", "char-cnn-rnn", "--char_cnn_rnn_config", '{"max_chars": 10}', "--text_attention_heads", "2"),
+                            "char-cnn-rnn gives -4 position(s)"),
+                           (("--text_encoder_path", str(tiny_text_encoder), "--text_attention_heads", "-1"), "must be ≥ 0")):
         with pytest.raises(SystemExit):
             parse(*flags)
         assert message in capsys.readouterr().err, flags

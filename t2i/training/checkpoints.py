@@ -258,9 +258,12 @@ def check_resumable(checkpoint: Path, num_processes: int, per_process_batch_size
                 return f"--{name}" if value else f"--no-{name}"
             return f"--{name} {0 if value is None else value}"
 
-        flags = " ".join(flag(k, v) for k, (v, _) in sorted(changed.items()))
+        # text_positions is no flag: it follows from the text encoder (with --text_attention_heads)
+        flags = " ".join(flag(k, v) for k, (v, _) in sorted(changed.items()) if k != "text_positions")
+        hint = " and ".join(([f"the flags it was trained with ({flags})"] if flags else [])
+                            + (["the text encoder it was trained with"] if "text_positions" in changed else []))
         raise ValueError(f"{checkpoint} holds another model: {', '.join(f'{k} {a!r} (now {b!r})' for k, (a, b) in sorted(changed.items()))}. "
-                         f"Resume with the flags it was trained with ({flags}), or start a new run in another --output_dir.")
+                         f"Resume with {hint}, or start a new run in another --output_dir.")
     for rank in range(num_processes):
         rng_file = checkpoint / f"t2i_rng_{rank}.safetensors"
         if not rng_file.is_file():
