@@ -38,7 +38,7 @@ from t2i.text_pretraining.joint_embedding import JOINT_IMAGE_ENCODER_FOLDER, loa
 from t2i.losses import LOSS_TYPES
 from t2i.models import CONDITIONINGS, FUSIONS, GROWABLE, check_region_count, standing_batch_norm_
 from t2i.pipeline import to_unit_range
-from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, text_positions, with_position_states
+from t2i.text_encoders import MINILM_ID, CharCnnRnnConfig, embedding_positions, text_positions, with_position_states
 from t2i.text_pretraining import CHAR_CNN_RNN, TextEncoderSpec, prepare_text_encoder
 from t2i.training import (
     GanClsObjective, check_resumable, generator_config, list_checkpoints, load_checkpoint, non_finite, publish_folder, save_checkpoint,
@@ -685,6 +685,8 @@ def main(argv: list[str] | None = None) -> None:
                                                       args.resolution, args.seed, args.cache_dir)
     if args.text_attention_heads:
         with_position_states(text_encoder.model)
+    elif embedding_positions(text_encoder.model):  # an attention run's encoder, reused without attention: Reed's mean
+        text_encoder.model.config.pooling = "mean"
     with accelerator.main_process_first():
         embeddings = load_or_build_caption_embeddings(train_dataset, text_encoder, cache_dir=args.cache_dir)
         counterfactual_embeddings = None

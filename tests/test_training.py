@@ -115,6 +115,12 @@ def test_text_attention_reads_the_encoders_position_states_end_to_end(train_args
         images = GanClsPipeline.from_pretrained(exported)("white petals with red edges", num_images_per_prompt=2, output_type="np").images
         assert images.shape == (2, 64, 64, 3) and np.isfinite(images).all()
 
+    # The attention run's saved encoder (pooling="positions") reused without attention: Reed's mean, not the states.
+    without = [*train_args, "--text_encoder_path", str(tmp_path / "run"), "--max_train_steps", "2", "--checkpointing_steps", "2"]
+    run(without, tmp_path / "without")
+    plain = GanClsPipeline.from_pretrained(tmp_path / "without")
+    assert plain.generator.config.text_embed_dim == config.embed_dim and plain.text_encoder.config.pooling == "mean"
+
     at = train_args.index("--text_encoder_path")
     pooled = [*train_args[:at], *train_args[at + 2 :], "--text_encoder", "bert-base-uncased", "--text_attention_heads", "2"]
     refused = run(pooled, tmp_path / "pooled", check=False)
