@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.data import load_captioned_dataset
 from t2i.data.counterfactual import nearest_colors
 from t2i.datasets.synthetic_captions import caption_attributes
@@ -141,4 +142,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline  # noqa: E402
+from t2i.cli import run_main
 from t2i.data import load_captioned_dataset  # noqa: E402
 from t2i.evaluation import evaluate_pipeline, load_oracle  # noqa: E402
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder  # noqa: E402
@@ -73,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,6 +23,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from t2i.cli import run_main
 from t2i.data import caption_bigrams, counterfactual_captions, load_captioned_dataset
 from t2i.data.counterfactual import nearest_colors
 from t2i.datasets.synthetic_captions import caption_attributes
@@ -90,4 +91,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.evaluation.robustness import flower_pixel_mask
 from t2i.models import polar_coordinates, soft_masks
 
@@ -126,4 +127,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -18,6 +18,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from t2i.cli import run_main
 from t2i.data import TensorBatchLoader, load_captioned_dataset, load_or_build_caption_embeddings  # noqa: E402
 from t2i.datasets import caption_attributes  # noqa: E402
 from t2i.text_encoders import TextEncoder  # noqa: E402
@@ -74,4 +75,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -13,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.data import load_captioned_dataset
 from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
 from t2i.evaluation.robustness import real_references, robustness_report
@@ -79,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -29,19 +29,14 @@ import torch
 from diffusers import ImagePipelineOutput
 
 from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.data import load_captioned_dataset
-from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
+from t2i.evaluation import TABLE_COLUMNS, evaluate_pipeline, headline_metrics, load_oracle
 from t2i.evaluation.robustness import interpolation_report, real_references
 from t2i.pipeline import _check_generator, to_unit_range
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder
 
 SPACES = ("embedding", "pooled", "code")
-COLUMNS = (
-    ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),
-    ("count", "text_image_agreement_petal_count_word"), ("secondary", "text_image_agreement_secondary_color"),
-    ("shape", "text_image_agreement_petal_shape"), ("FD / real", "oracle_frechet_distance_over_real"),
-    ("diversity / real", "diversity_over_real"), ("R-precision", "r_precision"),
-)
 
 
 class TextSpacePipeline(GanClsPipeline):
@@ -138,10 +133,10 @@ def main() -> None:
     print("| interpolated | strips |\n|---|---|")
     for row in strips:
         print(f"| {row['space']} | {row['passed']} / {row['total']} |")
-    print("\n| s | " + " | ".join(label for label, _ in COLUMNS) + " |\n" + "|---" * (len(COLUMNS) + 1) + "|")
+    print("\n| s | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " |\n" + "|---" * (len(TABLE_COLUMNS) + 1) + "|")
     for row in scales:
-        print(f"| {row['scale']} | " + " | ".join(f"{row[key]:.3f}" if key in row else "–" for _, key in COLUMNS) + " |")
+        print(f"| {row['scale']} | " + " | ".join(f"{row[key]:.3f}" if key in row else "–" for _, key in TABLE_COLUMNS) + " |")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -40,6 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline, TextEncoder  # noqa: E402
+from t2i.cli import run_main
 from t2i.text_encoders import token_features  # noqa: E402
 from t2i.data import load_captioned_dataset  # noqa: E402
 from t2i.datasets import caption_attributes  # noqa: E402
@@ -227,4 +228,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -17,17 +17,12 @@ import math
 from pathlib import Path
 
 from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.data import load_captioned_dataset
-from t2i.evaluation import evaluate_pipeline, headline_metrics, load_oracle
+from t2i.evaluation import TABLE_COLUMNS, evaluate_pipeline, headline_metrics, load_oracle
 from t2i.evaluation.robustness import real_references, robustness_report
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder
 
-COLUMNS = (
-    ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),
-    ("count", "text_image_agreement_petal_count_word"), ("secondary", "text_image_agreement_secondary_color"),
-    ("shape", "text_image_agreement_petal_shape"), ("FD / real", "oracle_frechet_distance_over_real"),
-    ("diversity / real", "diversity_over_real"), ("R-precision", "r_precision"),
-)
 
 
 class TruncatedPipeline(GanClsPipeline):
@@ -75,14 +70,14 @@ def main() -> None:
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"model": str(args.model), "num_samples": args.num_samples, "rows": rows}, indent=2))
-    lines = ["| ψ | " + " | ".join(label for label, _ in COLUMNS) + " | free text | free-text flower share | strips |",
-             "|---" * (len(COLUMNS) + 4) + "|"]
+    lines = ["| ψ | " + " | ".join(label for label, _ in TABLE_COLUMNS) + " | free text | free-text flower share | strips |",
+             "|---" * (len(TABLE_COLUMNS) + 4) + "|"]
     for row in rows:
-        cells = [f"{row[key]:.3f}" if key in row else "–" for _, key in COLUMNS]  # an attribute no sampled caption states
+        cells = [f"{row[key]:.3f}" if key in row else "–" for _, key in TABLE_COLUMNS]  # an attribute no sampled caption states
         lines.append(f"| {row['psi']} | " + " | ".join(cells) + f" | {row['free_text_passed']} / {row['free_text_total']} | "
                      f"{row['free_text_flower_share']:.3f} | {row['strips_passed']} / {row['strips_total']} |")
     print("\n".join(lines))
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -155,4 +155,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from t2i.cli import run_main
+
+    run_main(main)

@@ -2,9 +2,12 @@
 
 import importlib.util
 import json
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 BENCHMARKS = Path(__file__).parents[1] / "benchmarks"
@@ -340,3 +343,13 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
     assert [row["scale"] for row in report["extrapolation"]] == [1.0, 1.4]  # 1.0 would be added if left out
     assert report["extrapolation"][0]["oracle_frechet_distance"] != report["extrapolation"][1]["oracle_frechet_distance"]  # other images
     assert "| code |" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("script, flags", [("attribute_confusion", ["--dataset"]), ("text_code_space", ["--dataset"]),
+                                           ("truncation", ["--dataset"]), ("fusion_masks", [])])
+def test_a_benchmark_names_a_missing_model_in_one_line(script, flags, tiny_synthetic_dataset, tmp_path, monkeypatch):
+    missing = tmp_path / "no-such-model"
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--model", str(missing), *(f for flag in flags for f in (flag, str(tiny_synthetic_dataset)))])
+    with pytest.raises(SystemExit) as stopped:  # as `python benchmarks/SCRIPT.py` runs it
+        runpy.run_path(str(BENCHMARKS / f"{script}.py"), run_name="__main__")
+    assert str(stopped.value.code).startswith("error: ") and str(missing) in str(stopped.value.code)

@@ -21,6 +21,7 @@ colour, secondary colour, petal shape, petal-count bin and centre colour off any
 from .metrics import (
     HEADLINE_METRICS,
     LOWER_IS_BETTER,
+    TABLE_COLUMNS,
     GeneratorScorer,
     evaluate_pipeline,
     frechet_distance,
@@ -45,7 +46,7 @@ from .oracle import (
 from .report import example_captions, results_markdown, save_sample_grid, update_model_card
 
 __all__ = [
-    "HEADLINE_METRICS", "LOWER_IS_BETTER", "ORACLE_ATTRIBUTES", "ORACLE_RESOLUTION", "SHIPPED_ORACLE_SHA256",
+    "HEADLINE_METRICS", "LOWER_IS_BETTER", "ORACLE_ATTRIBUTES", "ORACLE_RESOLUTION", "SHIPPED_ORACLE_SHA256", "TABLE_COLUMNS",
     "AttributeOracle", "GeneratorScorer", "attribute_targets", "evaluate_pipeline", "example_captions",
     "frechet_distance", "headline_metrics", "load_oracle", "load_or_train_oracle", "mean_pairwise_distance",
     "oracle_accuracy", "oracle_training_set", "r_precision", "results_markdown", "save_sample_grid",

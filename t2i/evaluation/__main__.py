@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
+from ..cli import run_main
 from ..data import load_captioned_dataset
 from ..text_pretraining.joint_embedding import load_joint_image_encoder
 from ..pipeline import GanClsPipeline
@@ -72,7 +72,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:  # a missing set, split or model, a refused file: say it, no traceback
-        sys.exit(f"error: {error}")
+    run_main(main)

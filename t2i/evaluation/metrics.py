@@ -218,6 +218,13 @@ HEADLINE_METRICS = (
 )
 """Names `headline_metrics` may return."""
 LOWER_IS_BETTER = frozenset({"oracle_frechet_distance", "oracle_frechet_distance_over_real", "fid_inception_v3"})
+TABLE_COLUMNS = (
+    ("petal", "text_image_agreement_petal_color"), ("centre", "text_image_agreement_center_color"),
+    ("count", "text_image_agreement_petal_count_word"), ("secondary", "text_image_agreement_secondary_color"),
+    ("shape", "text_image_agreement_petal_shape"), ("FD / real", "oracle_frechet_distance_over_real"),
+    ("diversity / real", "diversity_over_real"), ("R-precision", "r_precision"),
+)
+"""(column label, `headline_metrics` name) of docs/results.md's quality tables, in their order."""
 
 
 def headline_metrics(results: dict) -> dict[str, float]:

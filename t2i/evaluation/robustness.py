@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..cli import run_main
 from ..data import augment_batch
 
 FREE_TEXT_PROMPTS_FILE = "free_text_prompts.txt"
@@ -221,9 +222,4 @@ def save_interpolation_strips(pipeline, pairs: Sequence[tuple[str, str]], path: 
 
 
 if __name__ == "__main__":
-    import sys
-
-    try:
-        main()
-    except (FileNotFoundError, ValueError) as error:  # a missing or refused model folder: say it, no traceback
-        sys.exit(f"error: {error}")
+    run_main(main)
