@@ -911,6 +911,7 @@ def same_weights(a: Path, b: Path) -> bool:
     return bool(first) and first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow  # three tiny runs (30 s); the default run keeps fine-tuning's refusal and its plain path below
 def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_step(train_args, uninterrupted_run, tmp_path):
     import re
 
@@ -951,10 +952,12 @@ def test_fine_tuning_grows_a_trained_pipeline_and_scores_it_before_the_first_ste
     assert {k for k in tuned if k not in source} == {f"up_blocks.{i}.{name}" for i in range(4) for name in (
         "conv2.weight", "norm2.running_mean", "norm2.running_var", "norm2.num_batches_tracked", "affine2.weight", "affine2.bias",
         "residual_gain")}
-    # Another generator than the pipeline's is refused before any data is loaded or embedded.
+
+
+def test_fine_tuning_refuses_another_generator_before_any_work(train_args, uninterrupted_run, tmp_path):
     refused = run([*train_args, "--pretrained_model_name_or_path", str(uninterrupted_run), "--ngf", "16"], tmp_path / "other", check=False)
     assert refused.returncode != 0 and "they differ in ngf: 8 (here 16)" in refused.stderr
-    assert "text embeddings" not in refused.stderr
+    assert "text embeddings" not in refused.stderr  # before any data is loaded or embedded
 
 
 def test_discriminator_learning_rate_is_ds_own(train_args, uninterrupted_run, tmp_path):
@@ -1029,7 +1032,8 @@ def _launch(num_processes: int, args: list[str], output_dir: Path) -> subprocess
     return subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "ACCELERATE_USE_CPU": "1"})
 
 
-@pytest.mark.parametrize("first, second", [pytest.param(1, 2, marks=pytest.mark.slow), (2, 1)])  # both ways in CI
+@pytest.mark.slow  # two launches each way (20 s); the default run keeps a two-process run (test_two_process_cpu_run_keeps_ranks_identical)
+@pytest.mark.parametrize("first, second", [(1, 2), (2, 1)])
 def test_resuming_with_another_process_count_is_refused_before_any_work(first, second, train_args, tmp_path):
     args = [*train_args, "--max_train_steps", "3"]
     assert _launch(first, args, tmp_path).returncode == 0
