@@ -77,6 +77,11 @@ def page_config(url: str) -> str:
         ("ａ ｒｅｄ ﬂower", "a red flower", "Read accented or special letters"),  # full-width letters, the fl ligature
         (LONG_PROMPT, LONG_PROMPT.strip()[:201].rstrip(), "cut to 201 characters"),
         ("a red flower " * 100_000, ("a red flower " * 16)[:201].rstrip(), "cut to 201 characters"),
+        # Only what the model reads counts toward the cut: a caption after filler the cleaning drops is read.
+        (" " * 3000 + "a red flower", "a red flower", None),
+        ("\u200b" * 2500 + "a red flower", "a red flower", "Read 2500 control or zero-width space"),
+        ("🌸" * 2500 + "a red flower", "a red flower", "Ignored characters the model cannot read: 🌸"),
+        ("cafe\u0301\u0301\u0301 flower", "cafe flower", "é→e (and dropped 2 lone accent mark(s))"),  # counted, not told apart
     ],
 )
 def test_clean_prompt_returns_what_the_model_reads(prompt, expected, notice):
@@ -94,6 +99,8 @@ def test_clean_prompt_returns_what_the_model_reads(prompt, expected, notice):
         ("🌸🌼", "no characters this model can read"),
         ("זהב אדום", "no characters this model can read"),
         (None, "the prompt must be text"),
+        ("🌸" * 200_000 + "a red flower", "no characters this model can read in its first 100,000 characters"),
+        (" " * 200_000 + "a red flower", "the prompt is empty in its first 100,000 characters"),
     ],
 )
 def test_clean_prompt_refuses_unreadable_prompts(prompt, message):

@@ -48,21 +48,14 @@ def _shown(characters: list[str]) -> str:
     return " ".join(ch if ch.isprintable() and unicodedata.category(ch)[0] not in "MC" else f"U+{ord(ch):04X}" for ch in characters)
 
 
-def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
-    """The prompt exactly as the model will read it, plus notices about what was changed.
+MAX_SCANNED_CHARS = 100_000
+"""The most characters of a prompt that are read looking for what the model reads; the rest is ignored."""
 
-    Control characters and zero-width spaces become spaces, other invisible formatting characters (including right-to-left overrides) are
-    removed, accents and compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer
-    reads them), characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut
-    to ``prompt_limit``.
-    Raises ``InputError`` when nothing readable is left.
-    """
-    if not isinstance(prompt, str):
-        raise InputError(f"the prompt must be text; got {type(prompt).__name__}.")
-    limit = prompt_limit(tokenizer)
+
+def _clean(text: str, tokenizer) -> tuple[str, list[str], list[str]]:
+    """``text`` as the model reads it before the cut (see `clean_prompt`), the notices, the unreadable characters."""
     notices = []
-    # Far more than the model reads is cut before the character checks, so a megabyte of text costs nothing.
-    text = unicodedata.normalize("NFC", prompt[: 10 * limit])
+    text = unicodedata.normalize("NFC", text)
     # A control character (Cc: NUL, BEL, ...) or a zero-width space stands where a separator was ("red\x00petals"
     # reads "red petals"); any other invisible formatting character (Cf: bidi overrides, zero-width joiners) sits
     # inside a word and goes.
@@ -78,7 +71,7 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     if folded != visible:
         changed = {ch: fold_characters(ch) for ch in sorted(set(visible)) if fold_characters(ch) != ch}
         folds = " ".join([f"{ch}→{plain}" for ch, plain in changed.items() if plain][:20])
-        marks = sum(not plain for plain in changed.values())  # lone combining marks fold to nothing
+        marks = sum(visible.count(ch) for ch, plain in changed.items() if not plain)  # lone combining marks fold to nothing
         dropped = f"dropped {marks} lone accent mark(s)" if marks else ""
         notices.append("Read accented or special letters as plain ones: "
                        + (f"{folds} ({'and ' + dropped})" if folds and dropped else folds or dropped))
@@ -86,14 +79,38 @@ def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
     unknown = unreadable_characters(tokenizer, visible)
     if unknown:
         visible = "".join(ch for ch in visible if ch not in unknown)
-    text = " ".join(visible.split())
+    return " ".join(visible.split()), notices, unknown
+
+
+def clean_prompt(prompt: object, tokenizer) -> tuple[str, list[str]]:
+    """The prompt exactly as the model will read it, plus notices about what was changed.
+
+    Control characters and zero-width spaces become spaces, other invisible formatting characters (including right-to-left overrides) are
+    removed, accents and compatibility forms are folded to plain letters (`fold_characters`, as the char tokenizer
+    reads them), characters the tokenizer cannot represent are dropped, whitespace is collapsed and the text is cut
+    to ``prompt_limit``. Only what the model reads counts toward the cut: a caption after 3,000 spaces or emoji is
+    read. At most `MAX_SCANNED_CHARS` characters are looked at.
+    Raises ``InputError`` when nothing readable is left.
+    """
+    if not isinstance(prompt, str):
+        raise InputError(f"the prompt must be text; got {type(prompt).__name__}.")
+    limit = prompt_limit(tokenizer)
+    # Cleaned in growing windows from the start, so that a megabyte of text costs about what the first part that
+    # fills the limit does, while filler the cleaning drops (spaces, emoji, invisible characters) is looked past.
+    window = 10 * limit
+    while True:
+        text, notices, unknown = _clean(prompt[:window], tokenizer)
+        if len(text) > limit or window >= min(len(prompt), MAX_SCANNED_CHARS):
+            break
+        window = min(4 * window, MAX_SCANNED_CHARS)
     if not text:
+        scanned = f" in its first {MAX_SCANNED_CHARS:,} characters" if len(prompt) > MAX_SCANNED_CHARS else ""
         if unknown:
             raise InputError(
-                "the prompt has no characters this model can read (it reads English letters, digits and "
+                f"the prompt has no characters this model can read{scanned} (it reads English letters, digits and "
                 f"punctuation); it ignores {_shown(unknown[:20])}. Describe the flower in English."
             )
-        raise InputError("the prompt is empty: describe the flower, e.g. 'a flower with five red petals'.")
+        raise InputError(f"the prompt is empty{scanned}: describe the flower, e.g. 'a flower with five red petals'.")
     if unknown:
         more = f" and {len(unknown) - 20} more" if len(unknown) > 20 else ""
         notices.append(f"Ignored characters the model cannot read: {_shown(unknown[:20])}{more}")
