@@ -139,3 +139,12 @@ def test_a_missing_folder_is_a_clear_error_not_a_hub_lookup(name, monkeypatch):
     with pytest.raises(FileNotFoundError, match=r"python -m t2i\.datasets synth --out"):
         load_captioned_dataset(name, split="train")
     assert time.monotonic() - started < 30
+
+
+@pytest.mark.parametrize("name", ["README.md", "client.py", "flowers.parquet"])
+def test_a_file_is_refused_as_a_dataset_at_once(name, tmp_path, monkeypatch):
+    (tmp_path / name).write_text("print('a dataset script would run here')\n")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.chdir(tmp_path)  # a bare file name could also be a Hub id
+    with pytest.raises(FileNotFoundError, match=f"{name} is a file, not a dataset folder"):
+        load_captioned_dataset(name, split="train")

@@ -120,14 +120,18 @@ def load_captioned_dataset(
     A local folder is always read as it is on disk now: its cache is keyed by `local_files_fingerprint`.
 
     Raises:
-        FileNotFoundError: `name_or_path` is neither a local folder nor a Hub dataset that can be reached. A name
-            that can only be a path (starts with ".", "/" or "~", or has more than one "/") is never sent to the Hub.
+        FileNotFoundError: `name_or_path` is neither a local folder nor a Hub dataset that can be reached (a file
+            is refused at once). A name that can only be a path (starts with ".", "/" or "~", or has more than one
+            "/") is never sent to the Hub.
     """
     if not os.fspath(name_or_path).strip():
         raise ValueError("the dataset name is empty: give a folder (python -m t2i.datasets synth --out DIR) or a Hub id")
     path = Path(name_or_path).expanduser()
     if not path.exists():
         _check_hub_dataset(os.fspath(name_or_path))
+    elif not path.is_dir():  # else read as a Hub id (a minute of retries) or, for a .py file, a dataset script
+        raise FileNotFoundError(f"{name_or_path} is a file, not a dataset folder: give the folder "
+                                "`python -m t2i.datasets synth --out DIR` wrote, or a Hub dataset id (org/name)")
     if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
         raise FileNotFoundError(f"{name_or_path}: the folder is empty. Make the synthetic set there with "
                                 f"`python -m t2i.datasets synth --out {name_or_path}`.")
