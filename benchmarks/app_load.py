@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from t2i import GanClsPipeline
+from t2i.cli import run_main
 from t2i.serving import DEFAULT_MODEL_FOLDER, EXAMPLE_PROMPTS, build_random_pipeline
 from t2i.text_encoders import TextEncoder
 
@@ -57,6 +59,7 @@ def free_port() -> int:
 def prepare_model(model: str | None, folder: Path) -> tuple[str, str]:
     """(name or path for --model, description): the given model, the embedded default, or a random ngf = 64 one."""
     if model:
+        GanClsPipeline.from_pretrained(model)  # else the app would serve its untrained stand-in, and time that
         return model, model
     if (DEFAULT_MODEL_FOLDER / "model_index.json").is_file():
         return str(DEFAULT_MODEL_FOLDER), "embedded default (pretrained/)"
@@ -216,4 +219,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

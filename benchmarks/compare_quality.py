@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline  # noqa: E402
-from t2i.cli import run_main
+from t2i.cli import named_path, run_main
 from t2i.data import load_captioned_dataset  # noqa: E402
 from t2i.evaluation import evaluate_pipeline, load_oracle  # noqa: E402
 from t2i.text_pretraining.joint_embedding import load_joint_image_encoder  # noqa: E402
@@ -46,7 +46,7 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--run", action="append", required=True, help="NAME=FOLDER, repeatable")
+    parser.add_argument("--run", action="append", required=True, type=named_path, help="NAME=FOLDER, repeatable")
     parser.add_argument("--num-samples", "--num_samples", dest="num_samples", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oracle_dir", default=None)
@@ -56,8 +56,10 @@ def main() -> None:
     train, test = load_captioned_dataset(args.dataset, "train"), load_captioned_dataset(args.dataset, "test")
     oracle, oracle_dir = load_oracle(args.oracle_dir)
     rows = []
-    for spec in args.run:
-        name, _, folder = spec.partition("=")
+    for name, folder in args.run:
+        if not (Path(folder) / "training_summary.json").is_file():
+            raise FileNotFoundError(f"--run {name}={folder}: no training_summary.json there (the folder a finished "
+                                    "train_accelerate.py run saves its pipeline in)")
         summary = json.loads((Path(folder) / "training_summary.json").read_text())
         results = evaluate_pipeline(
             GanClsPipeline.from_pretrained(folder), test, train, oracle, num_samples=args.num_samples, seed=args.seed,

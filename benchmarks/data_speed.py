@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
+from t2i.cli import run_main  # noqa: E402
 from t2i.data import (  # noqa: E402
     CaptionEmbeddings,
     TensorBatchLoader,
@@ -148,4 +149,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

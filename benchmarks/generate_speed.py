@@ -16,6 +16,7 @@ import time
 import torch
 
 from t2i import GanClsGenerator, GanClsPipeline, TextEncoder
+from t2i.cli import run_main
 from t2i.text_encoders import build_char_cnn_rnn
 
 PROMPT = "this flower has five pointed purple petals and a yellow center"
@@ -63,12 +64,13 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/generate_speed.json")
     args = parser.parse_args()
 
+    saved = GanClsPipeline.from_pretrained(args.model) if args.model else None  # a missing model fails before any timing
     rows = [
         benchmark("ngf 64 + char-cnn-rnn (Reed, 1024-d)", random_pipeline(build_char_cnn_rnn(), args.channels_last), args.repeats),
         benchmark("ngf 64 + all-MiniLM-L6-v2 (384-d)", random_pipeline(TextEncoder.from_pretrained(), args.channels_last), args.repeats),
     ]
     if args.model:
-        rows.append(benchmark(f"{args.model} (saved pipeline)", GanClsPipeline.from_pretrained(args.model), args.repeats))
+        rows.append(benchmark(f"{args.model} (saved pipeline)", saved, args.repeats))
     report = {
         "benchmark": "generate_speed",
         "resolution": 64,
@@ -92,4 +94,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -48,6 +48,8 @@ def main() -> None:
     parser.add_argument("--previous", default=None,
                         help="an earlier --out JSON of the same protocol: its runs are kept, not scored again")
     args = parser.parse_args()
+    if not Path(args.pilots).is_dir():
+        parser.error(f"--pilots {args.pilots}: no such folder (give the OUT_DIR pilots_v3.sh wrote)")
     previous = json.loads(Path(args.previous).read_text()) if args.previous else {"runs": {}, "num_samples": args.num_samples}
     if previous["num_samples"] != args.num_samples:
         parser.error(f"--previous was scored on {previous['num_samples']} samples, not {args.num_samples}")

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from t2i import GanClsPipeline, TextEncoder  # noqa: E402
-from t2i.cli import run_main
+from t2i.cli import named_path, run_main
 from t2i.text_encoders import token_features  # noqa: E402
 from t2i.data import load_captioned_dataset  # noqa: E402
 from t2i.datasets import caption_attributes  # noqa: E402
@@ -174,7 +174,8 @@ def stated(captions: list[str], attribute: str) -> tuple[list[int], list[str]]:
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", required=True, help="the synthetic captioned-flowers set (python -m t2i.datasets synth)")
-    parser.add_argument("--encoder", action="append", required=True, help="NAME=FOLDER_OR_ID (a pipeline folder works too), repeatable")
+    parser.add_argument("--encoder", action="append", required=True, type=named_path,
+                        help="NAME=FOLDER_OR_ID (a pipeline folder works too), repeatable")
     parser.add_argument("--train_captions", type=int, default=12000, help="train-split captions the probes learn from (default: 12000)")
     parser.add_argument("--test_captions", type=int, default=4000, help="unseen-class captions they are scored on (default: 4000)")
     parser.add_argument("--generator_code", action="store_true",
@@ -191,8 +192,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     train = sample_captions(load_captioned_dataset(args.dataset, "train"), args.train_captions, generator)
     test = sample_captions(load_captioned_dataset(args.dataset, "test"), args.test_captions, generator)
     results = []
-    for spec in args.encoder:
-        name, _, path = spec.partition("=")
+    for name, path in args.encoder:
         encoder = load_encoder(path)
         started = time.perf_counter()
         if args.pooling == "attention":

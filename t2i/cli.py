@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
 
@@ -21,3 +22,15 @@ def run_main(main: Callable[[], object]) -> None:
         main()
     except INPUT_ERRORS as error:
         sys.exit(f"error: {error}")
+
+
+def named_path(spec: str) -> tuple[str, str]:
+    """``NAME=PATH`` → (name, path): an argparse ``type`` for options that label what they compare.
+
+    Raises:
+        argparse.ArgumentTypeError: no ``=``, or an empty name or path.
+    """
+    name, equals, path = spec.partition("=")
+    if not (equals and name.strip() and path.strip()):
+        raise argparse.ArgumentTypeError(f"expected NAME=PATH (a label, '=', then a folder or id), got {spec!r}")
+    return name, path

@@ -346,10 +346,23 @@ def test_text_code_space_interpolates_where_asked_and_extrapolates_the_code(tiny
 
 
 @pytest.mark.parametrize("script, flags", [("attribute_confusion", ["--dataset"]), ("text_code_space", ["--dataset"]),
-                                           ("truncation", ["--dataset"]), ("fusion_masks", [])])
+                                           ("truncation", ["--dataset"]), ("fusion_masks", []), ("generate_speed", []),
+                                           ("app_load", [])])
 def test_a_benchmark_names_a_missing_model_in_one_line(script, flags, tiny_synthetic_dataset, tmp_path, monkeypatch):
     missing = tmp_path / "no-such-model"
     monkeypatch.setattr(sys, "argv", [f"{script}.py", "--model", str(missing), *(f for flag in flags for f in (flag, str(tiny_synthetic_dataset)))])
     with pytest.raises(SystemExit) as stopped:  # as `python benchmarks/SCRIPT.py` runs it
         runpy.run_path(str(BENCHMARKS / f"{script}.py"), run_name="__main__")
     assert str(stopped.value.code).startswith("error: ") and str(missing) in str(stopped.value.code)
+
+
+def test_named_options_take_name_equals_path():
+    import argparse
+
+    from t2i.cli import named_path
+
+    assert named_path("v10=pretrained") == ("v10", "pretrained")
+    assert named_path("a=b=c") == ("a", "b=c")  # the first '=' splits
+    for bad in ("pretrained", "=pretrained", "v10=", " = "):
+        with pytest.raises(argparse.ArgumentTypeError, match="expected NAME=PATH"):
+            named_path(bad)
