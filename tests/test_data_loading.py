@@ -148,3 +148,11 @@ def test_a_file_is_refused_as_a_dataset_at_once(name, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a bare file name could also be a Hub id
     with pytest.raises(FileNotFoundError, match=f"{name} is a file, not a dataset folder"):
         load_captioned_dataset(name, split="train")
+
+
+def test_a_folder_that_holds_no_dataset_is_named(tmp_path):
+    (tmp_path / "model_index.json").write_text("{}")  # e.g. a model folder given as --dataset
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="not a dataset folder"):
+        load_captioned_dataset(tmp_path, split="test")

@@ -143,6 +143,11 @@ def load_captioned_dataset(
             loaded = loaded[split]
         dataset = loaded
     elif path.is_dir():  # parquet folders and imagefolders go through the packaged builders
+        if not any(p.suffix in (".parquet", ".arrow") or p.name in ("metadata.jsonl", "metadata.csv") for p in path.rglob("*")):
+            # else `datasets` reads any folder, as JSON or plain images, and fails later on a split or a column
+            raise FileNotFoundError(f"{name_or_path}: not a dataset folder (no parquet or arrow files, no save_to_disk "
+                                    "state, no imagefolder metadata.jsonl). Make the synthetic set with "
+                                    "`python -m t2i.datasets synth --out DIR`.")
         # `datasets` keys a local folder's cache on its name and its card's data_files patterns, not on the files
         # (with a `configs:` block), so a rebuilt folder or another folder of the same name would load old rows.
         # Keyed here on every file's path, size and mtime, a cache can only ever hold what is on disk now.

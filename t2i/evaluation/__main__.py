@@ -43,10 +43,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     """Evaluate one model; print the markdown table, write JSON and markdown when --out is given."""
     args = parse_args(argv)
+    pipeline = GanClsPipeline.from_pretrained(args.model)  # first: a missing model fails before the data is read
     test_dataset = load_captioned_dataset(args.dataset, args.split)
     train_dataset = load_captioned_dataset(args.dataset, args.train_split)
     check_attributes(test_dataset)
-    pipeline = GanClsPipeline.from_pretrained(args.model)
     if args.train_oracle:
         oracle, oracle_dir = load_or_train_oracle(args.oracle_dir, num_images=args.oracle_images, steps=args.oracle_steps)
     else:
