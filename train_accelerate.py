@@ -194,6 +194,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                        help="SN-GAN: spectral normalisation of D's layers instead of BatchNorm on its image path")
     model.add_argument("--projection_scales", type=int, default=1,
                        help="with --conditioning projection: judge the text match on this many feature scales (4×4, 8×8, ...)")
+    model.add_argument("--projection_regions", type=int, default=0, metavar="K",
+                       help="with --conditioning projection: also judge the text match in K soft regions D finds on its 8×8 "
+                            "map, each with its own projection of the text, so that each part's colour is checked where "
+                            "it is drawn (2 to 16; default 0: off)")
 
     objective = parser.add_argument_group("objective")
     objective.add_argument("--discriminator_warmup_steps", type=int, default=0,
@@ -332,6 +336,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                    ("mode_seeking_mixtures", False, args.mode_seeking_weight == 0 or not args.gan_int),
                                    ("projection_scales", 1, args.conditioning != "projection"),
                                    ("contrastive_weight", 0.0, args.conditioning != "projection"),
+                                   ("projection_regions", 0, args.conditioning != "projection"),
                                    ("int_captions", 2, args.int_beta is not None)):
         if feature_off and name in RECIPES[recipe] and name not in given:
             setattr(args, name, off)
@@ -371,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag} shapes the text-affine blocks: it needs --fusion affine")
     if args.deep_fusion and args.fusion != "input":
         parser.error("--deep_fusion adds text affines to Reed's generator: it needs --fusion input (--fusion affine has its own)")
-    for name in ("fusion_masks", "output_palette"):
+    for name in ("fusion_masks", "output_palette", "projection_regions"):
         try:
             check_region_count(f"--{name}", getattr(args, name))
         except ValueError as error:
@@ -380,8 +385,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--fusion_masks {args.fusion_masks} makes --deep_fusion's affines spatial: it needs --deep_fusion")
     if args.output_palette and args.fusion != "input":
         parser.error(f"--output_palette {args.output_palette} paints the last layer of Reed's generator: it needs --fusion input")
+    # Where the recipe chose concatenation, say so: the command line may not mention --conditioning at all.
+    concat_from = "" if "conditioning" in given else f" (--recipe {recipe} sets --conditioning {args.conditioning})"
     if args.projection_scales > 1 and args.conditioning != "projection":
-        parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection")
+        parser.error(f"--projection_scales {args.projection_scales} needs --conditioning projection{concat_from}")
+    if args.projection_regions and args.conditioning != "projection":
+        parser.error(f"--projection_regions {args.projection_regions} needs --conditioning projection{concat_from}")
     if not 1 <= args.projection_scales <= (4 if args.resolution == 64 else 5):
         parser.error(f"--projection_scales must be between 1 and {4 if args.resolution == 64 else 5} at {args.resolution} px")
     if args.int_captions < 2 or (args.int_captions > 2 and args.int_beta is not None):
@@ -405,10 +414,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--contrastive_hard_negatives adds candidates to the contrastive term: it needs --contrastive_weight > 0 "
                      "(on by default, off with --conditioning concat, which has no projection scores to compare)")
     if args.contrastive_weight > 0 and args.conditioning != "projection":
-        parser.error("--contrastive_weight needs --conditioning projection (it scores every image against every caption "
-                     "with the projection's matching term)")
+        parser.error(f"--contrastive_weight needs --conditioning projection{concat_from} (it scores every image against "
+                     "every caption with the projection's matching term)")
     if args.unconditional_weight > 0 and args.conditioning != "projection":
-        parser.error("--unconditional_weight needs --conditioning projection (its text-free term is the unconditional logit)")
+        parser.error(f"--unconditional_weight needs --conditioning projection{concat_from} (its text-free term is the "
+                     "unconditional logit)")
     for name in ("counterfactual_negatives", "counterfactual_exchange", "counterfactual_fakes", "fragment_captions"):
         if not 0.0 <= getattr(args, name) <= 1.0:  # NaN fails this too
             parser.error(f"--{name} must be a probability in [0, 1], got {getattr(args, name)}")
@@ -511,7 +521,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 MODEL_FLAGS = ("fusion", "conditioning_augmentation", "normalize_text", "text_batch_norm", "conditioning", "projection_scales",
                "ngf", "ndf", "noise_dim", "text_proj_dim", "resolution", "aux_class_weight", "polar_harmonics",
                "polar_antialias", "spectral_norm", "residual_blocks", "transposed_up_blocks", "deep_fusion", "fusion_masks", "output_palette",
-               "discriminator_from_joint_embedding", "text_attention_heads", "text_positions")
+               "discriminator_from_joint_embedding", "text_attention_heads", "text_positions", "projection_regions")
 
 
 def load_pretrained_generator(name_or_path: str, config: dict) -> tuple[GanClsGenerator, Path]:
@@ -751,7 +761,7 @@ def main(argv: list[str] | None = None) -> None:
         text_embed_dim=embeddings.dim, text_proj_dim=args.text_proj_dim, ndf=args.ndf, resolution=args.resolution, num_classes=num_classes,
         text_batch_norm=args.text_batch_norm, conditioning=args.conditioning, projection_scales=args.projection_scales,
         spectral_norm=args.spectral_norm, first_conv_bias=args.discriminator_from_joint_embedding,
-        text_positions=args.text_positions, text_attention_heads=args.text_attention_heads,
+        text_positions=args.text_positions, text_attention_heads=args.text_attention_heads, projection_regions=args.projection_regions,
     )
     if joint_image_encoder is not None and args.discriminator_from_joint_embedding and resume_from is None:
         try:

@@ -27,6 +27,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout, without installing t2i
 from t2i import GanClsDiscriminator, GanClsPipeline
+from t2i.cli import run_main
 from t2i.data import images_to_uint8, load_captioned_dataset, swap_stated_word
 from t2i.datasets.synthetic_captions import caption_attributes
 from t2i.text_encoders import encode_text
@@ -64,13 +65,15 @@ def discriminator_from_weights(state: dict[str, torch.Tensor]) -> GanClsDiscrimi
     first = state["image_encoder.0.parametrizations.weight.original" if spectral else "image_encoder.0.weight"]
     text = state["text_projection.0.parametrizations.weight.original" if spectral else "text_projection.0.weight"]
     num_down = len({key.split(".")[1] for key in state if key.startswith("image_encoder.") and state[key].dim() == 4})
+    regions = state.get("region_masks.parametrizations.weight.original" if spectral else "region_masks.weight")
     discriminator = GanClsDiscriminator(
         text_embed_dim=text.shape[1], text_proj_dim=text.shape[0], ndf=first.shape[0], resolution=4 * 2**num_down,
         in_channels=first.shape[1], num_classes=state["class_head.weight"].shape[0] if "class_head.weight" in state else 0,
         text_batch_norm="text_projection.1.running_mean" in state,
         conditioning="projection" if any(key.startswith("text_to_features") for key in state) else "concat",
         projection_scales=1 + len({key.split(".")[1] for key in state if key.startswith("finer_text_to_features.")}),
-        spectral_norm=spectral,
+        spectral_norm=spectral, first_conv_bias="image_encoder.0.bias" in state,
+        projection_regions=0 if regions is None else regions.shape[0],
     )
     discriminator.load_state_dict(state)
     return discriminator
@@ -162,4 +165,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

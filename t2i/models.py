@@ -538,6 +538,17 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
     constant is bounded per layer, and no batch statistics couple the images of one batch.
     ``first_conv_bias`` gives the first convolution a bias, as the joint embedding's image encoder θ has, so that
     the image path can start as θ (`init_image_encoder_from_`).
+    ``projection_regions`` K > 0 (with projection) judges the match part by part: a 1×1 convolution of the 8×8 map
+    (the one before 4×4) predicts K soft masks (a softmax over K at every position), the map is pooled under each,
+    and each region k has its own projection of the text, ⟨W_k t, Σ_xy m_k(xy) φ(x)_xy⟩. A pooled map holds which
+    colours an image has, not where; with regions D can find the disc and the petals and score each one's colour
+    against the caption, where "white petals, red centre" and "red petals, white centre" differ (G's fusion masks
+    seen from D's side; the region-wise matching of SSA-GAN's and DAE-GAN's discriminators, Liao et al. and Ruan
+    et al., 2021-22). The region terms join ``image_embeds`` and ``text_features``, so the contrastive term uses them.
+
+    Raises:
+        ValueError: an unknown ``conditioning``; ``projection_scales`` out of [1, number of stride-2 blocks] or > 1
+            with concatenation; ``projection_regions`` not 0 or 2–`MAX_REGIONS`, or > 0 with concatenation.
     """
 
     @register_to_config
@@ -556,6 +567,7 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         first_conv_bias: bool = False,
         text_positions: int = 0,
         text_attention_heads: int = 0,
+        projection_regions: int = 0,
     ):
         super().__init__()
         if conditioning not in CONDITIONINGS:
@@ -564,6 +576,8 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         if not 1 <= projection_scales <= num_down or (projection_scales > 1 and conditioning != "projection"):
             raise ValueError(f"projection_scales must be in [1, {num_down}], and > 1 only with conditioning='projection'; "
                              f"got {projection_scales} with {conditioning!r}")
+        if check_region_count("projection_regions", projection_regions) and conditioning != "projection":
+            raise ValueError(f"projection_regions needs conditioning='projection', got {conditioning!r}")
         layers: list[nn.Module] = [nn.Conv2d(in_channels, ndf, 4, 2, 1, bias=first_conv_bias), nn.LeakyReLU(0.2, inplace=True)]
         width = ndf
         image_norm = (lambda channels: nn.Identity()) if spectral_norm else nn.BatchNorm2d
@@ -586,6 +600,9 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
                 self.finer_text_to_features = nn.ModuleList(
                     nn.Linear(text_proj_dim, width // 2**k, bias=False) for k in range(1, projection_scales)
                 )
+            if projection_regions:
+                self.region_masks = nn.Conv2d(width // 2, projection_regions, 1)
+                self.region_text_to_features = nn.Linear(text_proj_dim, projection_regions * (width // 2), bias=False)
         self.to_logit = nn.Conv2d(width, 1, 4, 1, 0)
         # TAC-GAN's auxiliary classifier reads the text-free image features.
         self.class_head = nn.Conv2d(width, num_classes, 4, 1, 0) if num_classes > 0 else None
@@ -671,8 +688,16 @@ class GanClsDiscriminator(SafetensorsOnlyMixin, ModelMixin, ConfigMixin):
         else:
             finer = getattr(self, "finer_text_to_features", [])
             # Finer maps are averaged × 16: the same scale as the 4×4 sum, whatever the map's size.
-            image_embeds = torch.cat([features.sum(dim=(2, 3))] + [scales[-1 - k].mean(dim=(2, 3)) * 16 for k in range(1, len(finer) + 1)], dim=1)
-            text_features = torch.cat([self.text_to_features(text)] + [text_to_features(text) for text_to_features in finer], dim=1)
+            image_parts = [features.sum(dim=(2, 3))] + [scales[-1 - k].mean(dim=(2, 3)) * 16 for k in range(1, len(finer) + 1)]
+            text_parts = [self.text_to_features(text)] + [text_to_features(text) for text_to_features in finer]
+            if self.config.projection_regions:
+                regional = scales[-2]
+                masks = soft_masks(self.region_masks(regional))
+                # Σ over the map × 16 / its positions: a region covering it all is on the 4×4 sum's scale.
+                pooled = torch.einsum("bkhw,bchw->bkc", masks, regional.to(masks.dtype)) * (16 / regional[0, 0].numel())
+                image_parts.append(pooled.flatten(1))
+                text_parts.append(self.region_text_to_features(text))
+            image_embeds, text_features = torch.cat(image_parts, dim=1), torch.cat(text_parts, dim=1)
             unconditional_logits = self.to_logit(features).flatten()
             logits = unconditional_logits.repeat(repeats) + (text_features * image_embeds.repeat(repeats, 1)).sum(dim=1)
         class_logits = self.class_head(features).flatten(1) if self.class_head is not None else None

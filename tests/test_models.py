@@ -209,14 +209,48 @@ def test_multi_scale_projection_judges_the_match_on_the_8x8_map_too():
         GanClsDiscriminator(conditioning="projection", projection_scales=5)
 
 
-@pytest.mark.parametrize("projection_scales", [1, 2])
-def test_projection_outputs_score_every_image_against_every_caption(projection_scales):
+def test_projection_regions_pool_the_8x8_map_under_each_mask_with_their_own_text_projection():
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, conditioning="projection", projection_regions=2).eval()
+    eight_by_eight = {}
+    discriminator.image_encoder[7].register_forward_hook(lambda module, inputs, output: eight_by_eight.update(map=output))
+    images, right, wrong = torch.randn(4, 3, 64, 64), torch.randn(4, 24), torch.randn(4, 24)
+    with torch.no_grad():  # mask 0 where the map's channel 0 is positive, mask 1 elsewhere (nearly hard masks)
+        discriminator.region_masks.weight.zero_()
+        discriminator.region_masks.weight[0, 0] = 1e9
+        discriminator.region_masks.bias.zero_()
+    out = discriminator(images, torch.cat([right, wrong]))
+    features = eight_by_eight["map"]
+    assert features.shape == (4, 32, 8, 8)
+    inside = (features[:, :1] > 0).float()
+    by_hand = torch.cat([(features * inside).sum(dim=(2, 3)), (features * (1 - inside)).sum(dim=(2, 3))], dim=1) * 16 / 64
+    assert torch.allclose(out.image_embeds[:, 64:], by_hand, rtol=1e-4, atol=1e-7)  # after the 4×4 map's 64 channels
+    # Each region has its own projection: with the 4×4 term and region 0's off, the text still counts through region 1.
+    torch.nn.init.zeros_(discriminator.text_to_features.weight)
+    with torch.no_grad():
+        discriminator.region_text_to_features.weight[:32].zero_()
+    logits = discriminator(images, torch.cat([right, wrong])).logits
+    assert not torch.allclose(logits[:4], logits[4:])
+    with torch.no_grad():
+        discriminator.region_text_to_features.weight.zero_()
+    logits = discriminator(images, torch.cat([right, wrong])).logits
+    assert torch.allclose(logits[:4], logits[4:])
+    for bad in (1, 17, -1, 2.0, True):
+        with pytest.raises(ValueError, match="projection_regions"):
+            GanClsDiscriminator(conditioning="projection", projection_regions=bad)
+    with pytest.raises(ValueError, match="projection_regions needs conditioning='projection'"):
+        GanClsDiscriminator(conditioning="concat", projection_regions=3)
+
+
+@pytest.mark.parametrize("projection_scales, projection_regions", [(1, 0), (2, 0), (1, 3), (2, 4)])
+def test_projection_outputs_score_every_image_against_every_caption(projection_scales, projection_regions):
     torch.manual_seed(0)
     discriminator = GanClsDiscriminator(text_embed_dim=24, ndf=8, text_batch_norm=True, conditioning="projection",
-                                        projection_scales=projection_scales).eval()
+                                        projection_scales=projection_scales, projection_regions=projection_regions).eval()
     images, texts = torch.randn(4, 3, 64, 64), torch.randn(4, 24)
     out = discriminator(images, torch.cat([texts, texts.roll(1, 0)]))  # then image i with caption i − 1
-    assert out.image_embeds.shape == (4, 64 + 32 * (projection_scales - 1)) and out.text_features.shape == (8, out.image_embeds.shape[1])
+    width = 64 + 32 * (projection_scales - 1) + 32 * projection_regions  # 4×4: ndf·8 channels; 8×8: ndf·4
+    assert out.image_embeds.shape == (4, width) and out.text_features.shape == (8, width)
     all_pairs = out.unconditional_logits[:, None] + out.image_embeds @ out.text_features[:4].T
     assert torch.allclose(out.logits[:4], all_pairs.diagonal(), atol=1e-5)
     assert torch.allclose(out.logits[4:], all_pairs[torch.arange(4), torch.arange(4).roll(1)], atol=1e-5)
@@ -314,6 +348,8 @@ def test_spectral_norm_discriminator_bounds_every_layer_and_has_no_batch_norm():
     dict(text_embed_dim=24, text_proj_dim=8, ndf=8, text_batch_norm=True, conditioning="projection", projection_scales=2),
     dict(text_embed_dim=16, text_proj_dim=4, ndf=4, resolution=128, conditioning="concat", num_classes=5),
     dict(text_embed_dim=16, text_proj_dim=4, ndf=4, conditioning="projection", projection_scales=3, spectral_norm=True),
+    dict(text_embed_dim=16, text_proj_dim=4, ndf=4, conditioning="projection", projection_regions=3, spectral_norm=True),
+    dict(text_embed_dim=16, text_proj_dim=4, ndf=4, conditioning="projection", projection_regions=2, first_conv_bias=True),
 ])
 def test_the_discriminator_probe_reads_a_discriminators_config_off_its_weights(config):
     """benchmarks/discriminator_probe.py rebuilds D from a checkpoint's model_1.safetensors alone."""

@@ -299,3 +299,21 @@ def test_non_finite_names_an_optimizer_state_that_overflowed_while_the_weights_s
     norm = torch.nn.BatchNorm1d(1)
     norm.running_var.fill_(float("nan"))
     assert non_finite({}, {"generator": norm}) == "generator buffer running_var"  # BatchNorm statistics too
+
+
+def test_a_step_trains_the_region_masks_and_their_text_projections():
+    accelerator = Accelerator(cpu=True)
+    generator, _ = _models()
+    torch.manual_seed(0)
+    discriminator = GanClsDiscriminator(text_embed_dim=12, text_proj_dim=8, ndf=8, text_batch_norm=True,
+                                        conditioning="projection", projection_regions=3)
+    before = {k: v.clone() for k, v in discriminator.state_dict().items() if k.startswith("region_")}
+    data = torch.Generator().manual_seed(123)
+    batch = {"pixel_values": torch.rand(8, 3, 64, 64, generator=data) * 2 - 1,
+             "text_embeds": torch.randn(8, 12, generator=data), "wrong_text_embeds": torch.randn(8, 12, generator=data)}
+    opt_g, opt_d = torch.optim.SGD(generator.parameters(), lr=0.1), torch.optim.SGD(discriminator.parameters(), lr=0.1)
+    losses = train_step(accelerator, generator, discriminator, opt_g, opt_d, batch,
+                        GanClsObjective(contrastive_weight=1.0), torch.Generator().manual_seed(0))
+    assert all(math.isfinite(v) for v in losses.values())
+    for name, value in before.items():  # the masks learn too: the match gradient reaches them through the pooling
+        assert not torch.equal(discriminator.state_dict()[name], value), name
