@@ -240,7 +240,8 @@ def unreadable_characters(tokenizer: PreTrainedTokenizer, text: str) -> list[str
     unreadable to it; a sub-word tokenizer may read far more.
     """
     unknown = getattr(tokenizer, "unk_token", None)
-    return list(dict.fromkeys(ch for ch in text if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown])))
+    # Each distinct character is tokenized once: a long prompt of few characters costs what its alphabet does.
+    return [ch for ch in dict.fromkeys(text) if not ch.isspace() and tokenizer.tokenize(ch) in ([], [unknown])]
 
 
 def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str], name: str = "prompt") -> None:
@@ -248,7 +249,8 @@ def check_readable(tokenizer: PreTrainedTokenizer, texts: list[str], name: str =
     empty token sequence), naming it (``name``, e.g. "prompt_a") and the characters it cannot read."""
     for text in texts:
         unreadable = unreadable_characters(tokenizer, text)
-        if not any(not ch.isspace() and ch not in unreadable for ch in text):
+        unreadable_set = set(unreadable)
+        if not any(not ch.isspace() and ch not in unreadable_set for ch in text):
             raise ValueError(
                 f"{name} {text[:50]!r} has no characters this model can read (it reads English letters, digits and "
                 f"punctuation); it cannot read {''.join(unreadable[:20])!r}. Describe the flower in English."

@@ -78,7 +78,8 @@ def _clean(text: str, tokenizer) -> tuple[str, list[str], list[str]]:
         visible = folded
     unknown = unreadable_characters(tokenizer, visible)
     if unknown:
-        visible = "".join(ch for ch in visible if ch not in unknown)
+        dropped = set(unknown)
+        visible = "".join(ch for ch in visible if ch not in dropped)
     return " ".join(visible.split()), notices, unknown
 
 
