@@ -40,16 +40,20 @@ _PAD = "\ue000"
 _PROVENANCE_KEYS = ("_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype")
 
 
-# Latin letters that Unicode does not decompose, and the fraction slash of "½" → "1⁄2" (else read as "12").
+# Latin letters that Unicode does not decompose, the fraction slash of "½" → "1⁄2" (else read as "12"), and the
+# typographic dashes, quotes and times sign, which would otherwise be dropped and join their neighbours
+# ("red—white" → "redwhite", "flower’s" → "flowers", "5×3" → "53").
 _PLAIN_LETTERS = str.maketrans({"ı": "i", "ß": "ss", "ẞ": "SS", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o",
                                 "Ø": "O", "ł": "l", "Ł": "L", "đ": "d", "Đ": "D", "ð": "d", "Ð": "D", "þ": "th",
-                                "Þ": "Th", "\u2044": "/"})
+                                "Þ": "Th", "\u2044": "/", **dict.fromkeys("‐‑‒–—―−", "-"), **dict.fromkeys("‘’‚‛′", "'"),
+                                **dict.fromkeys("“”„‟″", '"'), "×": "x"})
 
 
 def fold_characters(text: str) -> str:
     """``text`` with accents and compatibility forms folded to plain letters (NFKD, then combining marks dropped,
     then the Latin letters without a decomposition): "café" → "cafe", "ﬁ" → "fi", full-width "Ｒｏｓｅ" → "Rose",
-    "Straße" → "Strasse", "½" → "1/2". Scripts without such a form are left as they are."""
+    "Straße" → "Strasse", "½" → "1/2", "red—white" → "red-white", "flower’s" → "flower's". Scripts without such a
+    form are left as they are."""
     decomposed = unicodedata.normalize("NFKD", text).translate(_PLAIN_LETTERS)
     return "".join(ch for ch in decomposed if not unicodedata.combining(ch))
 

@@ -82,6 +82,10 @@ def page_config(url: str) -> str:
         ("\u200b" * 2500 + "a red flower", "a red flower", "Read 2500 control or zero-width space"),
         ("🌸" * 2500 + "a red flower", "a red flower", "Ignored characters the model cannot read: 🌸"),
         ("cafe\u0301\u0301\u0301 flower", "cafe flower", "é→e (and dropped 2 lone accent mark(s))"),  # counted, not told apart
+        # Typographic dashes, quotes and × are read as their ASCII forms, not dropped (which joined the words around them).
+        ("red—white petals", "red-white petals", "—→-"),
+        ("the flower’s “petals”", "the flower's \"petals\"", "’→'"),
+        ("a 5×3 cm bloom", "a 5x3 cm bloom", "×→x"),
     ],
 )
 def test_clean_prompt_returns_what_the_model_reads(prompt, expected, notice):
