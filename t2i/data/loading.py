@@ -132,7 +132,8 @@ def load_captioned_dataset(
     elif not path.is_dir():  # else read as a Hub id (a minute of retries) or, for a .py file, a dataset script
         raise FileNotFoundError(f"{name_or_path} is a file, not a dataset folder: give the folder "
                                 "`python -m t2i.datasets synth --out DIR` wrote, or a Hub dataset id (org/name)")
-    if path.is_dir() and not any(p.is_file() for p in path.rglob("*")):
+    files = [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []  # walked once for both checks
+    if path.is_dir() and not files:
         raise FileNotFoundError(f"{name_or_path}: the folder is empty. Make the synthetic set there with "
                                 f"`python -m t2i.datasets synth --out {name_or_path}`.")
     if path.is_dir() and ((path / "dataset_dict.json").exists() or (path / "state.json").exists()):
@@ -143,7 +144,7 @@ def load_captioned_dataset(
             loaded = loaded[split]
         dataset = loaded
     elif path.is_dir():  # parquet folders and imagefolders go through the packaged builders
-        if not any(p.suffix in (".parquet", ".arrow") or p.name in ("metadata.jsonl", "metadata.csv") for p in path.rglob("*")):
+        if not any(p.suffix in (".parquet", ".arrow") or p.name in ("metadata.jsonl", "metadata.csv") for p in files):
             # else `datasets` reads any folder, as JSON or plain images, and fails later on a split or a column
             raise FileNotFoundError(f"{name_or_path}: not a dataset folder (no parquet or arrow files, no save_to_disk "
                                     "state, no imagefolder metadata.jsonl). Make the synthetic set with "
